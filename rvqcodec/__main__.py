@@ -1,0 +1,5 @@
+import sys
+
+from rvqcodec.cli import main
+
+sys.exit(main())

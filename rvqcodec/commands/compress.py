@@ -1,0 +1,238 @@
+"""``rvqcodec compress IN OUT.rvq --bitrate 3``: audio files -> ``.rvq`` bitstreams.
+
+IN is a file, a folder (searched recursively for audio files) or a quoted glob pattern (several may be
+given); for such batch input OUT is an output folder that mirrors the input layout. Any sample rate is
+resampled to the codec's, multi-channel audio is averaged to mono (with a notice). Long files are
+processed in bounded memory (see ``rvqcodec/streaming.py``).
+
+This module also holds the helpers the other codec commands (``decompress``, ``roundtrip``) share: model
+loading, input collection (files / folders / globs), output naming and the batch loop with its exit codes:
+0 when every file succeeded, 1 when some file of a batch failed (the rest are still processed), 2 for a
+user mistake (printed as one line by ``rvqcodec.cli``; a single input that cannot be processed counts as one).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from rvqcodec.cli import UserError
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au", ".caf", ".w64", ".rf64")
+_GLOB_CHARS = set("*?[")
+
+
+# ---------------------------------------------------------------------------------- shared helpers
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--device``, common to every codec command."""
+    parser.add_argument("--model", metavar="PATH", default=None,
+                        help="codec checkpoint (.pt); default: the shipped model rvqcodec/pretrained/default.pt")
+    parser.add_argument("--device", default="cpu", help="torch device to run the model on (default: cpu)")
+
+
+def load_model(args: argparse.Namespace):
+    """The codec named by ``--model`` (or the shipped default); one-line UserError if it cannot be loaded."""
+    from rvqcodec.pretrained import load_codec
+
+    try:
+        return load_codec(args.model, device=args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    except RuntimeError as exc:  # e.g. an unavailable --device
+        raise UserError(f"cannot load the model on device {args.device!r}: {str(exc).splitlines()[0]}") from None
+
+
+def resolve_stages(codec, bitrate: float | None, n_q: int | None) -> int:
+    """``--bitrate`` / ``--n-q`` -> number of stages; UserError listing the valid bitrates otherwise."""
+    from rvqcodec.streaming import resolve_n_q
+
+    try:
+        return resolve_n_q(codec, bitrate=bitrate, n_q=n_q)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input of a command: the file and its path relative to the folder/glob root it was found under."""
+
+    path: Path
+    relative: Path
+
+
+def collect_inputs(specs: Sequence[str], suffixes: Sequence[str]) -> tuple[list[InputFile], bool]:
+    """Expand files, folders (recursive, files with one of ``suffixes``) and glob patterns.
+
+    Returns ``(inputs, batch)``; ``batch`` is True unless ``specs`` is a single existing file.
+    Raises UserError for a missing path, an empty folder or a pattern that matches nothing.
+    """
+    suffixes = tuple(s.lower() for s in suffixes)
+    found: list[InputFile] = []
+    batch = len(specs) > 1
+    for spec in specs:
+        path = Path(spec)
+        if path.is_file():
+            found.append(InputFile(path, Path(path.name)))
+        elif path.is_dir():
+            batch = True
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in suffixes
+                           and not p.name.startswith("."))
+            if not files:
+                raise UserError(f"no {'/'.join(suffixes)} files found in folder {path}")
+            found += [InputFile(p, p.relative_to(path)) for p in files]
+        elif _GLOB_CHARS & set(spec):
+            batch = True
+            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+            files = [m for m in matches if m.is_file()]
+            if not files:
+                raise UserError(f"no files match {spec!r}")
+            root = _glob_root(spec)
+            found += [InputFile(m, _relative_or_name(m, root)) for m in files]
+        elif path.exists():
+            raise UserError(f"input is not a regular file: {path}")
+        else:
+            raise UserError(f"input not found: {path}")
+    unique: dict[str, InputFile] = {}
+    for item in found:
+        unique.setdefault(os.path.realpath(item.path), item)
+    return list(unique.values()), batch
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder part of a glob pattern before its first wildcard."""
+    parts = Path(pattern).parts
+    fixed = []
+    for part in parts:
+        if _GLOB_CHARS & set(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def _relative_or_name(path: Path, root: Path) -> Path:
+    try:
+        return path.relative_to(root)
+    except ValueError:
+        return Path(path.name)
+
+
+def plan_outputs(inputs: Sequence[InputFile], output: str, batch: bool, suffix: str) -> list[Path]:
+    """Output path per input: in batch mode ``OUTPUT/<relative path with suffix>`` (OUTPUT is a folder, created
+    if needed); for one input OUTPUT itself, or ``OUTPUT/<name with suffix>`` if OUTPUT is an existing folder."""
+    out = Path(output)
+    if batch or out.is_dir() or output.endswith(os.sep):
+        if out.exists() and not out.is_dir():
+            raise UserError(f"output {out} must be a folder for several inputs, but it is a file")
+        return [out / item.relative.with_suffix(suffix) for item in inputs]
+    return [out]
+
+
+def run_batch(command: str, inputs: Sequence[InputFile], outputs: Sequence[Path | None], batch: bool,
+              work: Callable[[InputFile, Path | None], str | None]) -> int:
+    """Run ``work(input, output)`` for every input with a progress bar (batch mode only).
+
+    A failing file (unreadable, damaged, existing output, ...) is reported on one line; in batch mode the rest
+    go on and the return value is 1, for a single input it raises UserError (exit 2). ``work`` returns a line to
+    print (or None). Outputs that two inputs would share are refused for the second one.
+    """
+    from tqdm import tqdm
+
+    from rvqcodec.bitstream import BitstreamError
+    from rvqcodec.data.audio_io import AudioReadError
+
+    failures = 0
+    claimed: dict[str, Path] = {}
+    progress = tqdm(list(zip(inputs, outputs)), unit="file", disable=not batch, file=sys.stderr,
+                    dynamic_ncols=True)
+    for item, out in progress:
+        try:
+            if out is not None:
+                key = os.path.realpath(out)
+                if key in claimed:
+                    raise FileExistsError(f"output {out} would also be written for {claimed[key]}; rename one input")
+                claimed[key] = item.path
+                if batch:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+            line = work(item, out)
+        except (AudioReadError, BitstreamError, FileExistsError, FileNotFoundError, IsADirectoryError,
+                PermissionError, ValueError) as exc:
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if str(item.path) not in message:
+                message = f"{item.path}: {message}"
+            if not batch:
+                raise UserError(message) from None
+            failures += 1
+            progress.write(f"rvqcodec {command}: error: {message}", file=sys.stderr)
+        else:
+            if line:
+                progress.write(line, file=sys.stdout)
+    progress.close()
+    if batch:
+        done = len(inputs) - failures
+        summary = f"rvqcodec {command}: {done} of {len(inputs)} file(s) done"
+        print(summary + (f", {failures} failed" if failures else ""), file=sys.stderr)
+    return 1 if failures else 0
+
+
+def protected_paths(inputs: Sequence[InputFile]) -> list[Path]:
+    """Every input path: never to be written."""
+    return [item.path for item in inputs]
+
+
+# ------------------------------------------------------------------------------------- the command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IN",
+                        help="audio file, folder (searched recursively) or quoted glob pattern, e.g. 'talks/*.flac'")
+    parser.add_argument("output", metavar="OUT",
+                        help="output .rvq file; an output folder when several inputs, a folder or a glob are given")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("-b", "--bitrate", type=float, default=None,
+                      help="target bitrate in kbps, a multiple of 0.5 up to 8 for the default model "
+                           "(default: the model's highest)")
+    rate.add_argument("--n-q", type=int, default=None, help="number of RVQ stages instead of --bitrate")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
+    add_model_arguments(parser)
+    parser.add_argument("--chunk-seconds", type=float, default=20.0,
+                        help="long files are encoded in chunks of this many seconds (default: 20)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from rvqcodec.streaming import ChunkConfig, compress_file
+
+    inputs, batch = collect_inputs(args.inputs, AUDIO_SUFFIXES)
+    outputs = plan_outputs(inputs, args.output, batch, ".rvq")
+    try:
+        chunking = ChunkConfig(chunk_seconds=args.chunk_seconds)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    codec = load_model(args)
+    n_q = resolve_stages(codec, args.bitrate, args.n_q)
+    model_id = codec.model_id
+    protected = protected_paths(inputs)
+    if not batch:
+        print(f"compressing at {codec.bitrate(n_q):g} kbps ({n_q} stages, model {model_id})", file=sys.stderr)
+
+    def work(item: InputFile, out: Path | None) -> str:
+        report = compress_file(codec, item.path, out, n_q, overwrite=args.force, chunking=chunking,
+                               model_id=model_id, protected=protected)
+        if report.downmixed:
+            tqdm.write(f"note: {item.path}: {report.source_channels} channels downmixed to mono", file=sys.stderr)
+        resampled = f", resampled {report.source_sample_rate} -> {report.header.sample_rate} Hz" \
+            if report.resampled else ""
+        return (f"{item.path} -> {out}: {report.header.duration_s:.2f} s, {report.n_bytes} bytes, "
+                f"{report.header.bitrate_kbps:g} kbps{resampled}")
+
+    if batch:
+        print(f"compressing {len(inputs)} file(s) at {codec.bitrate(n_q):g} kbps ({n_q} stages) into "
+              f"{args.output}", file=sys.stderr)
+    return run_batch("compress", inputs, outputs, batch, work)

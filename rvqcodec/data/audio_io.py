@@ -1,0 +1,422 @@
+"""Reading and writing audio files (soundfile), with resampling (torchaudio) and atomic writes.
+
+All samples are float32, channel-first ``(C, T)``, nominally in ``[-1, 1]``.
+
+* :func:`read_audio` reads a whole file, optionally resamples it and downmixes it to mono.
+* :func:`iter_audio_blocks` streams a long file in bounded-memory blocks; its resampled output equals
+  the whole-file :func:`read_audio` output sample for sample (same length; values equal up to float32
+  rounding in the convolution, ``<= 1e-4`` absolute for full-scale input; see :class:`StreamingResampler`).
+* :func:`write_audio` writes atomically (temporary file in the same folder + ``os.replace``) and never
+  overwrites an existing file unless asked to, nor any path listed as ``protected`` (the inputs).
+
+A file that cannot be read raises :class:`AudioReadError` (a ``ValueError``) with a one-line message.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+import torchaudio
+
+# torchaudio's default sinc-resampler settings; used both for whole files and for streamed blocks.
+RESAMPLE_LOWPASS_WIDTH = 6
+RESAMPLE_ROLLOFF = 0.99
+
+# Subtypes written as integers: float input is clipped to [-1, 1] first (libsndfile would wrap around).
+_INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
+
+
+class AudioReadError(ValueError):
+    """An audio file could not be read (missing, a folder, empty, not audio, unsupported format)."""
+
+
+@dataclass
+class AudioFile:
+    """Audio read from disk.
+
+    Attributes:
+        samples: float32 tensor ``(C, T)`` at ``sample_rate``; ``C == 1`` when read with ``mono=True``.
+        sample_rate: rate of ``samples`` in Hz (the target rate if one was asked for).
+        source_sample_rate: rate stored in the file, Hz.
+        source_channels: number of channels stored in the file.
+        path: the file that was read.
+    """
+
+    samples: torch.Tensor
+    sample_rate: int
+    source_sample_rate: int
+    source_channels: int
+    path: Path
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.samples.shape[-1])
+
+    @property
+    def duration_seconds(self) -> float:
+        return self.num_frames / self.sample_rate
+
+    @property
+    def was_resampled(self) -> bool:
+        return self.sample_rate != self.source_sample_rate
+
+    @property
+    def was_downmixed(self) -> bool:
+        return self.samples.shape[0] < self.source_channels
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise AudioReadError(f"audio file not found: {path}")
+    if path.is_dir():
+        raise AudioReadError(f"expected an audio file but got a folder: {path}")
+    if not path.is_file():
+        raise AudioReadError(f"not a regular file: {path}")
+    if path.stat().st_size == 0:
+        raise AudioReadError(f"audio file is empty (0 bytes): {path}")
+    if not os.access(path, os.R_OK):
+        raise AudioReadError(f"audio file is not readable (permission denied): {path}")
+
+
+def _open_error(path: Path, exc: Exception) -> AudioReadError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    detail = detail.replace(f"Error opening {str(path)!r}: ", "").strip()
+    lowered = detail.lower()
+    if "format not recognised" in lowered or "unknown format" in lowered or "unsupported" in lowered:
+        reason = "not an audio file, or an unsupported format"
+    else:
+        reason = "unreadable audio"
+    return AudioReadError(f"cannot read {path}: {reason} ({detail}); "
+                          f"readable formats: wav, flac, ogg, mp3 and others supported by libsndfile")
+
+
+def _check_rate(target_sr: int | None) -> None:
+    if target_sr is not None and (int(target_sr) != target_sr or target_sr <= 0):
+        raise ValueError(f"target sample rate must be a positive integer number of Hz, got {target_sr!r}")
+
+
+# torchaudio builds a (n, 2*width + o) sinc kernel for rates reduced by their gcd to o -> n; rates with a
+# tiny gcd (e.g. 44099 -> 16000) would need gigabytes. Refuse beyond this many kernel elements (~80 MB).
+MAX_RESAMPLE_KERNEL_ELEMENTS = 20_000_000
+
+
+def check_resample_rates(orig_sr: int, target_sr: int) -> None:
+    """Raise ``ValueError`` if resampling ``orig_sr -> target_sr`` Hz would need an impractically large kernel."""
+    gcd = math.gcd(int(orig_sr), int(target_sr))
+    o, n = int(orig_sr) // gcd, int(target_sr) // gcd
+    width = math.ceil(RESAMPLE_LOWPASS_WIDTH * o / (min(o, n) * RESAMPLE_ROLLOFF))
+    if n * (2 * width + o) > MAX_RESAMPLE_KERNEL_ELEMENTS:
+        raise ValueError(f"cannot resample {orig_sr} Hz to {target_sr} Hz: the rates share too small a "
+                         f"common divisor ({gcd}); convert the file to a standard rate first")
+
+
+def resample(samples: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tensor:
+    """Band-limited sinc resampling of ``samples (..., T)`` from ``orig_sr`` to ``target_sr`` Hz.
+
+    Output length is ``ceil(T * target_sr / orig_sr)``. A no-op (same tensor) when the rates are equal.
+    """
+    if orig_sr == target_sr:
+        return samples
+    check_resample_rates(orig_sr, target_sr)
+    return torchaudio.functional.resample(samples, int(orig_sr), int(target_sr),
+                                          lowpass_filter_width=RESAMPLE_LOWPASS_WIDTH,
+                                          rolloff=RESAMPLE_ROLLOFF)
+
+
+def read_audio(path: str | os.PathLike, target_sr: int | None = None, mono: bool = True) -> AudioFile:
+    """Read a whole audio file.
+
+    Args:
+        path: file to read (any format libsndfile reads: wav, flac, ogg, mp3, aiff, ...).
+        target_sr: resample to this rate in Hz; ``None`` keeps the file's rate.
+        mono: average all channels into one (the caller decides whether to print a notice; see
+            ``AudioFile.was_downmixed``).
+
+    Returns:
+        :class:`AudioFile` with float32 ``samples (C, T)``.
+
+    Raises:
+        AudioReadError: missing file, a folder, an empty or non-audio file, an unreadable or
+            unsupported format, or a file with no samples.
+        ValueError: ``target_sr`` is not a positive integer.
+    """
+    _check_rate(target_sr)
+    path = Path(path)
+    _check_readable(path)
+    try:
+        data, source_sr = soundfile.read(str(path), dtype="float32", always_2d=True)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _open_error(path, exc) from None
+    if data.shape[0] == 0:
+        raise AudioReadError(f"audio file contains no samples: {path}")
+    source_channels = int(data.shape[1])
+    samples = torch.from_numpy(np.ascontiguousarray(data.T))  # (C, T)
+    if mono and source_channels > 1:
+        samples = samples.mean(dim=0, keepdim=True)
+    sample_rate = int(source_sr)
+    if target_sr is not None and int(target_sr) != sample_rate:
+        try:
+            check_resample_rates(sample_rate, int(target_sr))
+        except ValueError as exc:
+            raise AudioReadError(f"{path}: {exc}") from None
+        samples = resample(samples, sample_rate, int(target_sr))
+        sample_rate = int(target_sr)
+    return AudioFile(samples=samples.contiguous(), sample_rate=sample_rate,
+                     source_sample_rate=int(source_sr), source_channels=source_channels, path=path)
+
+
+def audio_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
+    """Header of an audio file (rate, channels, frames, format) without decoding it; ``AudioReadError`` if unreadable."""
+    path = Path(path)
+    _check_readable(path)
+    try:
+        return soundfile.info(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _open_error(path, exc) from None
+
+
+class StreamingResampler:
+    """Resamples a signal fed in arbitrary blocks so the concatenated output equals whole-signal resampling.
+
+    Usage: ``out = [r.push(block) for block in blocks] + [r.flush()]`` with blocks ``(C, t)``; raises
+    ``ValueError`` (see :func:`check_resample_rates`) for rate pairs that need an impractically big kernel.
+
+    torchaudio's sinc resampler reduces the rates by their gcd to ``o -> n`` and computes output frame
+    ``i`` (output samples ``i*n .. i*n+n-1``) from input samples ``[i*o - width, i*o + o + width)``, with
+    zeros outside the signal. So output for an input span ``[p0, p1)`` whose ends are multiples of ``o``
+    is exact if the resampler sees ``context >= width + o`` true input samples on each side (or the true
+    signal edge, where whole-file resampling pads with zeros too). We keep that much context, emit whole
+    frames only, and at the end flush the rest, truncating to ``ceil(T * n / o)`` samples as torchaudio
+    does. The only difference to whole-file resampling is float32 summation order inside ``conv1d``
+    (measured max abs difference: 2e-7 for 48 kHz -> 16 kHz, 5e-6 for 44.1 kHz, 2e-5 for 11.025 kHz,
+    on full-scale white noise; the tests allow 1e-4).
+    """
+
+    def __init__(self, orig_sr: int, target_sr: int):
+        check_resample_rates(orig_sr, target_sr)
+        gcd = math.gcd(int(orig_sr), int(target_sr))
+        self.o = int(orig_sr) // gcd
+        self.n = int(target_sr) // gcd
+        width = math.ceil(RESAMPLE_LOWPASS_WIDTH * self.o / (min(self.o, self.n) * RESAMPLE_ROLLOFF))
+        self.context = self.o * math.ceil((width + self.o) / self.o)
+        self.transform = torchaudio.transforms.Resample(int(orig_sr), int(target_sr),
+                                                        lowpass_filter_width=RESAMPLE_LOWPASS_WIDTH,
+                                                        rolloff=RESAMPLE_ROLLOFF)
+        self.buffer: torch.Tensor | None = None  # input samples from absolute index buffer_start
+        self.buffer_start = 0
+        self.emitted_until = 0  # absolute input index (multiple of o) up to which output was produced
+        self.total_in = 0
+
+    def push(self, block: torch.Tensor) -> torch.Tensor:
+        """Feed input ``(C, t)``; returns the output ``(C, t')`` that is now final (possibly empty)."""
+        self.buffer = block if self.buffer is None else torch.cat([self.buffer, block], dim=1)
+        self.total_in += block.shape[1]
+        span_end = (self.total_in - self.context) // self.o * self.o  # last input index we can emit up to
+        if span_end <= self.emitted_until:
+            return block.new_zeros(block.shape[0], 0)
+        left = min(self.context, self.emitted_until)
+        chunk_lo = self.emitted_until - left
+        chunk = self.buffer[:, chunk_lo - self.buffer_start: span_end + self.context - self.buffer_start]
+        out = self.transform(chunk)
+        first = left // self.o * self.n
+        count = (span_end - self.emitted_until) // self.o * self.n
+        result = out[:, first:first + count]
+        self.emitted_until = span_end
+        # Drop input no longer needed as left context.
+        keep_from = max(0, self.emitted_until - self.context)
+        self.buffer = self.buffer[:, keep_from - self.buffer_start:]
+        self.buffer_start = keep_from
+        return result
+
+    def flush(self) -> torch.Tensor:
+        """Output for all remaining input (call once, after the last :meth:`push`)."""
+        if self.buffer is None:
+            return torch.zeros(1, 0)
+        total_out = math.ceil(self.total_in * self.n / self.o)
+        already = self.emitted_until // self.o * self.n
+        if total_out <= already:
+            return self.buffer.new_zeros(self.buffer.shape[0], 0)
+        left = min(self.context, self.emitted_until)
+        chunk = self.buffer[:, self.emitted_until - left - self.buffer_start:]
+        out = self.transform(chunk)
+        first = left // self.o * self.n
+        return out[:, first:first + total_out - already]
+
+
+_StreamingResampler = StreamingResampler  # former private name, kept for callers that use it
+
+
+def iter_audio_blocks(path: str | os.PathLike, block_frames: int, target_sr: int | None = None,
+                      mono: bool = True) -> Iterator[torch.Tensor]:
+    """Stream a (long) audio file in bounded-memory blocks.
+
+    Args:
+        path: audio file.
+        block_frames: frames read from the file per step, at the *file's* rate. Memory use is
+            ``O(block_frames + resampler context)`` whatever the file length.
+        target_sr: resample to this rate (``None``: the file's rate).
+        mono: average channels.
+
+    Yields:
+        float32 tensors ``(C, t)`` at ``target_sr``. Block sizes vary (about ``block_frames * target_sr /
+        file_rate``; resampled blocks are emitted in whole resampler frames). Their concatenation equals
+        ``read_audio(path, target_sr, mono).samples``: exactly without resampling, and with resampling
+        the same length and values within float32 rounding (``<= 1e-4`` absolute for full-scale input).
+
+    Raises:
+        AudioReadError: as :func:`read_audio`, raised by the call itself (the header is checked eagerly);
+            a file damaged part way raises it during iteration.
+    """
+    if int(block_frames) != block_frames or block_frames <= 0:
+        raise ValueError(f"block_frames must be a positive integer, got {block_frames!r}")
+    _check_rate(target_sr)
+    path = Path(path)
+    # Validate now, so a bad file fails at the call rather than at the first next().
+    info = audio_info(path)
+    if info.frames == 0:
+        raise AudioReadError(f"audio file contains no samples: {path}")
+    resampler = None
+    if target_sr is not None and int(target_sr) != int(info.samplerate):
+        try:
+            resampler = StreamingResampler(int(info.samplerate), int(target_sr))
+        except ValueError as exc:
+            raise AudioReadError(f"{path}: {exc}") from None
+    return _generate_blocks(path, int(block_frames), resampler, mono)
+
+
+def _generate_blocks(path: Path, block_frames: int, resampler: StreamingResampler | None,
+                     mono: bool) -> Iterator[torch.Tensor]:
+    try:
+        handle = soundfile.SoundFile(str(path))
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _open_error(path, exc) from None
+    with handle:
+        while True:
+            try:
+                data = handle.read(frames=block_frames, dtype="float32", always_2d=True)
+            except (soundfile.LibsndfileError, RuntimeError) as exc:
+                raise _open_error(path, exc) from None
+            if data.shape[0] == 0:
+                break
+            block = torch.from_numpy(np.ascontiguousarray(data.T))
+            if mono and block.shape[0] > 1:
+                block = block.mean(dim=0, keepdim=True)
+            if resampler is None:
+                yield block
+            else:
+                out = resampler.push(block)
+                if out.shape[1]:
+                    yield out.contiguous()
+    if resampler is not None:
+        tail = resampler.flush()
+        if tail.shape[1]:
+            yield tail.contiguous()
+
+
+def _as_frames_by_channels(samples: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(samples, torch.Tensor):
+        samples = samples.detach().cpu().float().numpy()
+    array = np.asarray(samples, dtype=np.float32)
+    if array.ndim == 1:
+        array = array[:, None]
+    elif array.ndim == 2:
+        array = array.T  # (C, T) -> (T, C)
+    else:
+        raise ValueError(f"audio to write must have shape (T,) or (C, T), got {tuple(array.shape)}")
+    if array.shape[1] == 0 or array.shape[1] > 64:
+        raise ValueError(f"audio to write must be (C, T) with 1..64 channels, got shape {tuple(array.T.shape)}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError("audio to write contains NaN or infinite samples")
+    return np.ascontiguousarray(array)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sample_rate: int,
+                subtype: str = "PCM_16", overwrite: bool = False,
+                protected: Iterable[str | os.PathLike] = ()) -> Path:
+    """Write audio atomically: a temporary file in the same folder, then ``os.replace``.
+
+    Args:
+        path: output file; the format comes from its extension (``.wav``, ``.flac``, ``.ogg``, ...).
+        samples: ``(C, T)`` or ``(T,)`` float, nominally in ``[-1, 1]``. For integer subtypes
+            (``PCM_16`` etc.) samples are clipped to ``[-1, 1]``.
+        sample_rate: Hz.
+        subtype: libsndfile subtype, e.g. ``"PCM_16"``, ``"PCM_24"``, ``"FLOAT"``.
+        overwrite: replace an existing file at ``path``.
+        protected: paths that must never be written (e.g. the input files); checked even with
+            ``overwrite=True``, following symlinks.
+
+    Returns:
+        The written path.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``overwrite`` is False.
+        FileNotFoundError: the output folder does not exist.
+        ValueError: ``path`` is protected or a folder, unknown extension/subtype, bad shape, NaN/inf.
+    """
+    path = Path(path)
+    for other in protected:
+        if _same_path(path, Path(other)):
+            raise ValueError(f"refusing to write {path}: it is one of the input files")
+    if path.is_dir():
+        raise ValueError(f"cannot write audio to {path}: it is a folder")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass overwrite to replace it)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {parent}")
+    if int(sample_rate) != sample_rate or sample_rate <= 0:
+        raise ValueError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
+    file_format = path.suffix.lstrip(".").upper()
+    if file_format not in soundfile.available_formats():
+        raise ValueError(f"cannot write {path}: unknown audio extension {path.suffix!r} "
+                         f"(use .wav, .flac or .ogg)")
+    subtype = subtype.upper()
+    if not soundfile.check_format(file_format, subtype):
+        raise ValueError(f"cannot write {path}: subtype {subtype} is not valid for {file_format} "
+                         f"(valid: {', '.join(soundfile.available_subtypes(file_format))})")
+    frames = _as_frames_by_channels(samples)
+    if subtype in _INTEGER_SUBTYPES:
+        frames = np.clip(frames, -1.0, 1.0)
+
+    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        soundfile.write(tmp_name, frames, int(sample_rate), subtype=subtype, format=file_format)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)
+        if overwrite:
+            os.replace(tmp_name, path)
+        else:
+            # link() fails if the name appeared meanwhile, so a file created since the check survives.
+            try:
+                os.link(tmp_name, path)
+            except FileExistsError:
+                raise FileExistsError(f"{path} already exists (pass overwrite to replace it)") from None
+            except OSError:  # file systems without hard links
+                os.replace(tmp_name, path)
+            else:
+                os.unlink(tmp_name)
+    except BaseException:
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

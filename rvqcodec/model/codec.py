@@ -1,0 +1,346 @@
+"""The codec: SEANet encoder -> residual VQ (rotation trick) -> SEANet decoder, its config and checkpoints.
+
+Shapes: audio ``(B, 1, T)`` float in ``[-1, 1]`` at ``sample_rate``; latents ``(B, latent_dim, F)`` with
+``F = ceil(T / hop_length)`` frames; codes ``(B, n_q, F)`` int64 in ``[0, codebook_size)``.
+
+Bitrate: ``n_q * bits_per_code * frame_rate`` bit/s. With the defaults (16 kHz, hop 320 -> 50 frames/s,
+K = 1024 -> 10 bits) each stage adds 0.5 kbps and 16 stages give 8 kbps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from rvqcodec.model.seanet import SEANetDecoder, SEANetEncoder
+from rvqcodec.quantize.residual import ResidualVQ
+
+CHECKPOINT_FORMAT = "rvqcodec-checkpoint"
+CHECKPOINT_VERSION = 1
+PRESETS = ("tiny", "base")
+
+
+@dataclass
+class CodecConfig:
+    """Everything needed to rebuild a :class:`Codec` (stored inside every checkpoint).
+
+    The defaults are the ``base`` preset. Architecture:
+        sample_rate: Hz. channels: width C of the first encoder block (doubled after each downsampling).
+        strides: encoder downsampling factors; ``hop_length = prod(strides)``.
+        latent_dim: channels of the latent frames that are quantized.
+        n_residual_units: residual units per block, dilations 1, 3, 9, ... (``3 ** i``).
+        kernel_size: kernel of the first/last convolutions. residual_kernel_size: kernel of the dilated convs.
+        compress: bottleneck factor inside residual units (hidden = channels // compress).
+    Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages):
+        n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
+        (None = latent_dim). estimator, residual_grad, quantizer_dropout, scale_clamp, commitment_weight,
+        codebook_weight, codebook_learning (``"ema"``/``"grad"``), ema_decay, kmeans_init, kmeans_iters,
+        dead_code_threshold, dead_code_interval, l2_normalize_lookup: see the quantizer docs.
+    """
+
+    sample_rate: int = 16000
+    channels: int = 32
+    strides: tuple[int, ...] = (2, 4, 5, 8)
+    latent_dim: int = 128
+    n_residual_units: int = 3
+    kernel_size: int = 7
+    residual_kernel_size: int = 7
+    compress: int = 2
+    n_q: int = 16
+    codebook_size: int = 1024
+    codebook_dim: int | None = None
+    estimator: str = "rotation"
+    residual_grad: str = "live"
+    quantizer_dropout: float = 0.5
+    scale_clamp: tuple[float, float] | None = None
+    commitment_weight: float = 1.0
+    codebook_weight: float = 1.0
+    codebook_learning: str = "ema"
+    ema_decay: float = 0.99
+    kmeans_init: bool = True
+    kmeans_iters: int = 10
+    dead_code_threshold: float = 0.1
+    dead_code_interval: int = 1
+    l2_normalize_lookup: bool = False
+
+    def __post_init__(self) -> None:
+        self.strides = tuple(int(s) for s in self.strides)
+        if self.scale_clamp is not None:
+            self.scale_clamp = tuple(float(v) for v in self.scale_clamp)
+        problems = []
+        if self.sample_rate <= 0:
+            problems.append(f"sample_rate must be > 0 (got {self.sample_rate})")
+        if not self.strides or min(self.strides) < 1:
+            problems.append(f"strides must be positive ints (got {self.strides})")
+        if self.channels < 1 or self.latent_dim < 1:
+            problems.append(f"channels and latent_dim must be >= 1 (got {self.channels}, {self.latent_dim})")
+        if self.n_q < 1:
+            problems.append(f"n_q must be >= 1 (got {self.n_q})")
+        if self.codebook_size < 2:
+            problems.append(f"codebook_size must be >= 2 (got {self.codebook_size})")
+        if self.codebook_dim is not None and self.codebook_dim < 1:
+            problems.append(f"codebook_dim must be None or >= 1 (got {self.codebook_dim})")
+        if not 0.0 <= self.quantizer_dropout <= 1.0:
+            problems.append(f"quantizer_dropout must be in [0, 1] (got {self.quantizer_dropout})")
+        if problems:
+            raise ValueError("invalid CodecConfig: " + "; ".join(problems))
+
+    @property
+    def hop_length(self) -> int:
+        return math.prod(self.strides)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "CodecConfig":
+        """A named configuration, optionally with some fields overridden.
+
+        ``tiny``: C=8, latent 64 (~0.56 M parameters), meant for CPU training and tests. ``base``: C=32,
+        latent 128 (~8 M parameters, EnCodec-sized without the LSTM), for GPUs. Both use 3 residual units
+        (dilations 1, 3, 9) per block and keep 16 stages of K=1024 at 50 frames/s, so the bitrates
+        (0.5-8 kbps) are the same.
+        """
+        if name == "base":
+            config = cls()
+        elif name == "tiny":
+            config = cls(channels=8, latent_dim=64)
+        else:
+            raise ValueError(f"unknown codec preset {name!r}; choose from {', '.join(PRESETS)}")
+        return dataclasses.replace(config, **overrides) if overrides else config
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["strides"] = list(self.strides)
+        if self.scale_clamp is not None:
+            out["scale_clamp"] = list(self.scale_clamp)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CodecConfig":
+        """Inverse of :meth:`to_dict`. Unknown keys raise ``ValueError`` naming them; missing keys take defaults."""
+        if not isinstance(data, dict):
+            raise ValueError(f"codec config must be a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown codec config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+@dataclass
+class CodecOutput:
+    """Result of :meth:`Codec.forward`."""
+
+    audio: torch.Tensor  # (B, 1, T) reconstruction, same length as the input, not clamped
+    codes: torch.Tensor  # (B, n_q, F) int64
+    commit_loss: torch.Tensor  # scalar (sum over the used stages, weighted)
+    codebook_loss: torch.Tensor  # scalar (0 for EMA codebooks)
+    n_q: int  # stages used for this batch (random prefix under quantizer dropout in training)
+    latent: torch.Tensor = field(repr=False, default=None)  # (B, latent_dim, F) encoder output before VQ
+
+
+class Codec(nn.Module):
+    """Neural speech codec. See the module docstring for shapes and the bitrate formula."""
+
+    def __init__(self, config: CodecConfig | None = None):
+        super().__init__()
+        self.config = config if config is not None else CodecConfig()
+        c = self.config
+        arch = dict(channels=c.channels, strides=c.strides, latent_dim=c.latent_dim,
+                    n_residual_units=c.n_residual_units, kernel_size=c.kernel_size,
+                    residual_kernel_size=c.residual_kernel_size, compress=c.compress)
+        self.encoder = SEANetEncoder(**arch)
+        self.decoder = SEANetDecoder(**arch)
+        self.quantizer = ResidualVQ(
+            dim=c.latent_dim, n_q=c.n_q, codebook_size=c.codebook_size, codebook_dim=c.codebook_dim,
+            estimator=c.estimator, residual_grad=c.residual_grad, quantizer_dropout=c.quantizer_dropout,
+            scale_clamp=c.scale_clamp, commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
+            learning=c.codebook_learning, decay=c.ema_decay, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
+            dead_code_threshold=c.dead_code_threshold, dead_code_interval=c.dead_code_interval,
+            l2_normalize_lookup=c.l2_normalize_lookup,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def sample_rate(self) -> int:
+        return self.config.sample_rate
+
+    @property
+    def hop_length(self) -> int:
+        """Audio samples per latent frame."""
+        return self.config.hop_length
+
+    @property
+    def frame_rate(self) -> float:
+        """Latent frames per second."""
+        return self.config.sample_rate / self.config.hop_length
+
+    @property
+    def max_n_q(self) -> int:
+        return self.config.n_q
+
+    @property
+    def bits_per_code(self) -> int:
+        return math.ceil(math.log2(self.config.codebook_size))
+
+    def bitrate(self, n_q: int) -> float:
+        """Bitrate in kbps when ``n_q`` stages are sent (e.g. 3.0 for n_q=6 with the defaults)."""
+        self._check_n_q(n_q)
+        return n_q * self.bits_per_code * self.frame_rate / 1000.0
+
+    def bitrates(self) -> list[float]:
+        """Every available bitrate in kbps, for n_q = 1 .. max_n_q."""
+        return [self.bitrate(n) for n in range(1, self.max_n_q + 1)]
+
+    def n_q_for_bitrate(self, kbps: float) -> int:
+        """Number of stages giving exactly ``kbps`` (ValueError listing the valid bitrates otherwise)."""
+        for n in range(1, self.max_n_q + 1):
+            if math.isclose(self.bitrate(n), float(kbps), rel_tol=0.0, abs_tol=1e-6):
+                return n
+        valid = ", ".join(f"{b:g}" for b in self.bitrates())
+        raise ValueError(f"no bitrate of {kbps:g} kbps for this model; valid bitrates (kbps): {valid}")
+
+    def _check_n_q(self, n_q: int | None) -> int:
+        if n_q is None:
+            return self.max_n_q
+        if isinstance(n_q, bool) or int(n_q) != n_q or not 1 <= n_q <= self.max_n_q:
+            raise ValueError(f"n_q must be an integer between 1 and {self.max_n_q}, got {n_q!r}")
+        return int(n_q)
+
+    # ------------------------------------------------------------------ signal path
+    def _check_audio(self, wav: torch.Tensor) -> None:
+        if not torch.is_tensor(wav) or wav.dim() != 3 or wav.shape[1] != 1 or wav.shape[-1] < 1:
+            shape = tuple(wav.shape) if torch.is_tensor(wav) else type(wav).__name__
+            raise ValueError(f"expected mono audio of shape (B, 1, T) with T >= 1, got {shape}")
+
+    def _pad_to_hop(self, wav: torch.Tensor) -> torch.Tensor:
+        extra = (-wav.shape[-1]) % self.hop_length
+        return F.pad(wav, (0, extra)) if extra else wav
+
+    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+        """Encode, quantize and decode ``wav`` (B, 1, T). ``n_q`` None: all stages, or a random prefix in
+        training when quantizer dropout is on. The output has exactly the input length."""
+        self._check_audio(wav)
+        length = wav.shape[-1]
+        latent = self.encoder(self._pad_to_hop(wav))
+        q = self.quantizer(latent, n_q=None if n_q is None else self._check_n_q(n_q))
+        audio = self.decoder(q.quantized)[..., :length]
+        return CodecOutput(audio=audio, codes=q.codes, commit_loss=q.commit_loss,
+                           codebook_loss=q.codebook_loss, n_q=q.n_q, latent=latent)
+
+    def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """(B, 1, T) audio -> (B, n_q, ceil(T / hop_length)) int64 codes. Touches no codebook or statistic."""
+        self._check_audio(wav)
+        n_q = self._check_n_q(n_q)
+        latent = self.encoder(self._pad_to_hop(wav))
+        return self.quantizer.encode(latent, n_q)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(B, k, F) codes of the first k <= max_n_q stages -> (B, 1, F * hop_length) audio clamped to [-1, 1].
+
+        The caller trims the result to the original length (stored in the bitstream)."""
+        if not torch.is_tensor(codes) or codes.dim() != 3:
+            shape = tuple(codes.shape) if torch.is_tensor(codes) else type(codes).__name__
+            raise ValueError(f"expected codes of shape (B, n_q, frames), got {shape}")
+        if codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
+        latent = self.quantizer.decode(codes.long())
+        return self.decoder(latent).clamp(-1.0, 1.0)
+
+    # ------------------------------------------------------------------ identity and checkpoints
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable parameters per part (the EMA codebooks are buffers; ``codebook_entries`` counts them)."""
+        count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)  # noqa: E731
+        counts = {"encoder": count(self.encoder), "decoder": count(self.decoder),
+                  "quantizer": count(self.quantizer)}
+        counts["total"] = sum(counts.values())
+        counts["codebook_entries"] = self.config.n_q * self.config.codebook_size * (
+            self.config.codebook_dim or self.config.latent_dim)
+        return counts
+
+    @property
+    def model_id(self) -> str:
+        """16 lowercase hex characters (8 bytes): SHA-256 of the config and every state-dict tensor.
+
+        Changes whenever any weight or codebook entry changes; identical for a saved and reloaded model."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+        """Write a checkpoint atomically (temp file in the same folder, then ``os.replace``).
+
+        Contents: ``{"format": "rvqcodec-checkpoint", "version": 1, "config": dict, "state_dict": ...,
+        "meta": {"model_id", "parameters", "torch_version", **meta}}``. Returns the path written."""
+        path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"checkpoint path {path} is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().to("cpu") for k, v in self.state_dict().items()}
+        info = {"model_id": self.model_id, "parameters": self.parameter_counts(),
+                "torch_version": str(torch.__version__)}
+        info.update(meta or {})
+        try:  # meta must load back with torch.load(weights_only=True): plain JSON types only
+            info = json.loads(json.dumps(info))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"checkpoint meta must hold only JSON types (str, int, float, bool, list, dict): {exc}") from None
+        payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
+                   "state_dict": state, "meta": info}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @staticmethod
+    def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+        """Load and validate a checkpoint file's payload (see :meth:`save`) without building the model."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # torch raises many kinds for non-checkpoint files
+            raise ValueError(f"{path} is not an rvqcodec checkpoint (could not be read: {type(exc).__name__})") from None
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not an rvqcodec checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")
+        if payload.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: unsupported checkpoint version {payload.get('version')!r} "
+                             f"(this rvqcodec reads version {CHECKPOINT_VERSION})")
+        if not isinstance(payload.get("config"), dict) or not isinstance(payload.get("state_dict"), dict):
+            raise ValueError(f"{path} is a damaged rvqcodec checkpoint (config or state_dict missing)")
+        return payload
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Codec":
+        """Rebuild a codec from :meth:`save`'s file, in eval mode. Clear errors for missing or foreign files."""
+        payload = cls.read_checkpoint(path, map_location)
+        try:
+            config = CodecConfig.from_dict(payload["config"])
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: bad codec config in checkpoint: {exc}") from None
+        codec = cls(config)
+        try:
+            codec.load_state_dict(payload["state_dict"], strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ValueError(f"{path}: checkpoint weights do not match its config ({first})") from None
+        return codec.to(map_location).eval()

@@ -1,0 +1,22 @@
+"""Vector quantization with the rotation trick: estimators, codebooks, residual VQ and statistics."""
+from .codebook import EuclideanCodebook
+from .estimators import ESTIMATORS, apply_estimator, rotation_trick, straight_through
+from .kmeans import kmeans, nearest_code
+from .residual import QuantizerOutput, ResidualVQ
+from .stats import CodebookStats
+from .vq import VectorQuantizer, VQStageOutput
+
+__all__ = [
+    "ESTIMATORS",
+    "CodebookStats",
+    "EuclideanCodebook",
+    "QuantizerOutput",
+    "ResidualVQ",
+    "VQStageOutput",
+    "VectorQuantizer",
+    "apply_estimator",
+    "kmeans",
+    "nearest_code",
+    "rotation_trick",
+    "straight_through",
+]

@@ -1,0 +1,144 @@
+"""A Euclidean codebook: nearest-neighbour lookup, k-means initialisation, EMA or gradient learning and
+dead-code replacement, kept identical across processes under ``torch.distributed``."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .distributed import all_reduce_sum_, broadcast_, is_distributed
+from .kmeans import kmeans, nearest_code, sample_rows
+
+CODEBOOK_LEARNING = ("ema", "grad")
+
+
+class EuclideanCodebook(nn.Module):
+    """K code vectors of dimension d.
+
+    Args:
+        dim: code dimension d.
+        codebook_size: number of codes K.
+        learning: ``"ema"`` — codes are exponential moving averages of the vectors assigned to them (decay
+            ``decay``, Laplace smoothing ``epsilon``; the codebook gets no gradient), or ``"grad"`` — codes are an
+            ``nn.Parameter`` learned by the quantizer's codebook loss.
+        decay: EMA decay of cluster sizes and sums (0.99 as in EnCodec/DAC-era audio codecs).
+        epsilon: Laplace smoothing of cluster sizes.
+        kmeans_init: initialise from the first batch by k-means (``kmeans_iters`` Lloyd iterations). Without it the
+            codes start uniformly in ±1/K (the taming/VQGAN default, i.e. tiny codes).
+        dead_code_threshold: a code is dead when its EMA usage (frames per step) is below this fraction of the mean
+            usage (``total / K``). Dead codes are re-seeded from the current batch every
+            ``dead_code_interval`` training steps and given the mean usage. 0 disables replacement.
+        l2_normalize_lookup: nearest neighbour by cosine similarity (l2-normalised vectors and codes, as DAC);
+            the returned codes are the raw vectors.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        learning: str = "ema",
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.1,
+        dead_code_interval: int = 1,
+        l2_normalize_lookup: bool = False,
+    ):
+        super().__init__()
+        if learning not in CODEBOOK_LEARNING:
+            raise ValueError(f"unknown codebook learning {learning!r}; choose from {', '.join(CODEBOOK_LEARNING)}")
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.learning = learning
+        self.decay = decay
+        self.epsilon = epsilon
+        self.kmeans_init = kmeans_init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
+        self.dead_code_interval = max(1, dead_code_interval)
+        self.l2_normalize_lookup = l2_normalize_lookup
+
+        init = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
+        if learning == "grad":
+            self.embed = nn.Parameter(init)
+        else:
+            self.register_buffer("embed", init)
+        self.register_buffer("embed_sum", init.clone())
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("initialized", torch.tensor(not kmeans_init))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("replaced_total", torch.zeros((), dtype=torch.long))
+
+    # ------------------------------------------------------------------ lookup
+    def lookup(self, x: Tensor) -> Tensor:
+        """Nearest code indices for (N, d) vectors → (N,) int64."""
+        codebook = self.embed.detach()
+        if self.l2_normalize_lookup:
+            return nearest_code(F.normalize(x.detach().float(), dim=-1), F.normalize(codebook.float(), dim=-1))
+        return nearest_code(x.detach(), codebook)
+
+    def embed_codes(self, codes: Tensor) -> Tensor:
+        """Code vectors for integer ``codes`` of any shape → (*codes.shape, d). Differentiable w.r.t. the
+        codebook when ``learning="grad"``."""
+        return F.embedding(codes, self.embed)
+
+    def dead_mask(self) -> Tensor:
+        """(K,) bool: codes whose EMA usage is under the dead-code threshold."""
+        mean_usage = self.cluster_size.sum() / self.codebook_size
+        return self.cluster_size < self.dead_code_threshold * mean_usage
+
+    # ------------------------------------------------------------------ learning
+    @torch.no_grad()
+    def initialize_(self, x: Tensor) -> None:
+        """k-means initialisation from (N, d) vectors (rank 0's result is broadcast to every process)."""
+        centroids, counts = kmeans(x.float(), self.codebook_size, self.kmeans_iters)
+        broadcast_(centroids)
+        broadcast_(counts)
+        self.embed.data.copy_(centroids)
+        self.cluster_size.copy_(counts)
+        self.embed_sum.copy_(centroids * counts.unsqueeze(-1))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def update_(self, x: Tensor, codes: Tensor) -> int:
+        """One training step of codebook bookkeeping for (N, d) vectors ``x`` assigned to ``codes`` (N,).
+
+        Updates the EMA usage (both learning modes), the EMA codes (``learning="ema"``), and replaces dead codes.
+        Sums are all-reduced first, so every process applies the same update. Returns the number of codes
+        replaced in this step.
+        """
+        x = x.detach().float()
+        counts = torch.bincount(codes, minlength=self.codebook_size).float()
+        sums = torch.zeros(self.codebook_size, self.dim, device=x.device).index_add_(0, codes, x)
+        all_reduce_sum_(counts)
+        all_reduce_sum_(sums)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        if self.learning == "ema":
+            self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
+            n = self.cluster_size.sum()
+            smoothed = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
+            self.embed.data.copy_(self.embed_sum / smoothed.unsqueeze(-1))
+        self.steps += 1
+        replaced = 0
+        if self.dead_code_threshold > 0 and int(self.steps) % self.dead_code_interval == 0:
+            replaced = self._replace_dead_(x)
+        return replaced
+
+    @torch.no_grad()
+    def _replace_dead_(self, x: Tensor) -> int:
+        dead = self.dead_mask()
+        n_dead = int(dead.sum())  # identical on every rank: cluster_size is all-reduced
+        if n_dead == 0 or x.shape[0] == 0:
+            return 0
+        new_codes = sample_rows(x, n_dead).contiguous()
+        if is_distributed():
+            broadcast_(new_codes)
+        mean_usage = self.cluster_size.sum() / self.codebook_size
+        self.embed.data[dead] = new_codes.to(self.embed.dtype)
+        self.cluster_size[dead] = mean_usage
+        self.embed_sum[dead] = new_codes * mean_usage
+        self.replaced_total += n_dead
+        return n_dead

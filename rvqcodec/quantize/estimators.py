@@ -1,0 +1,170 @@
+"""Gradient estimators for vector quantization: the straight-through estimator and the rotation trick.
+
+Both return a tensor whose **value is exactly ``q``** (bit for bit, whatever the dtype) and whose gradient
+with respect to ``e`` is ``Gᵀ·g`` for a detached matrix ``G``:
+
+============================  =========================================  ===============================
+estimator                     G = ∂q̃/∂e                                  encoder gradient
+============================  =========================================  ===============================
+``straight_through``          I                                          g
+``rotation_trick``            λ·R,  λ = ‖q‖/‖e‖                           λ·Rᵀ·g
+``rotation_trick(rescale=0)`` R                                          Rᵀ·g
+``scale_clamp=(lo, hi)``      clip(λ, lo, hi)·R                          clip(λ, lo, hi)·Rᵀ·g
+============================  =========================================  ===============================
+
+R is the smallest rotation taking ê = e/‖e‖ onto q̂ = q/‖q‖ (Fifty et al. 2024), applied as two Householder
+reflections, ``R = (I − 2 q̂q̂ᵀ)(I − 2 rrᵀ) = I − 2rrᵀ + 2q̂êᵀ`` with ``r = (ê + q̂)/‖ê + q̂‖``. Since the
+forward value is q, only the backward needs R: it applies ``Rᵀ·g = g − 2(r·g)r + 2(q̂·g)ê`` in O(d) per
+vector, and no d×d matrix is ever built.
+
+Numerical policy (see ``docs/quantizer.md``):
+
+* all maths in float32 (float64 for float64 inputs) with autocast disabled, whatever the input dtype
+  (bf16 arithmetic breaks the formula);
+* clamp-style epsilons ``x / max(‖x‖, 1e-6)``, never ``x / (‖x‖ + eps)`` (whose forward error is eps/‖e‖);
+* rows with ``‖e‖ < 1e-6`` or ``1 + cos(e, q) < 1e-5`` (near antiparallel, where R is ill-conditioned) fall
+  back to the straight-through gradient exactly;
+* the output is built as ``q.detach() + (y − y.detach())``: the forward is exactly q and no gradient can reach
+  the codebook through the estimator (the codebook learns by EMA or by its own loss).
+* ``q = 0`` gives λ = 0, hence a zero gradient (the paper's App. A.9.1 behaviour), unless ``scale_clamp``
+  bounds λ from below.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NORM_EPS = 1e-6
+"""Clamp epsilon for norms: ``x / max(‖x‖, NORM_EPS)``."""
+GUARD_NORM = 1e-6
+"""Rows with ‖e‖ below this use the straight-through gradient."""
+GUARD_COS = 1e-5
+"""Rows with 1 + cos(e, q) below this (near antiparallel) use the straight-through gradient."""
+
+ESTIMATORS = ("rotation", "rotation_noscale", "rotation_clamped", "ste")
+"""Names accepted by :func:`apply_estimator` and by the quantizers' ``estimator=`` option."""
+DEFAULT_SCALE_CLAMP = (0.5, 2.0)
+"""Bounds on ‖q‖/‖e‖ used by ``estimator="rotation_clamped"`` when no ``scale_clamp`` is given."""
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product of (N, d) tensors → (N, 1), as one batched matmul (a single pass over memory)."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).squeeze(2)
+
+
+class _ScaledRotationGrad(torch.autograd.Function):
+    """``y = G·e`` per row of (N, d) ``e``, G = c·R detached, where only ``y``'s *gradient* is used (the caller
+    adds ``y − y.detach()``, exactly 0, to q). The forward therefore returns ``e`` itself (no work), and the
+    backward applies ``Gᵀ·g = c·Rᵀ·g`` with ``Rᵀ = (I − 2rrᵀ)(I − 2q̂q̂ᵀ) = I − 2rrᵀ + 2êq̂ᵀ``:
+
+        Gᵀ·g = c·g + a·(s·g)·s + b·(q·g)·e,   s = ê + q̂,  a = −2c/‖s‖²,  b = 2c/(‖q‖‖e‖)
+
+    (O(d) per row). Rows where the STE is used have c = 1, a = b = 0, so their gradient is exactly g."""
+
+    @staticmethod
+    def forward(ctx, e, q, s, a, b, c):
+        ctx.save_for_backward(e, q, s, a, b, c)
+        return e.view_as(e)
+
+    @staticmethod
+    def backward(ctx, g):
+        e, q, s, a, b, c = ctx.saved_tensors
+        gw = g.to(s.dtype)
+        grad = torch.addcmul(torch.addcmul(gw * c, s, a * _rowdot(s, gw)), e.to(s.dtype), b * _rowdot(q, gw))
+        return grad.to(g.dtype), None, None, None, None, None
+
+
+def _exact_forward(q: Tensor, y: Tensor) -> Tensor:
+    """Value of ``q`` exactly, gradient of ``y`` (``y − y.detach()`` is exactly zero in floating point)."""
+    return q.detach() + (y - y.detach()).to(q.dtype)
+
+
+def straight_through(e: Tensor, q: Tensor) -> Tensor:
+    """Straight-through estimator: value ``q``, gradient to ``e`` equal to the incoming gradient.
+
+    Args:
+        e: encoder output, shape (..., d), any float dtype.
+        q: selected code vectors, same shape. Detached: no gradient reaches it.
+    Returns:
+        (..., d) tensor, bit-exactly equal to ``q``, in ``q``'s dtype.
+    """
+    _check_shapes(e, q)
+    return _exact_forward(q, e)
+
+
+def rotation_trick(
+    e: Tensor,
+    q: Tensor,
+    rescale: bool = True,
+    scale_clamp: tuple[float, float] | None = None,
+) -> Tensor:
+    """Rotation-trick estimator (Fifty et al. 2024), ``q̃ = sg[λR]·e`` with an exact forward.
+
+    Args:
+        e: encoder output (the vector being quantized), shape (..., d), any float dtype.
+        q: the selected code vectors, same shape. Detached: no gradient reaches it.
+        rescale: multiply by λ = ‖q‖/‖e‖ (the paper's estimator). ``False`` gives the pure rotation R.
+        scale_clamp: optional ``(lo, hi)`` bounds on λ (only with ``rescale=True``), protecting against
+            tiny residuals (λ → ∞) and tiny codes (λ → 0).
+    Returns:
+        (..., d) tensor whose value is exactly ``q`` (``q``'s dtype) and whose gradient w.r.t. ``e`` is
+        ``λ·Rᵀ·g`` (``Rᵀ·g`` without rescale); guarded rows get exactly ``g``.
+    """
+    _check_shapes(e, q)
+    if scale_clamp is not None:
+        if not rescale:
+            raise ValueError("scale_clamp bounds ‖q‖/‖e‖ and needs rescale=True")
+        lo, hi = scale_clamp
+        if not (0.0 <= lo <= hi):
+            raise ValueError(f"scale_clamp must satisfy 0 <= lo <= hi, got {scale_clamp}")
+    shape, d = e.shape, e.shape[-1]
+    work = torch.promote_types(e.dtype, torch.float32)  # float32, or float64 for float64 inputs
+    with torch.autocast(device_type=e.device.type, enabled=False), torch.no_grad():
+        ed = e.detach().reshape(-1, d).to(work)
+        qd = q.detach().reshape(-1, d).to(work)
+        e_norm = ed.norm(dim=-1, keepdim=True)
+        q_norm = qd.norm(dim=-1, keepdim=True)
+        inv_e = 1.0 / e_norm.clamp_min(NORM_EPS)
+        inv_q = 1.0 / q_norm.clamp_min(NORM_EPS)
+        s = torch.addcmul(ed * inv_e, qd, inv_q)  # ê + q̂; r = s / max(‖s‖, eps)
+        s_sq = _rowdot(s, s).clamp_min(NORM_EPS**2)
+        cos = _rowdot(ed, qd) * inv_e * inv_q
+        keep = (e_norm >= GUARD_NORM) & (1.0 + cos >= GUARD_COS)  # rows that are rotated; others: STE
+        if rescale:
+            scale = q_norm * inv_e
+            if scale_clamp is not None:
+                scale = scale.clamp(scale_clamp[0], scale_clamp[1])
+        else:
+            scale = torch.ones_like(e_norm)
+        zero = torch.zeros_like(scale)
+        c = torch.where(keep, scale, torch.ones_like(scale))
+        a = torch.where(keep, -2.0 * scale / s_sq, zero)
+        b = torch.where(keep, 2.0 * scale * inv_e * inv_q, zero)
+    y = _ScaledRotationGrad.apply(e.reshape(-1, d), qd, s, a, b, c).reshape(shape)
+    return _exact_forward(q, y)
+
+
+def apply_estimator(
+    name: str, e: Tensor, q: Tensor, scale_clamp: tuple[float, float] | None = None
+) -> Tensor:
+    """Apply the estimator called ``name`` (one of :data:`ESTIMATORS`) to ``(e, q)``.
+
+    ``rotation_clamped`` uses ``scale_clamp`` or :data:`DEFAULT_SCALE_CLAMP`; ``rotation`` honours an explicit
+    ``scale_clamp`` too (``None`` = unbounded, the paper's estimator).
+    """
+    if name == "ste":
+        return straight_through(e, q)
+    if name == "rotation":
+        return rotation_trick(e, q, rescale=True, scale_clamp=scale_clamp)
+    if name == "rotation_noscale":
+        return rotation_trick(e, q, rescale=False)
+    if name == "rotation_clamped":
+        return rotation_trick(e, q, rescale=True, scale_clamp=scale_clamp or DEFAULT_SCALE_CLAMP)
+    raise ValueError(f"unknown estimator {name!r}; choose from {', '.join(ESTIMATORS)}")
+
+
+def _check_shapes(e: Tensor, q: Tensor) -> None:
+    if e.shape != q.shape:
+        raise ValueError(f"e and q must have the same shape, got {tuple(e.shape)} and {tuple(q.shape)}")
+    if not (e.is_floating_point() and q.is_floating_point()):
+        raise TypeError("e and q must be floating-point tensors")

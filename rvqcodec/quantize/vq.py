@@ -1,0 +1,154 @@
+"""One vector-quantization stage for channel-first conv features."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .codebook import EuclideanCodebook
+from .estimators import ESTIMATORS, apply_estimator
+from .stats import CodebookStats
+
+
+@dataclass
+class VQStageOutput:
+    """Result of one stage on (B, D, T) input."""
+
+    quantized: Tensor  # (B, D, T): value = projected-out code vectors; gradient per the estimator
+    codes: Tensor  # (B, T) int64
+    commit_loss: Tensor  # scalar, already multiplied by commitment_weight
+    codebook_loss: Tensor  # scalar, already multiplied by codebook_weight (0 for EMA codebooks)
+
+
+class VectorQuantizer(nn.Module):
+    """Vector quantizer operating on (B, D, T) tensors, with a choice of gradient estimator.
+
+    Pipeline per frame: ``e = W_in·r`` (identity when ``codebook_dim`` is None or equals ``dim``) → nearest code
+    ``q`` (squared L2, or cosine with ``l2_normalize_lookup``) → ``q̃ = estimator(e, q)`` (value q) →
+    output ``W_out·q̃``. Losses, in code space, averaged over frames and channels:
+    ``commit_loss = commitment_weight · mse(e, sg q)`` (trains the encoder) and, for ``learning="grad"``,
+    ``codebook_loss = codebook_weight · mse(q, sg e)`` (trains the codebook). No gradient reaches the codebook
+    through the estimator.
+
+    Args:
+        dim: channels D of the input.
+        codebook_size: number of codes K.
+        codebook_dim: factorised code dimension (DAC-style low-dimensional codes); None = ``dim``.
+        estimator: one of ``"rotation"`` (default), ``"rotation_noscale"``, ``"rotation_clamped"``, ``"ste"``.
+        scale_clamp: bounds on ‖q‖/‖e‖ for the rotation estimators (see :func:`rotation_trick`).
+        commitment_weight: weight of the commitment loss.
+        codebook_weight: weight of the codebook loss (``learning="grad"`` only).
+        learning, decay, epsilon, kmeans_init, kmeans_iters, dead_code_threshold, dead_code_interval,
+        l2_normalize_lookup: see :class:`EuclideanCodebook`.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        codebook_dim: int | None = None,
+        estimator: str = "rotation",
+        scale_clamp: tuple[float, float] | None = None,
+        commitment_weight: float = 1.0,
+        codebook_weight: float = 1.0,
+        learning: str = "ema",
+        decay: float = 0.99,
+        epsilon: float = 1e-5,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 0.1,
+        dead_code_interval: int = 1,
+        l2_normalize_lookup: bool = False,
+    ):
+        super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        codebook_dim = dim if codebook_dim is None else codebook_dim
+        self.dim = dim
+        self.codebook_dim = codebook_dim
+        self.codebook_size = codebook_size
+        self.estimator = estimator
+        self.scale_clamp = tuple(scale_clamp) if scale_clamp is not None else None
+        self.commitment_weight = commitment_weight
+        self.codebook_weight = codebook_weight
+        factorised = codebook_dim != dim
+        self.project_in = nn.Linear(dim, codebook_dim) if factorised else nn.Identity()
+        self.project_out = nn.Linear(codebook_dim, dim) if factorised else nn.Identity()
+        self.codebook = EuclideanCodebook(
+            codebook_dim,
+            codebook_size,
+            learning=learning,
+            decay=decay,
+            epsilon=epsilon,
+            kmeans_init=kmeans_init,
+            kmeans_iters=kmeans_iters,
+            dead_code_threshold=dead_code_threshold,
+            dead_code_interval=dead_code_interval,
+            l2_normalize_lookup=l2_normalize_lookup,
+        )
+        self.stats = CodebookStats(codebook_size)
+
+    def forward(self, r: Tensor, mask: Tensor | None = None, track_stats: bool = True) -> VQStageOutput:
+        """Quantize ``r`` (B, D, T). ``mask`` (B, T) bool marks valid frames: padded frames still get codes
+        but are left out of k-means init, EMA, dead-code replacement, statistics and losses.
+
+        In training mode, the codebook is initialised on the first call (k-means on this input) and updated after
+        the lookup; the returned codes/vectors are the pre-update ones.
+        """
+        b, _, t = r.shape
+        r_flat = rearrange(r, "b d t -> (b t) d")
+        e = self.project_in(r_flat)
+        valid = None if mask is None else rearrange(mask, "b t -> (b t)").to(torch.bool)
+        e_valid = e if valid is None else e[valid]
+        if self.training and not bool(self.codebook.initialized):
+            self.codebook.initialize_(e_valid.detach())
+        codes = self.codebook.lookup(e)
+        q_code = self.codebook.embed_codes(codes)  # (N, d); carries grad to the codebook in "grad" mode
+        q_detached = q_code.detach()
+        q_tilde = apply_estimator(self.estimator, e, q_detached.to(e.dtype), self.scale_clamp)
+        quantized_flat = self.project_out(q_tilde)
+
+        codes_valid = codes if valid is None else codes[valid]
+        q_valid = q_code if valid is None else q_code[valid]
+        if e_valid.shape[0] > 0:
+            commit = F.mse_loss(e_valid.float(), q_valid.detach().float()) * self.commitment_weight
+        else:
+            commit = e.sum() * 0.0
+        if self.codebook.learning == "grad" and e_valid.shape[0] > 0:
+            codebook_loss = F.mse_loss(q_valid.float(), e_valid.detach().float()) * self.codebook_weight
+        else:
+            codebook_loss = torch.zeros((), device=r.device)
+
+        if track_stats:
+            r_valid = r_flat if valid is None else r_flat[valid]
+            out_valid = quantized_flat if valid is None else quantized_flat[valid]
+            self.stats.update(codes_valid, r_valid.detach(), out_valid.detach(), e_valid.detach(), q_valid.detach())
+        if self.training:
+            self.codebook.update_(e_valid, codes_valid)
+
+        return VQStageOutput(
+            quantized=rearrange(quantized_flat, "(b t) d -> b d t", b=b, t=t),
+            codes=rearrange(codes, "(b t) -> b t", b=b, t=t),
+            commit_loss=commit,
+            codebook_loss=codebook_loss,
+        )
+
+    @torch.no_grad()
+    def encode(self, r: Tensor) -> Tensor:
+        """(B, D, T) → codes (B, T) int64. No codebook update, no statistics."""
+        b, _, t = r.shape
+        e = self.project_in(rearrange(r, "b d t -> (b t) d"))
+        return rearrange(self.codebook.lookup(e), "(b t) -> b t", b=b, t=t)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        """codes (B, T) → (B, D, T)."""
+        b, t = codes.shape
+        q = self.project_out(self.codebook.embed_codes(rearrange(codes, "b t -> (b t)")))
+        return rearrange(q, "(b t) d -> b d t", b=b, t=t)
+
+    def stats_summary(self, sync: bool = False) -> dict[str, float]:
+        """This stage's window statistics (see :class:`CodebookStats`) plus its current dead-code count."""
+        return self.stats.summary(dead_codes=int(self.codebook.dead_mask().sum()), sync=sync)

@@ -1,0 +1,448 @@
+"""Compressing and decompressing audio of any length in bounded memory, to and from ``.rvq`` bitstreams.
+
+Chunking (see ``docs/bitstream.md``, "Long files"): the signal is cut into chunks of ``chunk_seconds``
+(whole frames), and each chunk is encoded together with ``context_seconds`` of real signal on each side
+(clipped at the signal's ends); only the chunk's own frames are kept. Decoding works the same way on code
+frames. Windows start on frame boundaries, so every chunk sees the same frame grid as the whole signal.
+Because the context (1 s by default) is longer than the encoder's and the decoder's receptive fields
+(about 0.2 s for the ``base`` model, checked in ``tests/test_streaming.py``), a chunk's central frames depend
+on exactly the same samples as in a single pass; the only difference is float32 summation order inside
+convolutions of different lengths (~1e-6 on latents). Documented tolerance vs unchunked processing:
+
+* codes: identical except for a latent lying within float rounding of a tie between two codewords
+  (tested: at least 99.9 % of codes equal; in practice all of them);
+* decoded audio from the same codes: max absolute difference ``<= 1e-4`` (measured ~1e-6).
+
+Memory is bounded by the chunk, not the file: a window is ``chunk + 2 * context`` seconds (22 s by default),
+the audio is read with :func:`rvqcodec.data.audio_io.iter_audio_blocks`, and decoded audio is streamed to
+the output file. Only the codes of the whole file are held (``n_q * frames`` int64: 23 MB for 1 h at 8 kbps).
+
+Public API: :func:`compress` / :func:`decompress` (bytes in memory), :func:`compress_file` /
+:func:`decompress_file` (files, atomic writes), :func:`encode_blocks` / :func:`decode_chunks` (the chunked
+engines), :func:`resolve_n_q`, :func:`check_codec_matches`, :func:`load_default_codec`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import torch
+
+from rvqcodec import bitstream
+from rvqcodec.bitstream import ModelMismatchError, RVQHeader
+from rvqcodec.data import audio_io
+from rvqcodec.model.codec import Codec
+from rvqcodec.pretrained import load_codec
+
+_INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """How long inputs are cut for bounded-memory processing.
+
+    Attributes:
+        chunk_seconds: audio whose frames are kept from one window (rounded to whole frames, >= 1 frame).
+        context_seconds: extra real signal on each side of a chunk (rounded up to whole frames); must exceed
+            the model's receptive field for chunked output to equal single-pass output.
+        read_block_seconds: how much of the file is read per step (at the file's own rate).
+    """
+
+    chunk_seconds: float = 20.0
+    context_seconds: float = 1.0
+    read_block_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.chunk_seconds > 0 or not self.read_block_seconds > 0 or not self.context_seconds >= 0:
+            raise ValueError(f"chunk_seconds and read_block_seconds must be > 0 and context_seconds >= 0, got "
+                             f"{self.chunk_seconds}, {self.read_block_seconds}, {self.context_seconds}")
+
+    def frames(self, frame_rate: float) -> tuple[int, int]:
+        """``(chunk_frames, context_frames)`` at ``frame_rate`` frames/s."""
+        return max(1, round(self.chunk_seconds * frame_rate)), math.ceil(self.context_seconds * frame_rate - 1e-9)
+
+
+@contextmanager
+def _inference(codec: Codec):
+    """Eval mode + inference mode for the duration, restoring the codec's training flag afterwards."""
+    was_training = codec.training
+    codec.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        codec.train(was_training)
+
+
+def _device(codec: Codec) -> torch.device:
+    return next(codec.parameters()).device
+
+
+# ------------------------------------------------------------------------------------ bitrate / header
+
+
+def resolve_n_q(codec: Codec, bitrate: float | None = None, n_q: int | None = None) -> int:
+    """Number of RVQ stages for a bitrate in kbps or an explicit ``n_q``; neither: all stages.
+
+    Raises ValueError (listing the valid bitrates / range) for an unsupported value or a contradiction.
+    """
+    if n_q is not None:
+        if isinstance(n_q, bool) or int(n_q) != n_q or not 1 <= n_q <= codec.max_n_q:
+            raise ValueError(f"n_q must be an integer between 1 and {codec.max_n_q}, got {n_q!r}")
+        n_q = int(n_q)
+    if bitrate is not None:
+        from_bitrate = codec.n_q_for_bitrate(bitrate)
+        if n_q is not None and n_q != from_bitrate:
+            raise ValueError(f"--bitrate {bitrate:g} means n_q={from_bitrate}, which contradicts n_q={n_q}")
+        return from_bitrate
+    return codec.max_n_q if n_q is None else n_q
+
+
+def make_header(codec: Codec, n_q: int, num_samples: int, model_id: str | None = None) -> RVQHeader:
+    """The ``.rvq`` header for ``num_samples`` samples encoded by ``codec`` with ``n_q`` stages."""
+    return RVQHeader(sample_rate=codec.sample_rate, hop_length=codec.hop_length, n_q=n_q,
+                     bits_per_code=codec.bits_per_code, num_samples=num_samples,
+                     model_id=model_id if model_id is not None else codec.model_id)
+
+
+def check_codec_matches(header: RVQHeader, codec: Codec, model_id: str | None = None) -> None:
+    """Raise :class:`ModelMismatchError` unless ``codec`` is the model that wrote ``header``'s file."""
+    bitstream.check_model(header, model_id if model_id is not None else codec.model_id)
+    # Same id implies the same config; these guard against a hand-made header with a copied id.
+    if (header.sample_rate, header.hop_length, header.bits_per_code) != (
+            codec.sample_rate, codec.hop_length, codec.bits_per_code) or header.n_q > codec.max_n_q:
+        raise ModelMismatchError(
+            f"stream ({header.sample_rate} Hz, hop {header.hop_length}, {header.bits_per_code}-bit codes, "
+            f"{header.n_q} stages) does not fit the model ({codec.sample_rate} Hz, hop {codec.hop_length}, "
+            f"{codec.bits_per_code}-bit codes, up to {codec.max_n_q} stages)")
+
+
+# ---------------------------------------------------------------------------------- chunked engines
+
+
+def encode_blocks(codec: Codec, blocks: Iterable[torch.Tensor | np.ndarray], n_q: int,
+                  chunking: ChunkConfig = ChunkConfig()) -> tuple[np.ndarray, int]:
+    """Encode consecutive mono blocks at ``codec.sample_rate`` into codes, chunk by chunk.
+
+    Args:
+        codec: the model (its training flag is restored afterwards).
+        blocks: consecutive pieces of one signal, each ``(t,)`` or ``(1, t)`` float, any sizes.
+        n_q: stages to keep.
+        chunking: chunk and context lengths.
+
+    Returns:
+        ``(codes, num_samples)``: codes ``(n_q, ceil(num_samples / hop))`` int64 numpy; the signal is
+        zero-padded to whole frames, exactly as ``codec.encode`` does for a single pass.
+
+    Raises:
+        ValueError: a block is not mono or contains NaN/inf.
+    """
+    hop = codec.hop_length
+    chunk, context = chunking.frames(codec.frame_rate)
+    device = _device(codec)
+    buffer = torch.zeros(0)
+    buffer_start = 0  # absolute sample index of buffer[0]
+    total = 0
+    next_frame = 0  # first frame not yet encoded
+    parts: list[np.ndarray] = []
+
+    def encode_frames(first: int, last: int, known_frames: int) -> np.ndarray:
+        """Codes of frames [first, last), from a window with up to ``context`` frames each side."""
+        lo, hi = max(0, first - context), min(known_frames, last + context)
+        window = buffer[lo * hop - buffer_start: hi * hop - buffer_start]
+        if window.numel() < (hi - lo) * hop:  # end of signal: zero-pad to whole frames like codec.encode
+            window = torch.nn.functional.pad(window, (0, (hi - lo) * hop - window.numel()))
+        with _inference(codec):
+            codes = codec.encode(window.to(device).view(1, 1, -1), n_q)
+        return codes[0, :, first - lo:last - lo].cpu().numpy()
+
+    for block in blocks:
+        block = torch.as_tensor(block, dtype=torch.float32)
+        if block.dim() == 2 and block.shape[0] == 1:
+            block = block[0]
+        if block.dim() != 1:
+            raise ValueError(f"expected mono blocks of shape (t,) or (1, t), got {tuple(block.shape)}")
+        if not torch.isfinite(block).all():
+            raise ValueError("audio contains NaN or infinite samples")
+        buffer = torch.cat([buffer, block])
+        total += block.numel()
+        # Encode every chunk whose right context is fully available.
+        while (next_frame + chunk + context) * hop <= total:
+            parts.append(encode_frames(next_frame, next_frame + chunk, next_frame + chunk + context))
+            next_frame += chunk
+            drop = max(0, (next_frame - context) * hop) - buffer_start
+            buffer, buffer_start = buffer[drop:], buffer_start + drop
+    num_frames = -(-total // hop)
+    while next_frame < num_frames:
+        last = min(next_frame + chunk, num_frames)
+        parts.append(encode_frames(next_frame, last, num_frames))
+        next_frame = last
+    codes = np.concatenate(parts, axis=1) if parts else np.zeros((n_q, 0), dtype=np.int64)
+    return codes.astype(np.int64, copy=False), total
+
+
+def decode_chunks(codec: Codec, codes: np.ndarray | torch.Tensor, num_samples: int,
+                  chunking: ChunkConfig = ChunkConfig()) -> Iterator[torch.Tensor]:
+    """Decode codes ``(n_q, frames)`` chunk by chunk.
+
+    Yields float32 CPU tensors ``(t,)`` at ``codec.sample_rate`` whose concatenation is the decoded signal
+    trimmed to ``num_samples`` (which must be ``<= frames * hop``).
+    """
+    codes = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes, dtype=torch.long)
+    if codes.dim() != 2:
+        raise ValueError(f"codes must have shape (n_q, frames), got {tuple(codes.shape)}")
+    hop = codec.hop_length
+    num_frames = codes.shape[1]
+    if num_samples > num_frames * hop:
+        raise ValueError(f"{num_samples} samples need {-(-num_samples // hop)} frames, got {num_frames}")
+    chunk, context = chunking.frames(codec.frame_rate)
+    device = _device(codec)
+    for first in range(0, -(-num_samples // hop), chunk):
+        last = min(first + chunk, num_frames)
+        lo, hi = max(0, first - context), min(num_frames, last + context)
+        with _inference(codec):
+            audio = codec.decode(codes[None, :, lo:hi].to(device))[0, 0]
+        start = (first - lo) * hop
+        stop = start + min(last * hop, num_samples) - first * hop
+        yield audio[start:stop].float().cpu().clone()
+
+
+# ------------------------------------------------------------------------------------- bytes API
+
+
+def _as_mono(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """``(T,)`` or ``(C, T)`` -> ``(T,)`` float32 (channels averaged)."""
+    wav = torch.as_tensor(wav).detach().float().cpu()
+    if wav.dim() == 2:
+        wav = wav.mean(dim=0)
+    elif wav.dim() == 3 and wav.shape[0] == 1:
+        wav = wav[0].mean(dim=0)
+    if wav.dim() != 1:
+        raise ValueError(f"audio must have shape (T,) or (channels, T), got {tuple(wav.shape)}")
+    return wav
+
+
+def compress(codec: Codec, wav: torch.Tensor | np.ndarray, sr: int, bitrate: float | None = None,
+             n_q: int | None = None, chunking: ChunkConfig = ChunkConfig()) -> bytes:
+    """Audio -> the bytes of a ``.rvq`` file.
+
+    Args:
+        codec: the model.
+        wav: ``(T,)`` mono or ``(channels, T)`` (averaged to mono), float in ``[-1, 1]``, numpy or torch.
+        sr: sample rate of ``wav`` in Hz (resampled to ``codec.sample_rate`` if different).
+        bitrate: kbps, one of ``codec.bitrates()``; or give ``n_q``; neither: all stages.
+        n_q: number of RVQ stages.
+
+    Raises:
+        ValueError: unsupported bitrate (listing the valid ones), bad shape, NaN/inf, bad sample rate.
+    """
+    n_q = resolve_n_q(codec, bitrate, n_q)
+    if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
+        raise ValueError(f"sample rate must be a positive integer number of Hz, got {sr!r}")
+    mono = _as_mono(wav)
+    if mono.numel() and int(sr) != codec.sample_rate:
+        mono = audio_io.resample(mono, int(sr), codec.sample_rate)
+    codes, num_samples = encode_blocks(codec, [mono], n_q, chunking)
+    return bitstream.encode_bitstream(make_header(codec, n_q, num_samples), codes)
+
+
+def decompress(codec: Codec, data: bytes, chunking: ChunkConfig = ChunkConfig()) -> tuple[torch.Tensor, int]:
+    """The bytes of a ``.rvq`` file -> ``(wav (1, T) float32 in [-1, 1], codec.sample_rate)``.
+
+    Raises a :class:`rvqcodec.bitstream.BitstreamError` subclass for a damaged, foreign or newer stream,
+    or one written by another model.
+    """
+    header, codes = bitstream.decode_bitstream(data)
+    check_codec_matches(header, codec)
+    pieces = list(decode_chunks(codec, codes, header.num_samples, chunking))
+    wav = torch.cat(pieces) if pieces else torch.zeros(0)
+    return wav.view(1, -1), header.sample_rate
+
+
+def load_default_codec(device: str = "cpu") -> Codec:
+    """The shipped default model (``rvqcodec/pretrained/default.pt``); FileNotFoundError if not installed."""
+    return load_codec(None, device=device)
+
+
+# -------------------------------------------------------------------------------------------- files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_output(path: Path, overwrite: bool, protected: Iterable[str | os.PathLike]) -> None:
+    """Refuse to write an input, a folder, or (without ``overwrite``) an existing file."""
+    for other in protected:
+        if _same_file(path, Path(other)):
+            raise ValueError(f"refusing to write {path}: it is an input file")
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (use --force to overwrite)")
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compress_file` did."""
+
+    source: Path
+    output: Path
+    header: RVQHeader
+    n_bytes: int
+    source_sample_rate: int
+    source_channels: int
+
+    @property
+    def downmixed(self) -> bool:
+        return self.source_channels > 1
+
+    @property
+    def resampled(self) -> bool:
+        return self.source_sample_rate != self.header.sample_rate
+
+    @property
+    def actual_kbps(self) -> float:
+        """File size (header included) * 8 / duration, in kbps (0 for empty audio)."""
+        return self.n_bytes * 8 / self.header.duration_s / 1000 if self.header.num_samples else 0.0
+
+
+def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike, n_q: int,
+                  overwrite: bool = False, chunking: ChunkConfig = ChunkConfig(),
+                  model_id: str | None = None, protected: Sequence[str | os.PathLike] = ()) -> CompressReport:
+    """Compress an audio file (any format/rate/channels soundfile reads) into a ``.rvq`` file, in bounded memory.
+
+    The input is read block by block, resampled to the codec rate and averaged to mono. An audio file with
+    zero samples gives a valid empty stream. The output is written atomically and never over ``source`` or a
+    ``protected`` path.
+
+    Raises:
+        AudioReadError: unreadable / non-audio input. FileExistsError: output exists and not ``overwrite``.
+        ValueError: output is an input or a folder, NaN/inf samples, bad ``n_q``.
+    """
+    source, output = Path(source), Path(output)
+    n_q = resolve_n_q(codec, n_q=n_q)
+    info = audio_io.audio_info(source)
+    _check_output(output, overwrite, [source, *protected])
+    if info.frames == 0:
+        codes, num_samples = np.zeros((n_q, 0), dtype=np.int64), 0
+    else:
+        block_frames = max(1, round(chunking.read_block_seconds * info.samplerate))
+        blocks = audio_io.iter_audio_blocks(source, block_frames, target_sr=codec.sample_rate, mono=True)
+        codes, num_samples = encode_blocks(codec, blocks, n_q, chunking)
+    header = make_header(codec, n_q, num_samples, model_id)
+    n_bytes = bitstream.write_rvq(output, header, codes, overwrite=overwrite)
+    return CompressReport(source, output, header, n_bytes, int(info.samplerate), int(info.channels))
+
+
+class _StreamedAudioFile:
+    """Writes mono audio block by block into a temp file beside ``path``; :meth:`commit` moves it in place.
+
+    Same guarantees as :func:`rvqcodec.data.audio_io.write_audio` (atomic, never replaces an existing file
+    unless ``overwrite``), but the signal never has to be in memory at once.
+    """
+
+    def __init__(self, path: Path, sample_rate: int, subtype: str, overwrite: bool):
+        file_format = path.suffix.lstrip(".").upper()
+        if file_format not in soundfile.available_formats():
+            raise ValueError(f"cannot write {path}: unknown audio extension {path.suffix!r} (use .wav, .flac or .ogg)")
+        subtype = subtype.upper()
+        if not soundfile.check_format(file_format, subtype):
+            raise ValueError(f"cannot write {path}: subtype {subtype} is not valid for {file_format}")
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise FileNotFoundError(f"output folder does not exist: {parent}")
+        self.path, self.overwrite, self.clip = path, overwrite, subtype in _INTEGER_SUBTYPES
+        fd, self.tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        self.handle = soundfile.SoundFile(self.tmp_name, "w", samplerate=int(sample_rate), channels=1,
+                                          subtype=subtype, format=file_format)
+
+    def write(self, block: torch.Tensor) -> None:
+        samples = block.reshape(-1).numpy().astype(np.float32, copy=False)
+        self.handle.write(np.clip(samples, -1.0, 1.0) if self.clip else samples)
+
+    def commit(self) -> None:
+        self.handle.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp_name, 0o666 & ~umask)
+        if self.overwrite:
+            os.replace(self.tmp_name, self.path)
+            return
+        try:  # link() refuses an existing name, so a file created meanwhile survives
+            os.link(self.tmp_name, self.path)
+        except FileExistsError:
+            self.abort()
+            raise FileExistsError(f"{self.path} already exists (use --force to overwrite)") from None
+        except OSError:  # file systems without hard links
+            os.replace(self.tmp_name, self.path)
+        else:
+            os.unlink(self.tmp_name)
+
+    def abort(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+        if os.path.exists(self.tmp_name):
+            os.unlink(self.tmp_name)
+
+
+@dataclass
+class DecompressReport:
+    """What :func:`decompress_file` did."""
+
+    source: Path
+    output: Path
+    header: RVQHeader
+    sample_rate: int  # rate of the written file
+
+
+def decompress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike,
+                    sample_rate: int | None = None, overwrite: bool = False, subtype: str = "PCM_16",
+                    chunking: ChunkConfig = ChunkConfig(), model_id: str | None = None,
+                    protected: Sequence[str | os.PathLike] = ()) -> DecompressReport:
+    """Decode a ``.rvq`` file into an audio file (format from the extension), streamed chunk by chunk.
+
+    Args:
+        sample_rate: write at this rate (streamed sinc resampling); ``None``: the codec rate.
+        subtype: soundfile subtype, e.g. ``PCM_16`` (default), ``PCM_24``, ``FLOAT``.
+
+    Raises:
+        BitstreamError subclasses (damaged / foreign / newer file, other model), FileNotFoundError (missing
+        input or output folder), FileExistsError (output exists and not ``overwrite``), ValueError (output is
+        an input or a folder, bad extension/subtype/rate).
+    """
+    source, output = Path(source), Path(output)
+    if not source.is_file():
+        raise FileNotFoundError(f"input not found: {source}" if not source.exists() else f"not a file: {source}")
+    if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate
+                                    or sample_rate <= 0):
+        raise ValueError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
+    _check_output(output, overwrite, [source, *protected])
+    header, codes = bitstream.read_rvq(source)
+    check_codec_matches(header, codec, model_id)
+    out_rate = header.sample_rate if sample_rate is None else int(sample_rate)
+    resampler = audio_io._StreamingResampler(header.sample_rate, out_rate) if out_rate != header.sample_rate else None
+    writer = _StreamedAudioFile(output, out_rate, subtype, overwrite)
+    try:
+        for block in decode_chunks(codec, codes, header.num_samples, chunking):
+            writer.write(block if resampler is None else resampler.push(block.view(1, -1)))
+        if resampler is not None:
+            writer.write(resampler.flush())
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return DecompressReport(source, output, header, out_rate)

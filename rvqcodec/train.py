@@ -1,0 +1,883 @@
+"""The training loop: a codec (generator) and its discriminators trained through HuggingFace Accelerate.
+
+Run it as ``rvqcodec train CONFIG [key=value ...]``, ``python -m rvqcodec.train CONFIG ...`` or, on several
+GPUs / nodes, ``accelerate launch --multi_gpu -m rvqcodec.train CONFIG ...``. The same code runs on a CPU.
+
+**One step** (``train.grad_accum`` micro-batches of ``data.batch_size`` clips per process):
+
+1. Generator: for every micro-batch, ``codec(x)`` and the loss
+   ``Σ w·recon (mel, MR-STFT, L1) + w_commit·commit + w_codebook·codebook`` plus, once
+   ``step >= loss.disc_start_step``, ``w_adv·adversarial + w_fm·feature matching`` against the current
+   discriminators; gradients are accumulated, clipped and applied.
+2. Discriminators (alternating, same step, only once adversarial training has started): real clips against the
+   detached reconstructions of step 1, accumulated, clipped, applied.
+
+A non-finite loss (or gradient) on any process skips the whole step: gradients are dropped and every model
+buffer (EMA codebooks, statistics) is restored to its value before the step. After ``train.max_bad_steps``
+consecutive skips training stops with :class:`TrainingDiverged`; no checkpoint is written from a bad state.
+
+**Data order** is a pure function of ``(train.seed, step)``: micro-batch ``m`` of process ``r`` holds the sample
+positions ``((m·world + r)·B … +B)`` of an endless stream of per-epoch permutations (see
+:class:`StepBatchSampler`); each clip's random crop is fixed by the dataset from its seed, epoch and index.
+So a run resumed at step ``s`` sees exactly the batches an uninterrupted run would.
+
+**Run folder** (``train.run_dir``)::
+
+    config.yaml                 resolved configuration (every model field written out)
+    log.jsonl                   one JSON object per log / validation event
+    tensorboard/                Accelerate TensorBoard tracker (when tensorboard is installed)
+    checkpoints/step_XXXXXXX.pt last train.keep_last full training states
+    checkpoints/best.pt         full training state with the best validation mel distance
+    codec.pt, codec_best.pt     plain Codec checkpoints (Codec.load) of the latest / best state
+    samples/step_XXXXXXX/       example validation audio: <utt>_ref.wav, <utt>_<kbps>kbps.wav
+
+**Exact resume** (``train.resume=true``): a training checkpoint holds the codec (every buffer, including the
+non-persistent codebook statistics), discriminators, optimisers, schedulers, the fp16 grad scaler, the step,
+the bad-step counters, the best validation score and the python / numpy / torch (CPU and CUDA) RNG states of
+every process. Resuming from it continues bit-identically on the same hardware and process count.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from rvqcodec.config import (
+    TrainConfig,
+    codec_config_from_section,
+    config_to_dict,
+    discriminator_config_from_section,
+    flat_dict,
+    load_config,
+    save_config,
+)
+
+CHECKPOINT_FORMAT = "rvqcodec-train-state"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_DIR = "checkpoints"
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+# ============================================================================================ data order
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Endless index batches that depend only on ``(seed, micro-batch number, rank)``.
+
+    The sample stream is the concatenation of per-epoch permutations of ``range(n_items)`` (epoch ``e``
+    permuted by a generator seeded from ``(seed, e)``). Micro-batch ``m`` of process ``rank`` takes stream
+    positions ``(m * world_size + rank) * batch_size + [0, batch_size)``. Starting at ``start_batch`` gives the
+    same batches an iteration from 0 would give from that point on.
+    """
+
+    def __init__(self, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0):
+        if n_items < 1:
+            raise ValueError("cannot sample batches from an empty dataset")
+        self.n_items = n_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.start_batch = start_batch
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
+            self._perms[epoch] = torch.randperm(self.n_items, generator=torch.Generator().manual_seed(seed))
+        return self._perms[epoch]
+
+    def positions(self, batch: int) -> list[int]:
+        first = (batch * self.world_size + self.rank) * self.batch_size
+        return list(range(first, first + self.batch_size))
+
+    def epoch_and_index(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(position, self.n_items)
+        return epoch, int(self.permutation(epoch)[offset])
+
+    def batch(self, batch: int) -> list[tuple[int, int]]:
+        """``(epoch, dataset index)`` of every clip of micro-batch ``batch``."""
+        return [self.epoch_and_index(p) for p in self.positions(batch)]
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        batch = self.start_batch
+        while True:
+            yield self.batch(batch)
+            batch += 1
+
+
+class EpochIndexedClips(torch.utils.data.Dataset):
+    """Wraps a cropping dataset so that a clip is addressed by ``(epoch, index)``.
+
+    The wrapped dataset's crop of item ``index`` depends on its seed and current epoch; setting the epoch here,
+    per item, keeps that true inside DataLoader worker processes (which hold their own copy of the dataset).
+    Returns ``(1, T)`` float tensors.
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        epoch, index = key
+        if getattr(self.dataset, "epoch", None) != epoch:
+            self.dataset.set_epoch(epoch)
+        return _as_clip(self.dataset[index])
+
+
+def _as_clip(item: Any) -> torch.Tensor:
+    """A dataset item -> (1, T) float tensor (items may be tensors, (audio, ...) tuples or dicts)."""
+    if isinstance(item, dict):
+        for key in ("audio", "wav", "samples"):
+            if key in item:
+                item = item[key]
+                break
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    item = torch.as_tensor(item, dtype=torch.float32)
+    if item.dim() == 1:
+        item = item.unsqueeze(0)
+    return item
+
+
+def _collate(items: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(items, dim=0)
+
+
+# ============================================================================================ schedules
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Learning-rate multiplier at (0-based) optimiser step ``step``: linear warmup, then the decay schedule."""
+    o = cfg.optim
+    warm = min(1.0, (step + 1) / o.warmup_steps) if o.warmup_steps > 0 else 1.0
+    after = max(0, step - o.warmup_steps)
+    if o.scheduler == "constant":
+        decay = 1.0
+    elif o.scheduler == "exponential":
+        decay = o.gamma**after
+    else:  # cosine from lr to min_lr_ratio * lr over the steps after warmup
+        span = max(1, cfg.train.steps - o.warmup_steps)
+        progress = min(1.0, after / span)
+        decay = o.min_lr_ratio + (1.0 - o.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return warm * decay
+
+
+class _LRLambda:
+    """Picklable-free callable for LambdaLR (the schedule is rebuilt from the config on resume)."""
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def __call__(self, step: int) -> float:
+        return lr_factor(step, self.cfg)
+
+
+# ============================================================================================ files
+
+
+def _atomic_torch_save(payload: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def step_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``[(step, path), ...]`` of the step checkpoints in ``run_dir``, oldest first."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    found = []
+    for path in folder.glob("step_*.pt"):
+        try:
+            found.append((int(path.stem.split("_", 1)[1]), path))
+        except ValueError:
+            continue
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The step checkpoint with the highest step in ``run_dir`` (None if there is none)."""
+    found = step_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a training checkpoint written by :class:`Trainer` (CPU tensors), with a clear error otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable training checkpoint ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an rvqcodec training checkpoint")
+    if payload.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: unsupported training checkpoint version {payload.get('version')!r}")
+    return payload
+
+
+class JsonlLog:
+    """Appends one JSON object per line (main process only); non-finite floats are written as null."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records of steps after ``step`` (left by an interrupted run), atomically."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the interruption
+            if int(record.get("step", 0)) <= step:
+                kept.append(line)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(clean) + "\n")
+
+
+# ============================================================================================ trainer
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def _preserved_rng():
+    """Run a block (validation) without disturbing the training RNG streams."""
+    state = _rng_state()
+    try:
+        yield
+    finally:
+        _set_rng_state(state)
+
+
+def _make_accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
+
+    run_dir = Path(cfg.train.run_dir)
+    log_with = None
+    if cfg.train.tensorboard:
+        try:
+            import tensorboard  # noqa: F401
+
+            log_with = "tensorboard"
+        except ImportError:
+            log_with = None
+    # EMA codebooks and statistics are all-reduced by the quantizer itself: no buffer broadcast. Quantizer
+    # dropout leaves later stages unused in some steps.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    kwargs = dict(
+        cpu=cfg.train.cpu,
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=log_with,
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir)),
+        kwargs_handlers=[ddp],
+    )
+    try:
+        return Accelerator(**kwargs)
+    except ValueError as exc:
+        launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if "already been initialized" not in str(exc) or launched:
+            raise ValueError(f"cannot set up Accelerate: {exc}") from None
+        # A second Trainer in the same single process (tests, ablations) with other precision settings.
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        return Accelerator(**kwargs)
+
+
+@dataclass
+class StepResult:
+    ok: bool
+    metrics: dict[str, float]
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig` and trains it with :meth:`fit`.
+
+    Raises ``ValueError`` / ``FileNotFoundError`` with one-line messages for configuration and data mistakes.
+    """
+
+    def __init__(self, cfg: TrainConfig, show_progress: bool = True):
+        from rvqcodec.data.datasets import LibriSpeechDataset
+        from rvqcodec.losses import ReconstructionLoss, ReconstructionLossConfig
+        from rvqcodec.model import Codec, Discriminators
+
+        self.cfg = cfg
+        self.show_progress = show_progress
+        self.run_dir = Path(cfg.train.run_dir)
+        self.codec_config = codec_config_from_section(cfg.model)
+        self.disc_config = discriminator_config_from_section(cfg.disc)
+        self._check_run_dir()
+        from accelerate.utils import set_seed
+
+        set_seed(cfg.train.seed)
+
+        # ---- data
+        root = Path(cfg.data.root)
+        sr = self.codec_config.sample_rate
+        self.train_set = LibriSpeechDataset(root, cfg.data.train_subsets, segment_seconds=cfg.data.segment_seconds,
+                                            sample_rate=sr, seed=cfg.train.seed)
+        self.valid_set = LibriSpeechDataset(root, [cfg.data.valid_subset], segment_seconds=None, sample_rate=sr,
+                                            seed=cfg.train.seed)
+
+        # ---- models and losses (checked before Accelerate writes anything)
+        self.codec = Codec(self.codec_config)
+        for kbps in cfg.train.valid_bitrates:
+            self.codec.n_q_for_bitrate(kbps)  # ValueError listing the valid bitrates
+        self.disc = Discriminators(self.disc_config) if cfg.loss.uses_discriminator else None
+        self.recon_loss = ReconstructionLoss(ReconstructionLossConfig(
+            l1_weight=cfg.loss.l1, mrstft_weight=cfg.loss.mrstft, mel_weight=cfg.loss.mel, sample_rate=sr))
+
+        self.accelerator = _make_accelerator(cfg)
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        o = cfg.optim
+        self.opt_g = torch.optim.AdamW(self.codec.parameters(), lr=o.lr, betas=tuple(o.betas),
+                                       weight_decay=o.weight_decay)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, _LRLambda(cfg))
+        self.opt_d = self.sched_d = None
+        if self.disc is not None:
+            self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr or o.lr, betas=tuple(o.betas),
+                                           weight_decay=o.weight_decay)
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, _LRLambda(cfg))
+        if self.disc is not None:
+            self.codec, self.disc, self.opt_g, self.opt_d = acc.prepare(self.codec, self.disc, self.opt_g, self.opt_d)
+        else:
+            self.codec, self.opt_g = acc.prepare(self.codec, self.opt_g)
+        self.recon_loss.to(acc.device)
+
+        # ---- state
+        self.step = 0
+        self.bad_streak = 0
+        self.bad_total = 0
+        self.best_valid_mel = math.inf
+        self.log = JsonlLog(self.run_dir / "log.jsonl", enabled=self.is_main)
+        self._window: dict[str, list[float]] = defaultdict(list)
+        self._window_start = time.perf_counter()
+        self._valid_cache: list[tuple[str, torch.Tensor]] | None = None
+
+    # ------------------------------------------------------------------------------------ helpers
+    @property
+    def codec_module(self):
+        """The bare :class:`Codec` (not wrapped for distributed training)."""
+        return self.accelerator.unwrap_model(self.codec)
+
+    @property
+    def disc_module(self):
+        return None if self.disc is None else self.accelerator.unwrap_model(self.disc)
+
+    def _check_run_dir(self) -> None:
+        leftovers = [p for p in (CHECKPOINT_DIR, "log.jsonl", "codec.pt") if (self.run_dir / p).exists()]
+        if leftovers and not self.cfg.train.resume:
+            raise ValueError(
+                f"train.run_dir={self.run_dir} already holds a run ({', '.join(leftovers)}); pass train.resume=true "
+                f"to continue it or choose another train.run_dir")
+
+    def _print(self, text: str) -> None:
+        if self.is_main:
+            print(text, file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def state_payload(self) -> dict[str, Any]:
+        """Everything needed to continue this run exactly (collective: every process must call it)."""
+        from accelerate.utils import gather_object
+
+        codec = self.codec_module
+        rng = gather_object([_rng_state()])
+        disc = self.disc_module
+        cpu = lambda sd: {k: v.detach().to("cpu").clone() for k, v in sd.items()}  # noqa: E731
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "config": config_to_dict(self.cfg),
+            "codec_config": self.codec_config.to_dict(),
+            "codec": cpu(codec.state_dict()),
+            "codec_buffers": {k: v.detach().to("cpu").clone() for k, v in codec.named_buffers()},
+            "disc": None if disc is None else cpu(disc.state_dict()),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": None if self.opt_d is None else self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": None if self.sched_d is None else self.sched_d.state_dict(),
+            "scaler": None if self.accelerator.scaler is None else self.accelerator.scaler.state_dict(),
+            "rng": rng,
+            "bad_streak": self.bad_streak,
+            "bad_total": self.bad_total,
+            "best_valid_mel": self.best_valid_mel,
+            "world_size": self.accelerator.num_processes,
+        }
+
+    def save_checkpoint(self, best: bool = False) -> Path | None:
+        """Write ``checkpoints/step_XXXXXXX.pt`` (+ ``codec.pt``), or ``best.pt`` (+ ``codec_best.pt``);
+        prune step checkpoints beyond ``train.keep_last``. Collective; only the main process writes."""
+        payload = self.state_payload()
+        path = None
+        if self.is_main:
+            folder = self.run_dir / CHECKPOINT_DIR
+            name = "best.pt" if best else f"step_{self.step:07d}.pt"
+            path = _atomic_torch_save(payload, folder / name)
+            meta = {"step": self.step, "run_dir": str(self.run_dir)}
+            if best:
+                meta["valid_mel"] = self.best_valid_mel
+            self.codec_module.save(self.run_dir / ("codec_best.pt" if best else "codec.pt"), meta=meta)
+            if not best:
+                for _, old in step_checkpoints(self.run_dir)[: -self.cfg.train.keep_last]:
+                    old.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        payload = read_training_checkpoint(path)
+        if payload["codec_config"] != self.codec_config.to_dict():
+            changed = sorted(k for k, v in self.codec_config.to_dict().items() if payload["codec_config"].get(k) != v)
+            raise ValueError(f"cannot resume from {path}: its model config differs in {', '.join(changed)}")
+        if (payload["disc"] is None) != (self.disc is None):
+            raise ValueError(f"cannot resume from {path}: discriminators were "
+                             f"{'off' if payload['disc'] is None else 'on'} in that run (loss.adv / loss.fm)")
+        codec = self.codec_module
+        codec.load_state_dict(payload["codec"])
+        buffers = dict(codec.named_buffers())
+        with torch.no_grad():
+            for name, value in payload["codec_buffers"].items():
+                buffers[name].copy_(value)
+        if self.disc is not None:
+            self.disc_module.load_state_dict(payload["disc"])
+            self.opt_d.load_state_dict(payload["opt_d"])
+            self.sched_d.load_state_dict(payload["sched_d"])
+        self.opt_g.load_state_dict(payload["opt_g"])
+        self.sched_g.load_state_dict(payload["sched_g"])
+        if self.accelerator.scaler is not None and payload["scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(payload["scaler"])
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        rng = payload["rng"]
+        if len(rng) != world:
+            self._print(f"note: checkpoint was written by {len(rng)} processes, resuming on {world}: "
+                        "data order is kept, RNG streams are not")
+        _set_rng_state(rng[rank % len(rng)])
+        self.step = int(payload["step"])
+        self.bad_streak = int(payload["bad_streak"])
+        self.bad_total = int(payload["bad_total"])
+        self.best_valid_mel = float(payload["best_valid_mel"])
+
+    # ------------------------------------------------------------------------------------ data
+    def _train_batches(self) -> Iterator[torch.Tensor]:
+        acc = self.accelerator
+        sampler = StepBatchSampler(len(self.train_set), self.cfg.data.batch_size, self.cfg.train.seed,
+                                   rank=acc.process_index, world_size=acc.num_processes,
+                                   start_batch=self.step * self.cfg.train.grad_accum)
+        loader = DataLoader(EpochIndexedClips(self.train_set), batch_sampler=sampler, collate_fn=_collate,
+                            num_workers=self.cfg.data.num_workers, pin_memory=acc.device.type == "cuda",
+                            generator=torch.Generator().manual_seed(self.cfg.train.seed))
+        for batch in loader:
+            yield batch.to(acc.device, non_blocking=True)
+
+    def _valid_items(self) -> list[tuple[str, torch.Tensor]]:
+        if self._valid_cache is None:
+            items = []
+            limit = min(len(self.valid_set), self.cfg.data.max_valid_files)
+            max_len = None
+            if self.cfg.data.max_valid_seconds is not None:
+                max_len = int(self.cfg.data.max_valid_seconds * self.codec_config.sample_rate)
+            for i in range(limit):
+                wav = _as_clip(self.valid_set[i])
+                if max_len is not None:
+                    wav = wav[..., :max_len]
+                items.append((self._utterance_id(i), wav))
+            self._valid_cache = items
+        return self._valid_cache
+
+    def _utterance_id(self, index: int) -> str:
+        files = getattr(self.valid_set, "files", None)
+        if files is not None:
+            return Path(files[index]).stem
+        return f"valid{index:03d}"
+
+    # ------------------------------------------------------------------------------------ one step
+    def _snapshot_buffers(self) -> list[torch.Tensor]:
+        return [b.detach().clone() for b in self.codec_module.buffers()]
+
+    def _restore_buffers(self, snapshot: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for buf, saved in zip(self.codec_module.buffers(), snapshot):
+                buf.copy_(saved)
+
+    def _any_bad(self, values: list[torch.Tensor]) -> bool:
+        """True if any value on any process is non-finite (collective)."""
+        local = torch.tensor(0.0 if all(bool(torch.isfinite(v).all()) for v in values) else 1.0,
+                             device=self.accelerator.device)
+        return float(self.accelerator.reduce(local, reduction="sum")) > 0
+
+    def _clip(self, model: nn.Module) -> torch.Tensor:
+        clip = self.cfg.optim.grad_clip
+        max_norm = clip if clip else float("inf")
+        norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
+        return torch.as_tensor(norm, dtype=torch.float32)
+
+    def train_step(self, micro_batches: list[torch.Tensor]) -> StepResult:
+        """One optimiser step of the generator and (once started) the discriminators."""
+        from rvqcodec.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
+
+        cfg, acc = self.cfg, self.accelerator
+        w = cfg.loss
+        accum = len(micro_batches)
+        adversarial = self.disc is not None and self.step >= w.disc_start_step
+        disc_raw = self.disc_module
+        snapshot = self._snapshot_buffers()
+        metrics: dict[str, float] = defaultdict(float)
+        losses, fakes = [], []
+
+        self.codec.train()
+        if self.disc is not None:
+            self.disc.train()
+        self.opt_g.zero_grad(set_to_none=True)
+        for i, x in enumerate(micro_batches):
+            sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.codec)
+            with sync:
+                with acc.autocast():
+                    out = self.codec(x)
+                    if adversarial:
+                        fake_outputs = disc_raw(out.audio)
+                        with torch.no_grad():
+                            real_outputs = disc_raw(x)
+                terms = self.recon_loss(out.audio, x)
+                loss = terms["total"] + w.commit * out.commit_loss.float() + w.codebook * out.codebook_loss.float()
+                if adversarial:
+                    adv = generator_adversarial_loss(fake_outputs, kind=w.adv_kind)
+                    fm = feature_matching_loss(real_outputs, fake_outputs)
+                    loss = loss + w.adv * adv + w.fm * fm
+                    metrics["loss/adv"] += float(adv.detach()) / accum
+                    metrics["loss/fm"] += float(fm.detach()) / accum
+                acc.backward(loss / accum)
+            losses.append(loss.detach())
+            fakes.append(out.audio.detach())
+            for name, value in terms.items():
+                metrics[f"loss/{'recon' if name == 'total' else name}"] += float(value.detach()) / accum
+            metrics["loss/commit"] += float(out.commit_loss.detach()) / accum
+            metrics["loss/codebook"] += float(out.codebook_loss.detach()) / accum
+            metrics["loss/generator"] += float(loss.detach()) / accum
+            metrics["n_q"] += out.n_q / accum
+
+        if self._any_bad(losses):
+            return self._skip_step(snapshot, metrics, "loss")
+        g_norm = self._clip(self.codec)
+        if not bool(torch.isfinite(g_norm)) and acc.scaler is None:
+            return self._skip_step(snapshot, metrics, "gradient")
+        self.opt_g.step()  # under fp16 the grad scaler itself skips steps with overflowed gradients
+        self.opt_g.zero_grad(set_to_none=True)
+        metrics["grad_norm/generator"] = float(g_norm)
+
+        if adversarial:
+            self.opt_d.zero_grad(set_to_none=True)  # also drops what the generator loss left there
+            d_losses = []
+            for i, (x, fake) in enumerate(zip(micro_batches, fakes)):
+                sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.disc)
+                with sync:
+                    with acc.autocast():
+                        real_outputs = self.disc(x)
+                        fake_outputs = self.disc(fake)
+                    d_loss = discriminator_loss(real_outputs, fake_outputs, kind=w.adv_kind)
+                    acc.backward(d_loss / accum)
+                d_losses.append(d_loss.detach())
+                metrics["loss/discriminator"] += float(d_loss.detach()) / accum
+            d_bad = self._any_bad(d_losses)
+            d_norm = None if d_bad else self._clip(self.disc)
+            if d_bad or (not bool(torch.isfinite(d_norm)) and acc.scaler is None):
+                self.opt_d.zero_grad(set_to_none=True)
+                metrics["skipped/discriminator"] = 1.0
+            else:
+                self.opt_d.step()
+                metrics["grad_norm/discriminator"] = float(d_norm)
+            self.opt_d.zero_grad(set_to_none=True)
+        self.bad_streak = 0
+        return StepResult(ok=True, metrics=dict(metrics))
+
+    def _skip_step(self, snapshot: list[torch.Tensor], metrics: dict[str, float], what: str) -> StepResult:
+        self.opt_g.zero_grad(set_to_none=True)
+        if self.opt_d is not None:
+            self.opt_d.zero_grad(set_to_none=True)
+        self._restore_buffers(snapshot)
+        self.bad_streak += 1
+        self.bad_total += 1
+        self._print(f"step {self.step + 1}: non-finite {what}, update skipped "
+                    f"({self.bad_streak} in a row, {self.bad_total} in total)")
+        if self.bad_streak >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(
+                f"training stopped at step {self.step + 1}: {self.bad_streak} consecutive steps had a non-finite "
+                f"loss or gradient (train.max_bad_steps={self.cfg.train.max_bad_steps}); last good checkpoint: "
+                f"{latest_checkpoint(self.run_dir) or 'none'}")
+        return StepResult(ok=False, metrics={k: v for k, v in metrics.items() if math.isfinite(v)})
+
+    # ------------------------------------------------------------------------------------ logging
+    def _learning_rates(self) -> dict[str, float]:
+        out = {"lr/generator": self.sched_g.get_last_lr()[0]}
+        if self.sched_d is not None:
+            out["lr/discriminator"] = self.sched_d.get_last_lr()[0]
+        return out
+
+    def _log_train(self) -> dict[str, float]:
+        window = self._window
+        record: dict[str, float] = {k: float(np.mean(v)) for k, v in window.items() if v}
+        elapsed = time.perf_counter() - self._window_start
+        steps = len(window.get("time/_count", [])) or 1
+        record.pop("time/_count", None)
+        record["time/step_seconds"] = elapsed / steps
+        record.update(self._learning_rates())
+        record["skipped/total"] = float(self.bad_total)
+        record.update(self.codec_module.quantizer.stats_dict(prefix="vq", reset=True))
+        self.accelerator.log(record, step=self.step)
+        self.log.write({"step": self.step, "kind": "train", **record})
+        self._window = defaultdict(list)
+        self._window_start = time.perf_counter()
+        return record
+
+    # ------------------------------------------------------------------------------------ validation
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mel distance, SI-SDR and (optionally) PESQ-WB of the held-out files at every validation bitrate;
+        writes example audio. Runs on the main process; the result is shared with every process."""
+        from accelerate.utils import broadcast_object_list
+
+        results: list[Any] = [None]
+        if self.is_main:
+            with _preserved_rng():
+                results[0] = self._validate_main()
+        broadcast_object_list(results, from_process=0)
+        return results[0]
+
+    def _validate_main(self) -> dict[str, float]:
+        from rvqcodec.data.audio_io import write_audio
+        from rvqcodec.metrics import mel_distance, pesq_wb, si_sdr
+
+        codec = self.codec_module
+        was_training = codec.training
+        codec.eval()
+        sr = codec.sample_rate
+        device = self.accelerator.device
+        sums: dict[str, list[float]] = defaultdict(list)
+        sample_dir = self.run_dir / "samples" / f"step_{self.step:07d}"
+        for index, (utt, wav) in enumerate(self._valid_items()):
+            x = wav.unsqueeze(0).to(device)
+            write_example = index < self.cfg.train.n_samples
+            if write_example:
+                sample_dir.mkdir(parents=True, exist_ok=True)
+                write_audio(sample_dir / f"{utt}_ref.wav", wav, sr, overwrite=True)
+            reference = wav[0].numpy()
+            for kbps in self.cfg.train.valid_bitrates:
+                n_q = codec.n_q_for_bitrate(kbps)
+                y = codec.decode(codec.encode(x, n_q=n_q))[..., : x.shape[-1]].float().cpu()[0]
+                estimate = y[0].numpy()
+                tag = f"valid/{kbps:g}kbps"
+                finite = bool(np.isfinite(estimate).all())  # a diverged model: NaN scores, not a crash
+                sums[f"{tag}/mel"].append(mel_distance(reference, estimate, sr) if finite else math.nan)
+                sums[f"{tag}/si_sdr"].append(si_sdr(reference, estimate) if finite else math.nan)
+                if self.cfg.train.valid_pesq:
+                    sums[f"{tag}/pesq_wb"].append(pesq_wb(reference, estimate, sr) if finite else math.nan)
+                if write_example and finite:
+                    write_audio(sample_dir / f"{utt}_{kbps:g}kbps.wav", y, sr, overwrite=True)
+        codec.train(was_training)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN metric (e.g. PESQ on silence)
+            record = {k: float(np.nanmean(v)) for k, v in sums.items()}
+        mels = [record[f"valid/{kbps:g}kbps/mel"] for kbps in self.cfg.train.valid_bitrates
+                if f"valid/{kbps:g}kbps/mel" in record]
+        record["valid/mel"] = float(np.mean(mels)) if mels else float("nan")
+        return record
+
+    # ------------------------------------------------------------------------------------ the loop
+    def _start(self) -> None:
+        cfg = self.cfg
+        if cfg.train.resume:
+            path = latest_checkpoint(self.run_dir)
+            if path is not None:
+                self.load_checkpoint(path)
+                self._print(f"resumed from {path} at step {self.step}")
+            else:
+                self._print(f"train.resume=true but no checkpoint in {self.run_dir / CHECKPOINT_DIR}: starting fresh")
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / "config.yaml")
+            self.log.truncate_after(self.step)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.log_with:
+            try:
+                hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                           for k, v in flat_dict(config_to_dict(cfg)).items()}
+                self.accelerator.init_trackers("tensorboard", config=hparams)
+            except Exception as exc:  # a broken tracker must not stop training
+                self._print(f"note: TensorBoard logging disabled ({type(exc).__name__}: {exc})")
+
+    def _step_schedulers(self) -> None:
+        """Advance the schedules once per step, also for skipped steps and before the discriminators start, so
+        the learning rate is a function of the step alone."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            self.sched_g.step()
+            if self.sched_d is not None:
+                self.sched_d.step()
+
+    def fit(self, stop_after_step: int | None = None) -> dict[str, Any]:
+        """Train to ``train.steps`` (or stop early after ``stop_after_step``, as an interruption would).
+
+        Returns ``{"step", "last_train", "last_valid", "best_valid_mel", "skipped"}``.
+        """
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        self._start()
+        last_train: dict[str, float] = {}
+        last_valid: dict[str, float] = {}
+        end = cfg.train.steps if stop_after_step is None else min(cfg.train.steps, stop_after_step)
+        batches = self._train_batches()
+        bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not (self.is_main and self.show_progress),
+                   dynamic_ncols=True, desc="train")
+        try:
+            while self.step < end:
+                micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+                result = self.train_step(micro)
+                self._step_schedulers()
+                self.step += 1
+                for key, value in result.metrics.items():
+                    self._window[key].append(value)
+                self._window["time/_count"].append(1.0)
+                bar.update(1)
+                if result.ok:
+                    bar.set_postfix(loss=f"{result.metrics['loss/generator']:.3f}",
+                                    mel=f"{result.metrics.get('loss/mel', float('nan')):.3f}",
+                                    gnorm=f"{result.metrics['grad_norm/generator']:.2f}",
+                                    n_q=int(result.metrics["n_q"]), refresh=False)
+                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                    last_train = self._log_train()
+                if self.step % cfg.train.valid_every == 0 or self.step == cfg.train.steps:
+                    last_valid = self.validate()
+                    self.accelerator.log(last_valid, step=self.step)
+                    self.log.write({"step": self.step, "kind": "valid", **last_valid})
+                    bar.write(f"step {self.step}: " + ", ".join(
+                        f"{k.removeprefix('valid/')}={v:.3f}" for k, v in last_valid.items())) if self.is_main else None
+                    if last_valid["valid/mel"] < self.best_valid_mel:
+                        self.best_valid_mel = last_valid["valid/mel"]
+                        self.save_checkpoint(best=True)
+                if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.steps:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            self.accelerator.end_training()
+        return {"step": self.step, "last_train": last_train, "last_valid": last_valid,
+                "best_valid_mel": self.best_valid_mel, "skipped": self.bad_total}
+
+
+# ============================================================================================ command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="recipe YAML file, e.g. recipes/librispeech/tiny.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="config overrides with dotted keys, e.g. data.root=/data train.steps=100 model.n_q=8")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved configuration as YAML and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rvqcodec.cli import UserError
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            import yaml
+
+            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+            return 0
+        trainer = Trainer(cfg, show_progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(str(exc)) from None
+    try:
+        summary = trainer.fit()
+    except TrainingDiverged as exc:
+        raise UserError(str(exc)) from None
+    if trainer.is_main:
+        best = summary["best_valid_mel"]
+        print(f"done: {summary['step']} steps in {cfg.train.run_dir} (best valid mel {best:.4f}, "
+              f"{summary['skipped']} skipped steps); codec: {Path(cfg.train.run_dir) / 'codec.pt'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m rvqcodec.train`` and ``accelerate launch -m rvqcodec.train``."""
+    from rvqcodec.cli import UserError
+
+    parser = argparse.ArgumentParser(prog="rvqcodec.train", description="train a codec from a recipe config")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"rvqcodec train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rvqcodec train: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

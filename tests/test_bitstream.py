@@ -1,0 +1,212 @@
+"""The .rvq container: exact round trips, the size formula, and a specific error for every kind of damage."""
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from rvqcodec import bitstream as bs
+from rvqcodec.bitstream import (
+    CorruptedBitstreamError,
+    ModelMismatchError,
+    NotRVQFileError,
+    RVQHeader,
+    TruncatedBitstreamError,
+    UnsupportedVersionError,
+)
+
+MODEL_ID = "0123456789abcdef"
+
+
+def _random_stream(n_q: int, num_samples: int, bits: int = 10, hop: int = 320, seed: int = 0):
+    header = RVQHeader(sample_rate=16000, hop_length=hop, n_q=n_q, bits_per_code=bits,
+                       num_samples=num_samples, model_id=MODEL_ID)
+    codes = np.random.default_rng(seed).integers(0, 2**bits, size=(n_q, header.num_frames))
+    return header, codes
+
+
+@pytest.mark.parametrize("n_q", range(1, 17))
+def test_round_trip_every_bitrate_keeps_codes_and_header(n_q):
+    header, codes = _random_stream(n_q, num_samples=16000 * 3 + 17, seed=n_q)
+    data = bs.encode_bitstream(header, codes)
+    header2, codes2 = bs.decode_bitstream(data)
+    assert header2 == header
+    assert codes2.dtype == np.int64
+    np.testing.assert_array_equal(codes2, codes)
+    assert header.bitrate_kbps == pytest.approx(0.5 * n_q)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 7, 8, 9, 10, 11, 13, 16, 24, 32])
+def test_packing_round_trip_any_width_including_extremes(bits):
+    rng = np.random.default_rng(bits)
+    for n_q, frames in [(1, 1), (3, 5), (5, 13), (2, 0)]:
+        codes = rng.integers(0, 2**bits, size=(n_q, frames), dtype=np.int64)
+        codes.flat[:1] = 2**bits - 1 if codes.size else codes.flat[:1]  # the all-ones code survives
+        packed = bs.pack_codes(codes, bits)
+        assert len(packed) == bs.payload_size(n_q, frames, bits)
+        np.testing.assert_array_equal(bs.unpack_codes(packed, n_q, frames, bits), codes)
+
+
+def test_packing_layout_is_frame_major_msb_first():
+    # frame 0: stage0=1, stage1=2; frame 1: stage0=3, stage1=0 -> 3-bit fields 001 010 011 000 (+ 4 pad bits)
+    codes = np.array([[1, 3], [2, 0]])
+    assert bs.pack_codes(codes, 3) == bytes([0b00101001, 0b10000000])
+
+
+def test_packing_spans_several_internal_chunks(monkeypatch):
+    monkeypatch.setattr(bs, "_PACK_CHUNK_CODES", 64)
+    codes = np.random.default_rng(1).integers(0, 1024, size=(3, 101))
+    packed = bs.pack_codes(codes, 10)
+    assert len(packed) == bs.payload_size(3, 101, 10)
+    np.testing.assert_array_equal(bs.unpack_codes(packed, 3, 101, 10), codes)
+
+
+def test_out_of_range_codes_are_refused():
+    with pytest.raises(ValueError, match=r"\[0, 1023\]"):
+        bs.pack_codes(np.array([[1024]]), 10)
+    with pytest.raises(ValueError, match=r"\[0, 1023\]"):
+        bs.pack_codes(np.array([[-1]]), 10)
+
+
+@pytest.mark.parametrize("num_samples", [0, 1, 319, 320, 321, 16000, 16000 * 7 + 5])
+@pytest.mark.parametrize("n_q", [1, 3, 16])
+def test_file_size_is_nominal_bitrate_times_duration_plus_39_bytes(num_samples, n_q):
+    header, codes = _random_stream(n_q, num_samples)
+    data = bs.encode_bitstream(header, codes)
+    frames = -(-num_samples // 320)
+    # documented formula: 39 + ceil(bitrate_bps * (frames * hop / sr) / 8)
+    nominal_bits = header.bitrate_kbps * 1000 * frames * 320 / 16000
+    assert len(data) == 39 + int(np.ceil(round(nominal_bits, 6) / 8))
+    assert len(data) == bs.file_size(n_q, num_samples, 320, 10) == header.file_bytes
+
+
+def test_empty_audio_is_a_valid_stream():
+    header, codes = _random_stream(4, 0)
+    assert codes.shape == (4, 0)
+    data = bs.encode_bitstream(header, codes)
+    assert len(data) == bs.OVERHEAD_BYTES
+    header2, codes2 = bs.decode_bitstream(data)
+    assert header2.num_samples == 0 and codes2.shape == (4, 0)
+
+
+def test_packing_one_hour_at_8kbps_is_fast():
+    header, codes = _random_stream(16, 16000 * 3600)
+    start = time.perf_counter()
+    data = bs.encode_bitstream(header, codes)
+    _, codes2 = bs.decode_bitstream(data)
+    elapsed = time.perf_counter() - start
+    assert len(data) == 39 + 3_600_000  # 8 kbps x 3600 s = 3.6 MB
+    np.testing.assert_array_equal(codes2, codes)
+    assert elapsed < 5.0, f"1 h at 8 kbps took {elapsed:.2f} s to write + read"
+
+
+# ------------------------------------------------------------------------------------------- damage
+
+
+@pytest.fixture()
+def good_stream() -> bytes:
+    header, codes = _random_stream(6, 16000 * 2 + 100)
+    return bs.encode_bitstream(header, codes)
+
+
+@pytest.mark.parametrize("keep", [0, 1, 3, 4, 5, 20, 34, 35, 36, -1, -4, -5])
+def test_truncated_file_gives_truncation_error(good_stream, keep):
+    cut = good_stream[:keep] if keep >= 0 else good_stream[:len(good_stream) + keep]
+    with pytest.raises(TruncatedBitstreamError, match="truncated|empty"):
+        bs.decode_bitstream(cut)
+
+
+def test_flipped_payload_bit_gives_checksum_error(good_stream):
+    rng = np.random.default_rng(0)
+    for position in rng.integers(bs.HEADER_SIZE, len(good_stream), size=20):
+        for bit in (0, 5):
+            damaged = bytearray(good_stream)
+            damaged[position] ^= 1 << bit
+            with pytest.raises(CorruptedBitstreamError, match="checksum"):
+                bs.decode_bitstream(bytes(damaged))
+
+
+@pytest.mark.parametrize("position", range(5, bs.HEADER_SIZE))
+def test_flipped_header_bit_gives_header_checksum_error(good_stream, position):
+    damaged = bytearray(good_stream)
+    damaged[position] ^= 0x10
+    with pytest.raises(CorruptedBitstreamError, match="header checksum"):
+        bs.decode_bitstream(bytes(damaged))
+
+
+def test_trailing_bytes_are_refused(good_stream):
+    with pytest.raises(CorruptedBitstreamError, match="trailing"):
+        bs.decode_bitstream(good_stream + b"\x00")
+
+
+@pytest.mark.parametrize("prefix", [b"RIFF", b"fLaC", b"RVQ\x00", b"\x00\x00\x00\x00", b"x"])
+def test_wrong_magic_gives_not_rvq_error(good_stream, prefix):
+    with pytest.raises(NotRVQFileError, match="not an .rvq file"):
+        bs.decode_bitstream(prefix + good_stream[len(prefix):])
+
+
+def test_text_file_is_not_rvq():
+    with pytest.raises(NotRVQFileError):
+        bs.decode_bitstream(b"hello, this is not audio\n")
+
+
+def _with_version(data: bytes, version: int) -> bytes:
+    """Rewrite the version byte and fix both checksums, as a genuine writer of that version would."""
+    fields = bytearray(data[:31])
+    fields[4] = version
+    head = bytes(fields) + struct.pack("<I", zlib.crc32(bytes(fields)))
+    payload = data[bs.HEADER_SIZE:-4]
+    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+
+
+def test_newer_version_gives_version_error(good_stream):
+    assert bs.decode_bitstream(_with_version(good_stream, 1))[0].n_q == 6  # the helper itself is sound
+    with pytest.raises(UnsupportedVersionError, match="version 2 .*newer"):
+        bs.decode_bitstream(_with_version(good_stream, 2))
+    with pytest.raises(UnsupportedVersionError, match="version 0"):
+        bs.decode_bitstream(_with_version(good_stream, 0))
+
+
+def test_other_model_gives_model_mismatch_error(good_stream):
+    header, _ = bs.decode_bitstream(good_stream)
+    bs.check_model(header, MODEL_ID)
+    with pytest.raises(ModelMismatchError, match=f"encoded with model {MODEL_ID}.*fedcba9876543210"):
+        bs.check_model(header, "fedcba9876543210")
+
+
+def test_every_error_is_a_value_error_subclass_with_one_line_message(good_stream):
+    cases = [good_stream[:10], b"xxxx" + good_stream[4:], _with_version(good_stream, 9),
+             good_stream[:-1] + bytes([good_stream[-1] ^ 1])]
+    kinds = set()
+    for data in cases:
+        with pytest.raises(bs.BitstreamError) as info:
+            bs.decode_bitstream(data)
+        assert isinstance(info.value, ValueError)
+        assert "\n" not in str(info.value)
+        kinds.add(type(info.value))
+    assert len(kinds) == 4
+
+
+def test_header_refuses_impossible_values():
+    with pytest.raises(ValueError, match="model_id"):
+        RVQHeader(16000, 320, 4, 10, 100, "not-hex-at-all!!")
+    with pytest.raises(ValueError, match="n_q"):
+        RVQHeader(16000, 320, 0, 10, 100, MODEL_ID)
+    with pytest.raises(ValueError, match="shape"):
+        bs.encode_bitstream(RVQHeader(16000, 320, 2, 10, 640, MODEL_ID), np.zeros((2, 3), dtype=np.int64))
+
+
+def test_write_rvq_is_atomic_and_refuses_to_overwrite(tmp_path):
+    header, codes = _random_stream(2, 4000)
+    path = tmp_path / "sub" / "a.rvq"
+    size = bs.write_rvq(path, header, codes)
+    assert path.stat().st_size == size == header.file_bytes
+    with pytest.raises(FileExistsError, match="--force"):
+        bs.write_rvq(path, header, codes)
+    header3, codes3 = _random_stream(3, 4000)
+    bs.write_rvq(path, header3, codes3, overwrite=True)
+    assert bs.read_rvq(path)[0].n_q == 3
+    assert [p.name for p in path.parent.iterdir()] == ["a.rvq"]  # no temp file left behind

@@ -1,0 +1,245 @@
+"""Maths of the gradient estimators against explicitly built matrices (float64 references)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rvqcodec.quantize import apply_estimator, rotation_trick, straight_through
+from rvqcodec.quantize.estimators import ESTIMATORS
+
+
+def explicit_rotation(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """R (d, d) taking e/‖e‖ onto q/‖q‖, built as the plane rotation I + s(v̂êᵀ − êv̂ᵀ) + (c − 1)(êêᵀ + v̂v̂ᵀ)
+    (independent of the Householder form used by the library). Float64 vectors."""
+    e_hat = e / e.norm()
+    q_hat = q / q.norm()
+    c = torch.dot(e_hat, q_hat)
+    v = q_hat - c * e_hat
+    s = v.norm()
+    v_hat = v / s
+    eye = torch.eye(e.numel(), dtype=e.dtype)
+    return eye + s * (torch.outer(v_hat, e_hat) - torch.outer(e_hat, v_hat)) + (c - 1) * (
+        torch.outer(e_hat, e_hat) + torch.outer(v_hat, v_hat)
+    )
+
+
+def generic_pairs(n: int, d: int, dtype=torch.float64, seed: int = 0):
+    """Typical VQ pairs: q near e (code = e + noise, different norm), plus random pairs; 1 + cos ≥ 1e-2."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(n, d, generator=g, dtype=torch.float64)
+    q = 0.8 * e + 0.6 * torch.randn(n, d, generator=g, dtype=torch.float64)
+    q[n // 2 :] = torch.randn(n - n // 2, d, generator=g, dtype=torch.float64) * 2.0
+    cos = torch.nn.functional.cosine_similarity(e, q, dim=-1)
+    keep = 1 + cos >= 1e-2
+    return e[keep].to(dtype), q[keep].to(dtype)
+
+
+def grad_of(fn, e, q, g):
+    e = e.clone().requires_grad_(True)
+    out = fn(e, q)
+    out.backward(g)
+    return out, e.grad
+
+
+@pytest.mark.parametrize("d", [8, 64, 256])
+def test_householder_rotation_properties_match_explicit_plane_rotation(d):
+    e, q = generic_pairs(64, d)
+    for i in range(8):
+        R = explicit_rotation(e[i], q[i])
+        e_hat, q_hat = e[i] / e[i].norm(), q[i] / q[i].norm()
+        assert torch.allclose(R @ e_hat, q_hat, atol=1e-12)
+        assert torch.allclose(R.T @ R, torch.eye(d, dtype=torch.float64), atol=1e-12)
+        assert abs(torch.linalg.det(R).item() - 1.0) < 1e-9
+        # the library's Jacobian (rescale=False) is exactly this R
+        J = torch.autograd.functional.jacobian(lambda x: rotation_trick(x, q[i], rescale=False), e[i])
+        assert torch.allclose(J, R, atol=1e-12)
+        # R is the identity on span(e, q)^⊥
+        v = torch.randn(d, dtype=torch.float64)
+        basis = torch.linalg.qr(torch.stack([e_hat, q_hat], 1))[0]
+        v = v - basis @ (basis.T @ v)
+        assert torch.allclose(R @ v, v, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [8, 64, 256])
+def test_jacobian_is_lambda_R_fp64(d):
+    e, q = generic_pairs(32, d)
+    for i in range(6):
+        lam = q[i].norm() / e[i].norm()
+        J = torch.autograd.functional.jacobian(lambda x: rotation_trick(x, q[i]), e[i])
+        assert torch.allclose(J, lam * explicit_rotation(e[i], q[i]), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("d", [8, 64, 256])
+def test_gradient_equals_scaled_transposed_rotation(dtype, tol, d):
+    e64, q64 = generic_pairs(256, d)
+    g64 = torch.randn_like(e64)
+    _, grad = grad_of(rotation_trick, e64.to(dtype), q64.to(dtype), g64.to(dtype))
+    for i in range(e64.shape[0]):
+        R = explicit_rotation(e64[i], q64[i])
+        expected = (q64[i].norm() / e64[i].norm()) * (R.T @ g64[i])
+        rel = (grad[i].double() - expected).norm() / expected.norm()
+        assert rel <= tol, (i, rel.item())
+
+
+def test_gradient_with_bf16_inputs_fp32_maths():
+    e64, q64 = generic_pairs(128, 64)
+    g64 = torch.randn_like(e64)
+    e, q, g = (t.to(torch.bfloat16) for t in (e64, q64, g64))
+    out, grad = grad_of(rotation_trick, e, q, g)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, q)
+    for i in range(e.shape[0]):
+        ei, qi, gi = e[i].double(), q[i].double(), g[i].double()
+        expected = (qi.norm() / ei.norm()) * (explicit_rotation(ei, qi).T @ gi)
+        assert (grad[i].double() - expected).norm() / expected.norm() <= 1e-2
+
+
+def test_angle_and_norm_identities_fp32():
+    e64, q64 = generic_pairs(256, 64)
+    g = torch.randn_like(e64).float()
+    e, q = e64.float(), q64.float()
+    _, grad = grad_of(rotation_trick, e, q, g)
+    cos_qg = torch.nn.functional.cosine_similarity(q, g, dim=-1)
+    cos_e_grad = torch.nn.functional.cosine_similarity(e, grad, dim=-1)
+    assert (cos_qg - cos_e_grad).abs().max() <= 1e-5
+    lam = q.norm(dim=-1) / e.norm(dim=-1)
+    assert ((grad.norm(dim=-1) / (lam * g.norm(dim=-1))) - 1).abs().max() <= 1e-5
+
+
+def test_in_plane_gradient_rotates_by_theta():
+    d = 32
+    e = torch.randn(d, dtype=torch.float64)
+    for theta_deg in (10, 45, 90, 135, 170):
+        theta = torch.tensor(theta_deg * torch.pi / 180, dtype=torch.float64)
+        u = torch.randn(d, dtype=torch.float64)
+        e_hat = e / e.norm()
+        u = u - torch.dot(u, e_hat) * e_hat
+        u = u / u.norm()
+        q = 1.7 * (torch.cos(theta) * e_hat + torch.sin(theta) * u)
+        g = 0.3 * e_hat + 1.1 * u  # in span(e, q)
+        _, grad = grad_of(rotation_trick, e, q, g)
+        angle = torch.arccos(torch.nn.functional.cosine_similarity(grad, g, dim=0))
+        assert abs(angle.item() - theta.item()) <= 1e-4
+
+
+def test_parallel_case_is_rescaled_ste():
+    e = torch.randn(16, 32, dtype=torch.float64)
+    alpha = 2.5
+    q = e / alpha  # e = α q
+    g = torch.randn_like(e)
+    _, grad = grad_of(rotation_trick, e, q, g)
+    assert torch.allclose(grad, g / alpha, atol=1e-6)
+
+
+@pytest.mark.parametrize("e_norm", [1e-3, 1e-5])
+def test_small_norm_inputs_keep_tolerances(e_norm):
+    e64, q64 = generic_pairs(64, 64)
+    e64 = e64 / e64.norm(dim=-1, keepdim=True) * e_norm
+    g64 = torch.randn_like(e64)
+    out, grad = grad_of(rotation_trick, e64.float(), q64.float(), g64.float())
+    assert torch.equal(out, q64.float())
+    for i in range(e64.shape[0]):
+        expected = (q64[i].norm() / e64[i].norm()) * (explicit_rotation(e64[i], q64[i]).T @ g64[i])
+        assert (grad[i].double() - expected).norm() / expected.norm() <= 1e-5
+
+
+@pytest.mark.parametrize("ratio", [1e-3, 1e3])
+def test_extreme_scale_ratios(ratio):
+    e64, q64 = generic_pairs(64, 64)
+    q64 = q64 / q64.norm(dim=-1, keepdim=True) * e64.norm(dim=-1, keepdim=True) * ratio
+    g64 = torch.randn_like(e64)
+    _, grad = grad_of(rotation_trick, e64.float(), q64.float(), g64.float())
+    for i in range(e64.shape[0]):
+        expected = ratio * (explicit_rotation(e64[i], q64[i]).T @ g64[i])
+        assert (grad[i].double() - expected).norm() / expected.norm() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_forward_is_bit_exact(name, dtype):
+    e64, q64 = generic_pairs(512, 64)
+    e, q = e64.to(dtype).requires_grad_(True), q64.to(dtype)
+    out = apply_estimator(name, e, q)
+    assert out.dtype == dtype
+    assert torch.equal(out, q)
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+def test_forward_is_bit_exact_under_autocast(name):
+    e64, q64 = generic_pairs(512, 64)
+    lin = torch.nn.Linear(64, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        e = lin(e64.float())  # bf16 under autocast
+        q = q64.float()
+        out = apply_estimator(name, e, q)
+        out.float().sum().backward()
+    assert torch.equal(out, q.to(out.dtype))
+    assert torch.isfinite(lin.weight.grad).all()
+
+
+def test_ste_gradient_is_exactly_g():
+    e, q = generic_pairs(128, 32, dtype=torch.float32)
+    g = torch.randn_like(e)
+    out, grad = grad_of(straight_through, e, q, g)
+    assert torch.equal(out, q)
+    assert torch.equal(grad, g)
+
+
+def degenerate_cases(dtype):
+    d = 16
+    q = torch.randn(6, d, dtype=torch.float64)
+    e = torch.empty_like(q)
+    e[0] = 0.0  # e = 0
+    e[1] = torch.randn(d, dtype=torch.float64) * 1e-7 / (d**0.5)  # ‖e‖ ≈ 1e-7
+    e[2] = torch.randn(d, dtype=torch.float64)
+    q[2] = 0.0  # q = 0
+    e[3] = -q[3] * 0.7  # exactly antiparallel
+    e[4] = -q[4] + 1e-4 * torch.randn(d, dtype=torch.float64)  # near antiparallel δ ~ 1e-4
+    e[5] = -q[5] + 1e-6 * torch.randn(d, dtype=torch.float64)  # δ ~ 1e-6
+    return e.to(dtype), q.to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["rotation", "rotation_noscale", "rotation_clamped"])
+def test_degenerate_inputs_no_nan_exact_forward_ste_fallback(dtype, name):
+    e, q = degenerate_cases(dtype)
+    g = torch.randn_like(e)
+    out, grad = grad_of(lambda a, b: apply_estimator(name, a, b), e, q, g)
+    assert torch.equal(out, q)
+    assert torch.isfinite(grad).all()
+    # guarded rows (e = 0, tiny e, (near-)antiparallel) get exactly the STE gradient
+    for row in (0, 1, 3, 4, 5):
+        assert torch.equal(grad[row], g[row]), row
+    if name == "rotation":
+        assert torch.equal(grad[2], torch.zeros_like(grad[2]))  # q = 0 → λ = 0 → zero gradient (documented)
+
+
+def test_noscale_jacobian_is_orthogonal_and_clamp_bounds_the_norm():
+    e, q = generic_pairs(16, 32)
+    for i in range(4):
+        J = torch.autograd.functional.jacobian(lambda x: rotation_trick(x, q[i], rescale=False), e[i])
+        assert abs(torch.linalg.matrix_norm(J, ord=2).item() - 1.0) < 1e-9
+    for lam in (0.05, 20.0):
+        qi = q[0] / q[0].norm() * e[0].norm() * lam
+        J = torch.autograd.functional.jacobian(lambda x: rotation_trick(x, qi, scale_clamp=(0.5, 2.0)), e[0])
+        norm = torch.linalg.matrix_norm(J, ord=2).item()
+        assert 0.5 - 1e-9 <= norm <= 2.0 + 1e-9
+        assert abs(norm - min(max(lam, 0.5), 2.0)) < 1e-9
+
+
+def test_no_gradient_reaches_q():
+    e, q = generic_pairs(32, 16, dtype=torch.float32)
+    q = q.clone().requires_grad_(True)
+    for name in ESTIMATORS:
+        out = apply_estimator(name, e.clone().requires_grad_(True), q)
+        out.sum().backward()
+        assert q.grad is None
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        rotation_trick(torch.randn(3, 4), torch.randn(3, 5))
+    with pytest.raises(ValueError, match="unknown estimator"):
+        apply_estimator("gumbel", torch.randn(2, 3), torch.randn(2, 3))
+    with pytest.raises(ValueError, match="rescale"):
+        rotation_trick(torch.randn(2, 3), torch.randn(2, 3), rescale=False, scale_clamp=(0.5, 2))

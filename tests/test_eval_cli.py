@@ -1,0 +1,89 @@
+"""``rvqcodec eval REF DEG``: exit codes, table and JSON output, resampling/downmix of DEG, alignment."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from rvqcodec.cli import main
+from rvqcodec.data.audio_io import read_audio, resample, write_audio
+
+SAMPLE_WAV = Path(__file__).resolve().parents[1] / "samples" / "1272-128104-0000_3s.wav"
+
+
+def _json_run(capsys, *args) -> dict:
+    assert main(["eval", *map(str, args), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out and "Infinity" not in out  # json.loads would accept these non-standard tokens
+    return json.loads(out)
+
+
+def test_identical_files_table(capsys):
+    assert main(["eval", str(SAMPLE_WAV), str(SAMPLE_WAV)]) == 0
+    out = capsys.readouterr().out
+    for label in ("PESQ-WB", "PESQ-NB", "STOI", "SI-SDR", "mel distance", "delay"):
+        assert label in out
+    pesq_line = next(line for line in out.splitlines() if line.startswith("PESQ-WB"))
+    assert float(pesq_line.split()[1]) > 4.4
+
+
+def test_json_is_strict_and_scores_a_delayed_degraded_copy(capsys, tmp_path):
+    speech = read_audio(SAMPLE_WAV).samples[0]
+    rng = np.random.default_rng(0)
+    degraded = torch.cat([torch.zeros(80), 0.8 * speech]) + 0.003 * torch.from_numpy(
+        rng.standard_normal(speech.numel() + 80)).float()
+    deg_path = write_audio(tmp_path / "deg.wav", degraded, 16000)
+    result = _json_run(capsys, SAMPLE_WAV, deg_path)
+    assert result["delay_samples"] == 80 and result["sample_rate"] == 16000
+    assert 1.0 < result["pesq_wb"] < 4.4 and 0.5 < result["stoi"] < 1.0
+    assert 10 < result["si_sdr"] < 40 and result["mel_distance"] > 0
+    no_align = _json_run(capsys, SAMPLE_WAV, deg_path, "--no-align")
+    assert no_align["delay_samples"] == 0 and no_align["si_sdr"] < result["si_sdr"]
+
+    identical = _json_run(capsys, SAMPLE_WAV, SAMPLE_WAV)
+    assert identical["si_sdr"] is None  # +inf is not valid JSON; written as null
+    text = json.dumps(identical, allow_nan=False)  # would raise on NaN/inf
+    assert "Infinity" not in text and identical["mel_distance"] == 0.0
+
+
+def test_deg_at_other_rate_and_stereo_is_resampled_to_ref(capsys, tmp_path):
+    speech = read_audio(SAMPLE_WAV).samples  # (1, T) at 16 kHz
+    stereo_44k = resample(speech, 16000, 44100).repeat(2, 1)
+    deg_path = write_audio(tmp_path / "deg44k.flac", stereo_44k, 44100, subtype="PCM_24")
+    assert main(["eval", str(SAMPLE_WAV), str(deg_path), "--json"]) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert result["sample_rate"] == 16000 and abs(result["delay_samples"]) <= 1
+    assert result["pesq_wb"] > 4.0 and result["si_sdr"] > 20
+    assert "averaged to mono" in captured.err and "44100 Hz to 16000 Hz" in captured.err
+    # Scoring at an explicit rate resamples both files.
+    at_8k = _json_run(capsys, SAMPLE_WAV, deg_path, "--sample-rate", 8000)
+    assert at_8k["sample_rate"] == 8000 and math.isclose(at_8k["num_samples"], 24000, abs_tol=2)
+    assert at_8k["pesq_nb"] > 4.0
+
+
+@pytest.mark.parametrize("make_args", [
+    lambda tmp: ["eval", str(tmp / "missing.wav"), str(SAMPLE_WAV)],
+    lambda tmp: ["eval", str(SAMPLE_WAV), str(tmp)],
+    lambda tmp: ["eval", str(SAMPLE_WAV), str(SAMPLE_WAV), "--sample-rate", "0"],
+    lambda tmp: ["eval", str(SAMPLE_WAV), str(SAMPLE_WAV), "--max-shift-ms", "-5"],
+])
+def test_user_mistakes_exit_2_with_one_line(capsys, tmp_path, make_args):
+    assert main(make_args(tmp_path)) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rvqcodec eval: error:")
+
+
+def test_not_audio_file_exits_2(capsys, tmp_path):
+    fake = tmp_path / "fake.wav"
+    fake.write_text("hello " * 100)
+    assert main(["eval", str(SAMPLE_WAV), str(fake)]) == 2
+    assert "not an audio file" in capsys.readouterr().err
+    assert soundfile.info(SAMPLE_WAV).frames == 48000  # inputs untouched

@@ -1,0 +1,286 @@
+"""Behaviour of VectorQuantizer / ResidualVQ: wiring Jacobians, codebook learning, dropout, statistics."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from rvqcodec.quantize import CodebookStats, ResidualVQ, VectorQuantizer, kmeans
+from rvqcodec.quantize.kmeans import nearest_code
+
+
+def clustered_latents(b=4, d=16, t=200, n_clusters=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_clusters, d, generator=g) * 3
+    idx = torch.randint(0, n_clusters, (b * t,), generator=g)
+    x = centres[idx] + 0.3 * torch.randn(b * t, d, generator=g)
+    return x.reshape(b, t, d).permute(0, 2, 1).contiguous()
+
+
+def plane_rotation(e, q):
+    e_hat, q_hat = e / e.norm(), q / q.norm()
+    c = torch.dot(e_hat, q_hat)
+    v = q_hat - c * e_hat
+    s = v.norm()
+    v_hat = v / s
+    eye = torch.eye(e.numel(), dtype=e.dtype)
+    return eye + s * (torch.outer(v_hat, e_hat) - torch.outer(e_hat, v_hat)) + (c - 1) * (
+        torch.outer(e_hat, e_hat) + torch.outer(v_hat, v_hat)
+    )
+
+
+def toy_rvq(estimator, residual_grad, d=6, n_q=4, k=5, seed=0):
+    torch.manual_seed(seed)
+    rvq = ResidualVQ(d, n_q, k, estimator=estimator, residual_grad=residual_grad, kmeans_init=False).double()
+    for i, layer in enumerate(rvq.layers):
+        layer.codebook.embed.copy_(torch.randn(k, d, dtype=torch.float64) * (0.8**i))
+    return rvq.eval()
+
+
+@pytest.mark.parametrize("estimator", ["rotation", "ste"])
+@pytest.mark.parametrize("residual_grad", ["live", "detached"])
+def test_wiring_jacobian_matches_formula_fp64(estimator, residual_grad):
+    d, n_q = 6, 4
+    rvq = toy_rvq(estimator, residual_grad, d=d, n_q=n_q)
+    x = torch.randn(d, dtype=torch.float64)
+
+    def f(v):
+        return rvq(v.view(1, d, 1)).quantized.view(d)
+
+    J = torch.autograd.functional.jacobian(f, x)
+    # per-stage G_k = λ_k R(r_k → q_k), from the residuals of an explicit forward
+    eye = torch.eye(d, dtype=torch.float64)
+    residual = x.clone()
+    gs = []
+    for layer in rvq.layers:
+        code = nearest_code(residual.view(1, d), layer.codebook.embed)[0]
+        q = layer.codebook.embed[code]
+        if estimator == "ste":
+            gs.append(eye)
+        else:
+            gs.append((q.norm() / residual.norm()) * plane_rotation(residual, q))
+        residual = residual - q
+    if residual_grad == "live":
+        prod = eye
+        for g in gs:
+            prod = (eye - g) @ prod
+        expected = eye - prod
+    else:
+        expected = sum(gs)
+    assert torch.allclose(J, expected, atol=1e-10, rtol=0)
+    if estimator == "ste":
+        assert torch.equal(J, eye if residual_grad == "live" else n_q * eye)
+
+
+def test_per_stage_jacobian_uses_own_residual():
+    d = 6
+    rvq = toy_rvq("rotation", "live", d=d)
+    x = torch.randn(1, d, 1, dtype=torch.float64)
+    residual = x.view(d).clone()
+    for layer in rvq.layers:
+        code = nearest_code(residual.view(1, d), layer.codebook.embed)[0]
+        q = layer.codebook.embed[code]
+        J = torch.autograd.functional.jacobian(lambda v: layer(v.view(1, d, 1)).quantized.view(d), residual)
+        assert torch.allclose(J, (q.norm() / residual.norm()) * plane_rotation(residual, q), atol=1e-12)
+        residual = residual - q
+
+
+def test_ste_and_rotation_give_identical_codebooks_after_a_step():
+    z = clustered_latents()
+    torch.manual_seed(1)
+    base = ResidualVQ(16, 3, 64, estimator="ste")
+    rot = copy.deepcopy(base)
+    for layer in rot.layers:
+        layer.estimator = "rotation"
+    grads = []
+    outs = []
+    for model in (base, rot):
+        torch.manual_seed(2)  # same k-means seeds / dead-code draws
+        zz = z.clone().requires_grad_(True)
+        out = model(zz)
+        (out.quantized.pow(2).sum() + out.commit_loss).backward()
+        grads.append(zz.grad)
+        outs.append(out)
+    assert torch.equal(outs[0].codes, outs[1].codes)
+    assert torch.equal(outs[0].quantized, outs[1].quantized)
+    for a, b in zip(base.layers, rot.layers):
+        assert torch.equal(a.codebook.embed, b.codebook.embed)
+        assert torch.equal(a.codebook.cluster_size, b.codebook.cluster_size)
+        assert a.codebook.embed.grad is None and b.codebook.embed.grad is None
+    assert not torch.allclose(grads[0], grads[1])  # only the encoder gradient differs
+
+
+def test_dropped_stages_give_no_output_loss_gradient_or_statistics():
+    z = clustered_latents()
+    rvq = ResidualVQ(16, 6, 32, estimator="rotation")
+    rvq(z)  # initialise all stages
+    rvq.reset_stats()
+    before = [layer.codebook.embed.clone() for layer in rvq.layers]
+    sizes = [layer.codebook.cluster_size.clone() for layer in rvq.layers]
+    zz = z.clone().requires_grad_(True)
+    out = rvq(zz, n_q=2)
+    assert out.codes.shape == (4, 2, 200) and out.n_q == 2
+    rvq.eval()
+    expected = rvq.layers[0].decode(out.codes[:, 0]) + rvq.layers[1].decode(out.codes[:, 1])
+    rvq.train()
+    # output is exactly the sum of the two used stages (pre-update codebooks)
+    stage_sum = sum(rvq.layers[k].decode(out.codes[:, k]) for k in range(2))
+    assert out.quantized.shape == expected.shape
+    assert not torch.equal(before[0], rvq.layers[0].codebook.embed)  # used stages were updated
+    for k in range(2, 6):
+        assert torch.equal(before[k], rvq.layers[k].codebook.embed)
+        assert torch.equal(sizes[k], rvq.layers[k].codebook.cluster_size)
+    stats = rvq.stats_dict()
+    assert any(key.startswith("vq/s2/") for key in stats)
+    assert not any(key.startswith(f"vq/s{k}/") for k in range(3, 7) for key in stats)
+    # losses and gradients only involve the used stages
+    out.commit_loss.backward()
+    assert zz.grad is not None
+    del stage_sum
+
+
+def test_quantizer_dropout_samples_prefixes():
+    z = clustered_latents(t=50)
+    rvq = ResidualVQ(16, 8, 32, quantizer_dropout=1.0)
+    seen = {rvq(z).n_q for _ in range(40)}
+    assert min(seen) >= 1 and max(seen) <= 8 and len(seen) > 3
+    rvq.eval()
+    assert rvq(z).n_q == 8  # no dropout outside training
+
+
+def test_encode_decode_round_trip_equals_forward_and_train_eval_agree():
+    z = clustered_latents()
+    rvq = ResidualVQ(16, 4, 64, codebook_dim=8)  # factorised codes with projections
+    rvq(z)  # initialise
+    rvq.eval()
+    out = rvq(z)
+    codes = rvq.encode(z)
+    assert torch.equal(codes, out.codes)
+    assert torch.equal(rvq.decode(codes), out.quantized)
+    for k in range(1, 5):
+        assert torch.equal(rvq.decode(codes[:, :k]), rvq(z, n_q=k).quantized)
+    # training-mode indices equal eval-mode ones for the same codebook
+    trained = copy.deepcopy(rvq).train()
+    for layer in trained.layers:
+        layer.codebook.dead_code_threshold = 0.0
+    assert torch.equal(trained(z, n_q=4).codes, codes)
+
+
+def test_kmeans_init_beats_random_init():
+    z = clustered_latents(seed=3)
+    errs = {}
+    for init in (True, False):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(16, 32, kmeans_init=init, dead_code_threshold=0.0)
+        vq(z)  # first training call initialises (k-means) then updates by EMA
+        vq.eval()
+        vq.stats.reset()
+        out = vq(z, track_stats=True)
+        errs[init] = vq.stats.summary()["rel_qe"]
+        assert torch.equal(out.codes, vq.encode(z))
+    assert errs[True] < 0.1 * errs[False], errs  # k-means++ finds the 32 clusters; tiny random codes do not
+
+
+def test_kmeans_recovers_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(8, 4, generator=g) * 10
+    x = centres.repeat_interleave(50, 0) + 0.01 * torch.randn(400, 4, generator=g)
+    cents, counts = kmeans(x, 8, iters=20, generator=g)
+    assert counts.sum() == 400
+    d = torch.cdist(centres, cents).min(dim=1).values
+    assert d.max() < 0.5 and torch.equal(counts, torch.full((8,), 50.0))
+
+
+def test_dead_code_gets_revived():
+    z = clustered_latents(n_clusters=8, seed=4)
+    vq = VectorQuantizer(16, 16, kmeans_init=False, dead_code_threshold=0.1, decay=0.9)
+    vq.codebook.embed.copy_(torch.randn(16, 16) * 3)
+    vq.codebook.embed[5] = 1e4  # far away: never chosen
+    vq.codebook.embed_sum.copy_(vq.codebook.embed * vq.codebook.cluster_size.unsqueeze(-1))
+    for _ in range(30):
+        vq(z)
+    assert vq.codebook.embed[5].abs().max() < 100  # re-seeded from data
+    assert int(vq.codebook.replaced_total) > 0
+    vq.eval()
+    assert (vq.encode(z) == 5).any()  # and it is used again
+
+
+def test_mask_excludes_padded_frames_from_learning_and_statistics():
+    z = clustered_latents(b=2, t=100)
+    z_pad = torch.cat([z, torch.full((2, 16, 40), 50.0)], dim=2)
+    mask = torch.zeros(2, 140, dtype=torch.bool)
+    mask[:, :100] = True
+    torch.manual_seed(0)
+    a = VectorQuantizer(16, 32)
+    a(z)
+    torch.manual_seed(0)
+    b = VectorQuantizer(16, 32)
+    b(z_pad, mask=mask)
+    assert torch.allclose(a.codebook.embed, b.codebook.embed)
+    assert torch.equal(a.stats.counts, b.stats.counts)
+
+
+def test_commitment_loss_gradient():
+    z = clustered_latents(b=1, t=30)
+    vq = VectorQuantizer(16, 8, estimator="ste", commitment_weight=0.7)
+    vq(z)
+    vq.eval()
+    zz = z.clone().double().requires_grad_(True)
+    vq = vq.double()
+    out = vq(zz)
+    out.commit_loss.backward()
+    q = vq.decode(out.codes)
+    expected = 2 * 0.7 * (zz.detach() - q) / zz.numel()
+    assert torch.allclose(zz.grad, expected, rtol=1e-6, atol=1e-12)
+
+
+def test_grad_codebook_learns_through_codebook_loss_only():
+    z = clustered_latents(b=1, t=40).requires_grad_(True)
+    vq = VectorQuantizer(16, 8, learning="grad", estimator="rotation")
+    out = vq(z)
+    out.quantized.sum().backward()
+    assert vq.codebook.embed.grad is None or torch.all(vq.codebook.embed.grad == 0)
+    out = vq(z)
+    out.codebook_loss.backward()
+    assert vq.codebook.embed.grad.abs().sum() > 0
+
+
+def test_statistics_definitions():
+    stats = CodebookStats(16)
+    codes = torch.arange(16).repeat(10)
+    x = torch.randn(160, 4)
+    stats.update(codes, x, x, x, x)
+    s = stats.summary()
+    assert abs(s["perplexity"] - 16) <= 16 * 1e-9
+    assert s["utilization"] == 100.0 and s["rel_qe"] == 0.0
+    assert abs(s["scale_median"] - 1.0) < 0.01
+    stats.reset()
+    stats.update(torch.zeros(50, dtype=torch.long), x[:50], torch.zeros(50, 4), x[:50], 0.5 * x[:50])
+    s = stats.summary()
+    assert abs(s["perplexity"] - 1.0) < 1e-12 and s["utilization"] == 100 / 16
+    assert abs(s["rel_qe"] - 1.0) < 1e-12
+    assert abs(s["scale_median"] - 0.5) < 0.01
+    # relative QE summed over batches = residual-energy ratio
+    stats.reset()
+    r1, r2 = torch.randn(30, 4), torch.randn(20, 4) * 2
+    q1, q2 = r1 * 0.5, r2 * 0.9
+    stats.update(torch.zeros(30, dtype=torch.long), r1, q1, r1, q1)
+    stats.update(torch.zeros(20, dtype=torch.long), r2, q2, r2, q2)
+    expected = ((r1 - q1).pow(2).sum() + (r2 - q2).pow(2).sum()) / (r1.pow(2).sum() + r2.pow(2).sum())
+    assert math.isclose(stats.summary()["rel_qe"], float(expected), rel_tol=1e-6)
+
+
+def test_rvq_bad_inputs():
+    with pytest.raises(ValueError, match="residual_grad"):
+        ResidualVQ(8, 2, 4, residual_grad="sometimes")
+    with pytest.raises(ValueError, match="estimator"):
+        ResidualVQ(8, 2, 4, estimator="magic")
+    rvq = ResidualVQ(8, 2, 4)
+    with pytest.raises(ValueError, match="expected"):
+        rvq(torch.randn(1, 7, 5))
+    with pytest.raises(ValueError, match="n_q"):
+        rvq(torch.randn(1, 8, 5), n_q=3)
+    with pytest.raises(ValueError, match="codes"):
+        rvq.decode(torch.full((1, 2, 5), 4))

@@ -1,0 +1,258 @@
+"""The Accelerate training loop on real speech: learning, exact resume, checkpoints, logging, NaN handling, CLI."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+
+from rvqcodec import cli
+from rvqcodec.config import config_to_dict, load_config
+from rvqcodec.model import Codec
+from rvqcodec.train import (
+    StepBatchSampler,
+    Trainer,
+    TrainingDiverged,
+    latest_checkpoint,
+    lr_factor,
+    read_training_checkpoint,
+    step_checkpoints,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_RECIPE = REPO_ROOT / "recipes" / "librispeech" / "tiny.yaml"
+
+# A very small codec (~0.1 M parameters) and discriminators: a step takes a fraction of a second on one core.
+# K = 64 codes (6 bits) at 50 frames/s -> 0.3 kbps per stage: 0.6 and 1.2 kbps are n_q = 2 and 4.
+SMALL = [
+    "model.channels=4", "model.latent_dim=32", "model.n_residual_units=1", "model.n_q=4",
+    "model.codebook_size=64", "disc.stft_n_ffts=[512,256]", "disc.periods=[2,3]",
+    "data.segment_seconds=0.5", "data.batch_size=2", "data.max_valid_files=1", "data.max_valid_seconds=2",
+    "train.valid_bitrates=[0.6,1.2]", "train.valid_pesq=false", "train.tensorboard=false", "train.n_samples=1",
+    "optim.warmup_steps=0",
+]
+
+
+def make_config(speech_root: Path, run_dir: Path, *overrides: str):
+    return load_config(TINY_RECIPE, [f"data.root={speech_root}", f"train.run_dir={run_dir}", *SMALL, *overrides])
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def all_tensors(tree, prefix=""):
+    """Flatten nested dicts/lists of a checkpoint into {path: tensor} (non-tensors as python values)."""
+    out = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(all_tensors(v, f"{prefix}{k}/"))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            out.update(all_tensors(v, f"{prefix}{i}/"))
+    else:
+        out[prefix.rstrip("/")] = tree
+    return out
+
+
+# ------------------------------------------------------------------------------------------ pure functions
+
+
+def test_step_batch_sampler_is_a_function_of_the_step():
+    n, batch = 10, 3
+    full = StepBatchSampler(n, batch, seed=5)
+    it = iter(full)
+    first = [next(it) for _ in range(12)]
+    resumed = iter(StepBatchSampler(n, batch, seed=5, start_batch=7))
+    assert [next(resumed) for _ in range(5)] == first[7:]
+    # every epoch is a permutation: positions 0..n-1 hit every index exactly once
+    flat = [idx for b in first for idx in b]
+    epochs = {}
+    for epoch, index in flat:
+        epochs.setdefault(epoch, []).append(index)
+    assert sorted(epochs[0]) == list(range(n)) and sorted(epochs[1]) == list(range(n))
+    assert epochs[0] != epochs[1]  # a new order each epoch
+    # two processes split one global stream without overlap
+    r0 = StepBatchSampler(n, batch, seed=5, rank=0, world_size=2)
+    r1 = StepBatchSampler(n, batch, seed=5, rank=1, world_size=2)
+    assert r0.batch(0) + r1.batch(0) + r0.batch(1)[:1] == first[0] + first[1] + first[2][:1]
+    assert StepBatchSampler(n, batch, seed=6).batch(0) != first[0]
+
+
+def test_lr_schedule_warmup_then_cosine_to_floor():
+    cfg = load_config(None, ["train.steps=100", "optim.warmup_steps=10", "optim.min_lr_ratio=0.1"])
+    factors = [lr_factor(s, cfg) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(factors[:9], factors[1:10]))  # rising warmup
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))  # then decaying
+    assert lr_factor(100, cfg) == pytest.approx(0.1) and lr_factor(1000, cfg) == pytest.approx(0.1)
+    const = load_config(None, ["optim.scheduler=constant"])
+    assert lr_factor(0, const) == lr_factor(500, const) == 1.0
+
+
+# ------------------------------------------------------------------------------------------ training runs
+
+
+def test_tiny_codec_learns_on_speech_and_writes_a_complete_run(speech_root, tmp_path):
+    run_dir = tmp_path / "run"
+    steps = 30
+    cfg = make_config(speech_root, run_dir, f"train.steps={steps}", "train.log_every=5", "train.valid_every=15",
+                      "train.ckpt_every=15", "loss.adv=0", "loss.fm=0", "optim.lr=3e-3", "train.valid_pesq=true",
+                      "train.tensorboard=true", "model.quantizer_dropout=0")
+    summary = Trainer(cfg, show_progress=False).fit()
+    assert summary["step"] == steps and summary["skipped"] == 0
+
+    records = read_log(run_dir)
+    train = [r for r in records if r["kind"] == "train"]
+    valid = [r for r in records if r["kind"] == "valid"]
+    assert [r["step"] for r in train] == [5, 10, 15, 20, 25, 30]
+    assert [r["step"] for r in valid] == [15, 30]
+    # reconstruction falls: mean of the last window well under the first
+    assert train[-1]["loss/recon"] < 0.8 * train[0]["loss/recon"], [r["loss/recon"] for r in train]
+    assert train[-1]["loss/mel"] < train[0]["loss/mel"]
+    for r in train:
+        assert r["lr/generator"] > 0 and math.isfinite(r["grad_norm/generator"])
+        assert "lr/discriminator" not in r  # discriminators are off in this run
+        for stage in range(1, 5):  # no quantizer dropout here: every stage runs every step
+            for stat in ("utilization", "perplexity", "dead_codes", "rel_qe", "scale_median"):
+                assert f"vq/s{stage}/{stat}" in r, (stage, stat)
+        assert 0 < r["vq/s1/utilization"] <= 100 and 1 <= r["vq/s1/perplexity"] <= 64
+        assert 0 <= r["vq/s1/rel_qe"] < 1.5
+    # cosine schedule: the logged learning rate decreases
+    assert train[-1]["lr/generator"] < train[0]["lr/generator"]
+    for r in valid:
+        for kbps in ("0.6", "1.2"):
+            assert math.isfinite(r[f"valid/{kbps}kbps/mel"]) and math.isfinite(r[f"valid/{kbps}kbps/si_sdr"])
+            assert f"valid/{kbps}kbps/pesq_wb" in r
+    assert valid[-1]["valid/mel"] < valid[0]["valid/mel"] + 0.5  # sane, finite scores
+
+    # files of the run
+    assert [s for s, _ in step_checkpoints(run_dir)] == [15, 30]
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    samples = sorted(p.name for p in (run_dir / "samples" / "step_0000030").iterdir())
+    utterance = samples[0].rsplit("_", 1)[0]
+    assert samples == [f"{utterance}_0.6kbps.wav", f"{utterance}_1.2kbps.wav", f"{utterance}_ref.wav"]
+    assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not list(run_dir.rglob("*.tmp"))
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved == config_to_dict(cfg)
+
+    # the exported codec rebuilds alone and codes/decodes speech at a validation bitrate
+    codec = Codec.load(run_dir / "codec.pt")
+    trainer_state = read_training_checkpoint(latest_checkpoint(run_dir))
+    for name, value in codec.state_dict().items():
+        assert torch.equal(value, trainer_state["codec"][name]), name
+    audio, _ = soundfile.read(run_dir / "samples" / "step_0000030" / f"{utterance}_ref.wav", dtype="float32")
+    wav = torch.from_numpy(audio).reshape(1, 1, -1)
+    codes = codec.encode(wav, n_q=codec.n_q_for_bitrate(1.2))
+    assert codes.shape == (1, 4, math.ceil(wav.shape[-1] / codec.hop_length))
+    decoded = codec.decode(codes)[..., : wav.shape[-1]]
+    assert decoded.shape == wav.shape and torch.isfinite(decoded).all()
+    assert Codec.load(run_dir / "codec_best.pt").config == codec.config
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
+    # Discriminators start at step 2 and grad accumulation is on, so every piece of state is exercised:
+    # EMA codebooks + k-means init, quantizer dropout (python RNG), both optimisers and schedulers.
+    common = ["train.steps=6", "train.ckpt_every=3", "train.valid_every=3", "train.log_every=2",
+              "loss.disc_start_step=2", "train.grad_accum=2", "model.quantizer_dropout=0.5"]
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    Trainer(make_config(speech_root, straight_dir, *common), show_progress=False).fit()
+
+    # Same run with a DataLoader worker process, killed after step 4 (checkpoint at 3 is the latest).
+    first = Trainer(make_config(speech_root, resumed_dir, *common, "data.num_workers=1"), show_progress=False)
+    first.fit(stop_after_step=4)
+    assert latest_checkpoint(resumed_dir).name == "step_0000003.pt"
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(make_config(speech_root, resumed_dir, *common), show_progress=False)
+    second = Trainer(make_config(speech_root, resumed_dir, *common, "train.resume=true"), show_progress=False)
+    second.fit()
+
+    a = read_training_checkpoint(straight_dir / "checkpoints" / "step_0000006.pt")
+    b = read_training_checkpoint(resumed_dir / "checkpoints" / "step_0000006.pt")
+    assert a["step"] == b["step"] == 6
+    for part in ("codec", "codec_buffers", "disc", "opt_g", "opt_d", "sched_g", "sched_d", "rng"):
+        ta, tb = all_tensors(a[part]), all_tensors(b[part])
+        assert ta.keys() == tb.keys(), part
+        for key in ta:
+            va, vb = ta[key], tb[key]
+            if torch.is_tensor(va):
+                assert torch.equal(va, vb), f"{part}/{key} differs after resume"
+            elif isinstance(va, np.ndarray):
+                assert np.array_equal(va, vb), f"{part}/{key} differs after resume"
+            else:
+                assert va == vb, f"{part}/{key} differs after resume"
+    assert any("embed" in k for k in a["codec_buffers"])  # the EMA codebooks were compared
+    assert a["opt_d"]["state"], "discriminator optimiser never stepped"
+    # the log holds each step once (records of the interrupted step 4 were dropped on resume)
+    train_steps = [r["step"] for r in read_log(resumed_dir) if r["kind"] == "train"]
+    assert train_steps == [2, 4, 6]
+    assert read_log(resumed_dir)[-1] == read_log(straight_dir)[-1]  # same validation scores at step 6
+
+
+def test_nan_loss_skips_the_step_and_never_reaches_a_checkpoint(speech_root, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    cfg = make_config(speech_root, run_dir, "train.steps=6", "train.ckpt_every=1", "train.valid_every=100",
+                      "train.log_every=1", "train.max_bad_steps=3", "loss.disc_start_step=0")
+    trainer = Trainer(cfg, show_progress=False)
+    poisoned_steps = {2, 3, 4, 5, 6}  # 1-based: step 1 is good, then NaN audio in every batch
+    real_step = trainer.train_step
+
+    def poisoned(micro_batches):
+        if trainer.step + 1 in poisoned_steps:
+            micro_batches = [torch.full_like(x, float("nan")) for x in micro_batches]
+        return real_step(micro_batches)
+
+    monkeypatch.setattr(trainer, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match="3 consecutive steps had a non-finite loss"):
+        trainer.fit()
+
+    # steps 2 and 3 were skipped (checkpointed, clean), step 4 was the third bad step in a row and stopped the run
+    assert [s for s, _ in step_checkpoints(run_dir)][-1] == 3
+    good = read_training_checkpoint(run_dir / "checkpoints" / "step_0000001.pt")
+    after = read_training_checkpoint(run_dir / "checkpoints" / "step_0000003.pt")
+    assert after["bad_streak"] == 2 and after["bad_total"] == 2
+    for part in ("codec", "codec_buffers", "disc"):
+        for name, value in after[part].items():
+            if value.is_floating_point():
+                assert torch.isfinite(value).all(), f"{part}/{name} holds NaN"
+            assert torch.equal(value, good[part][name]), f"{part}/{name} changed during skipped steps"
+    for state in after["opt_g"]["state"].values():
+        assert all(torch.isfinite(v).all() for v in state.values() if torch.is_tensor(v))
+    exported = Codec.load(run_dir / "codec.pt")  # the exported codec is the clean state too
+    assert all(torch.isfinite(v).all() for v in exported.state_dict().values() if v.is_floating_point())
+    skipped = [r["skipped/total"] for r in read_log(run_dir) if r["kind"] == "train"]
+    assert skipped == [0.0, 1.0, 2.0]
+
+
+# ------------------------------------------------------------------------------------------ command line
+
+
+def test_cli_errors_are_one_line(speech_root, tmp_path, capsys):
+    base = ["train", str(TINY_RECIPE), f"data.root={speech_root}", f"train.run_dir={tmp_path / 'r'}", *SMALL]
+    cases = [
+        (["train.stepz=3"], "unknown config key 'train.stepz' (did you mean 'train.steps'?)"),
+        (["train.mixed_precision=fp8"], "train.mixed_precision"),
+        ([f"data.root={tmp_path / 'nowhere'}"], "LibriSpeech"),
+        (["train.valid_bitrates=[1.5]"], "no bitrate of 1.5 kbps for this model; valid bitrates (kbps): 0.3, 0.6"),
+    ]
+    for extra, needle in cases:
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rvqcodec train: error:") and needle in err, err
+        assert "\n" not in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing written for a refused run
+    assert cli.main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_cli_print_config_shows_the_resolved_overrides(tmp_path, capsys):
+    assert cli.main(["train", str(TINY_RECIPE), "--print-config", "model.n_q=8", "train.steps=12"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["n_q"] == 8 and printed["train"]["steps"] == 12
+    assert printed["model"]["codebook_size"] == 1024  # the preset's value, written out

@@ -305,7 +305,7 @@ def check_model(header: RVQHeader, model_id: str) -> None:
 def write_rvq(path: str | os.PathLike, header: RVQHeader, codes: np.ndarray, overwrite: bool = False) -> int:
     """Write a ``.rvq`` file atomically (temp file in the same folder + ``os.replace``). Returns its size.
 
-    Raises FileExistsError if ``path`` exists and ``overwrite`` is False.
+    Raises FileExistsError if ``path`` exists and ``overwrite`` is False, FileNotFoundError if its folder is missing.
     """
     data = encode_bitstream(header, codes)
     write_bytes_atomic(path, data, overwrite=overwrite)
@@ -318,17 +318,25 @@ def read_rvq(path: str | os.PathLike) -> tuple[RVQHeader, np.ndarray]:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
+
+    Raises FileExistsError if ``path`` exists and ``overwrite`` is False, FileNotFoundError if its folder is missing.
+    """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+        raise FileExistsError(f"{path} already exists (use --force to overwrite)")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {parent}")
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

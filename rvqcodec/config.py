@@ -505,11 +505,16 @@ def config_to_dict(cfg: TrainConfig, resolve_model: bool = True) -> dict[str, An
     return _plain(out)
 
 
+def config_to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as YAML text (sections as blocks, lists inline), as written to ``config.yaml``."""
+    return yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False)
+
+
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically (temp file in the same folder + os.replace)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = yaml.dump(config_to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False)
+    text = config_to_yaml(cfg)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -44,6 +44,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -62,6 +63,7 @@ from rvqcodec.config import (
     TrainConfig,
     codec_config_from_section,
     config_to_dict,
+    config_to_yaml,
     discriminator_config_from_section,
     flat_dict,
     load_config,
@@ -80,7 +82,7 @@ class TrainingDiverged(RuntimeError):
 # ============================================================================================ data order
 
 
-class StepBatchSampler(Sampler[list[int]]):
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
     """Endless index batches that depend only on ``(seed, micro-batch number, rank)``.
 
     The sample stream is the concatenation of per-epoch permutations of ``range(n_items)`` (epoch ``e``
@@ -149,19 +151,11 @@ class EpochIndexedClips(torch.utils.data.Dataset):
         return _as_clip(self.dataset[index])
 
 
-def _as_clip(item: Any) -> torch.Tensor:
-    """A dataset item -> (1, T) float tensor (items may be tensors, (audio, ...) tuples or dicts)."""
-    if isinstance(item, dict):
-        for key in ("audio", "wav", "samples"):
-            if key in item:
-                item = item[key]
-                break
-    if isinstance(item, (tuple, list)):
-        item = item[0]
-    item = torch.as_tensor(item, dtype=torch.float32)
-    if item.dim() == 1:
-        item = item.unsqueeze(0)
-    return item
+def _as_clip(item: torch.Tensor) -> torch.Tensor:
+    """A dataset item -> float32 ``(1, T)`` (the datasets return mono ``(1, T)`` tensors)."""
+    if item.dim() != 2 or item.shape[0] != 1:
+        raise ValueError(f"expected a mono (1, T) clip from the dataset, got shape {tuple(item.shape)}")
+    return item.float()
 
 
 def _collate(items: list[torch.Tensor]) -> torch.Tensor:
@@ -187,14 +181,14 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     return warm * decay
 
 
-class _LRLambda:
-    """Picklable-free callable for LambdaLR (the schedule is rebuilt from the config on resume)."""
+def _lr_lambda(cfg: TrainConfig):
+    """The schedule as a plain function for LambdaLR (so its state_dict holds no config; it is rebuilt from the
+    config on resume)."""
 
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
+    def factor(step: int) -> float:
+        return lr_factor(step, cfg)
 
-    def __call__(self, step: int) -> float:
-        return lr_factor(step, self.cfg)
+    return factor
 
 
 # ============================================================================================ files
@@ -310,7 +304,7 @@ def _preserved_rng():
         _set_rng_state(state)
 
 
-def _make_accelerator(cfg: TrainConfig):
+def _make_accelerator(cfg: TrainConfig, codec: nn.Module):
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
@@ -323,9 +317,12 @@ def _make_accelerator(cfg: TrainConfig):
             log_with = "tensorboard"
         except ImportError:
             log_with = None
-    # EMA codebooks and statistics are all-reduced by the quantizer itself: no buffer broadcast. Quantizer
-    # dropout leaves later stages unused in some steps.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
+    # EMA codebooks and statistics are all-reduced by the quantizer itself: no buffer broadcast in forward.
+    # Under quantizer dropout the later stages sit out some steps: only a problem for DDP if they own
+    # parameters (projections, gradient-learned codebooks).
+    quantizer = codec.quantizer
+    unused = quantizer.quantizer_dropout > 0 and any(p.requires_grad for p in quantizer.parameters())
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=unused, broadcast_buffers=False)
     kwargs = dict(
         cpu=cfg.train.cpu,
         mixed_precision=cfg.train.mixed_precision,
@@ -389,22 +386,27 @@ class Trainer:
         self.recon_loss = ReconstructionLoss(ReconstructionLossConfig(
             l1_weight=cfg.loss.l1, mrstft_weight=cfg.loss.mrstft, mel_weight=cfg.loss.mel, sample_rate=sr))
 
-        self.accelerator = _make_accelerator(cfg)
+        self.accelerator = _make_accelerator(cfg, self.codec)
         acc = self.accelerator
         self.is_main = acc.is_main_process
         o = cfg.optim
         self.opt_g = torch.optim.AdamW(self.codec.parameters(), lr=o.lr, betas=tuple(o.betas),
                                        weight_decay=o.weight_decay)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, _LRLambda(cfg))
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, _lr_lambda(cfg))
         self.opt_d = self.sched_d = None
         if self.disc is not None:
             self.opt_d = torch.optim.AdamW(self.disc.parameters(), lr=o.disc_lr or o.lr, betas=tuple(o.betas),
                                            weight_decay=o.weight_decay)
-            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, _LRLambda(cfg))
-        if self.disc is not None:
-            self.codec, self.disc, self.opt_g, self.opt_d = acc.prepare(self.codec, self.disc, self.opt_g, self.opt_d)
-        else:
-            self.codec, self.opt_g = acc.prepare(self.codec, self.opt_g)
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, _lr_lambda(cfg))
+        with warnings.catch_warnings():
+            # DDP deprecates broadcast_buffers=False in favour of forward_sync_buffers, which accelerate does not
+            # expose yet; the behaviour (no per-forward buffer sync) is the one wanted here.
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+            if self.disc is not None:
+                self.codec, self.disc, self.opt_g, self.opt_d = acc.prepare(self.codec, self.disc, self.opt_g,
+                                                                            self.opt_d)
+            else:
+                self.codec, self.opt_g = acc.prepare(self.codec, self.opt_g)
         self.recon_loss.to(acc.device)
 
         # ---- state
@@ -414,7 +416,6 @@ class Trainer:
         self.best_valid_mel = math.inf
         self.log = JsonlLog(self.run_dir / "log.jsonl", enabled=self.is_main)
         self._window: dict[str, list[float]] = defaultdict(list)
-        self._window_start = time.perf_counter()
         self._valid_cache: list[tuple[str, torch.Tensor]] | None = None
 
     # ------------------------------------------------------------------------------------ helpers
@@ -445,6 +446,7 @@ class Trainer:
 
         codec = self.codec_module
         rng = gather_object([_rng_state()])
+        windows = gather_object([{k: list(v) for k, v in self._window.items()}])
         disc = self.disc_module
         cpu = lambda sd: {k: v.detach().to("cpu").clone() for k, v in sd.items()}  # noqa: E731
         return {
@@ -462,6 +464,7 @@ class Trainer:
             "sched_d": None if self.sched_d is None else self.sched_d.state_dict(),
             "scaler": None if self.accelerator.scaler is None else self.accelerator.scaler.state_dict(),
             "rng": rng,
+            "log_window": windows,  # per process: the metrics of the steps since the last log record
             "bad_streak": self.bad_streak,
             "bad_total": self.bad_total,
             "best_valid_mel": self.best_valid_mel,
@@ -515,6 +518,8 @@ class Trainer:
             self._print(f"note: checkpoint was written by {len(rng)} processes, resuming on {world}: "
                         "data order is kept, RNG streams are not")
         _set_rng_state(rng[rank % len(rng)])
+        if len(payload["log_window"]) == world:
+            self._window = defaultdict(list, {k: list(v) for k, v in payload["log_window"][rank].items()})
         self.step = int(payload["step"])
         self.bad_streak = int(payload["bad_streak"])
         self.bad_total = int(payload["bad_total"])
@@ -543,15 +548,9 @@ class Trainer:
                 wav = _as_clip(self.valid_set[i])
                 if max_len is not None:
                     wav = wav[..., :max_len]
-                items.append((self._utterance_id(i), wav))
+                items.append((Path(self.valid_set.files[i]).stem, wav))
             self._valid_cache = items
         return self._valid_cache
-
-    def _utterance_id(self, index: int) -> str:
-        files = getattr(self.valid_set, "files", None)
-        if files is not None:
-            return Path(files[index]).stem
-        return f"valid{index:03d}"
 
     # ------------------------------------------------------------------------------------ one step
     def _snapshot_buffers(self) -> list[torch.Tensor]:
@@ -584,9 +583,14 @@ class Trainer:
         adversarial = self.disc is not None and self.step >= w.disc_start_step
         disc_raw = self.disc_module
         snapshot = self._snapshot_buffers()
-        metrics: dict[str, float] = defaultdict(float)
-        losses, fakes = [], []
+        sums: dict[str, torch.Tensor] = {}  # running means over micro-batches, on the device (no syncs)
 
+        def add(name: str, value: torch.Tensor) -> None:
+            value = value.detach().float() / accum
+            sums[name] = sums[name] + value if name in sums else value
+
+        losses, fakes = [], []
+        n_q_total = 0.0
         self.codec.train()
         if self.disc is not None:
             self.disc.train()
@@ -597,7 +601,7 @@ class Trainer:
                 with acc.autocast():
                     out = self.codec(x)
                     if adversarial:
-                        fake_outputs = disc_raw(out.audio)
+                        fake_outputs = disc_raw(out.audio)  # bare module: no DDP sync for these gradients
                         with torch.no_grad():
                             real_outputs = disc_raw(x)
                 terms = self.recon_loss(out.audio, x)
@@ -606,26 +610,27 @@ class Trainer:
                     adv = generator_adversarial_loss(fake_outputs, kind=w.adv_kind)
                     fm = feature_matching_loss(real_outputs, fake_outputs)
                     loss = loss + w.adv * adv + w.fm * fm
-                    metrics["loss/adv"] += float(adv.detach()) / accum
-                    metrics["loss/fm"] += float(fm.detach()) / accum
+                    add("loss/adv", adv)
+                    add("loss/fm", fm)
                 acc.backward(loss / accum)
             losses.append(loss.detach())
-            fakes.append(out.audio.detach())
+            if adversarial:
+                fakes.append(out.audio.detach())
             for name, value in terms.items():
-                metrics[f"loss/{'recon' if name == 'total' else name}"] += float(value.detach()) / accum
-            metrics["loss/commit"] += float(out.commit_loss.detach()) / accum
-            metrics["loss/codebook"] += float(out.codebook_loss.detach()) / accum
-            metrics["loss/generator"] += float(loss.detach()) / accum
-            metrics["n_q"] += out.n_q / accum
+                add(f"loss/{'recon' if name == 'total' else name}", value)
+            add("loss/commit", out.commit_loss)
+            add("loss/codebook", out.codebook_loss)
+            add("loss/generator", loss)
+            n_q_total += out.n_q / accum
 
         if self._any_bad(losses):
-            return self._skip_step(snapshot, metrics, "loss")
+            return self._skip_step(snapshot, self._to_floats(sums), "loss")
         g_norm = self._clip(self.codec)
         if not bool(torch.isfinite(g_norm)) and acc.scaler is None:
-            return self._skip_step(snapshot, metrics, "gradient")
+            return self._skip_step(snapshot, self._to_floats(sums), "gradient")
         self.opt_g.step()  # under fp16 the grad scaler itself skips steps with overflowed gradients
         self.opt_g.zero_grad(set_to_none=True)
-        metrics["grad_norm/generator"] = float(g_norm)
+        sums["grad_norm/generator"] = g_norm.to(acc.device)
 
         if adversarial:
             self.opt_d.zero_grad(set_to_none=True)  # also drops what the generator loss left there
@@ -639,18 +644,27 @@ class Trainer:
                     d_loss = discriminator_loss(real_outputs, fake_outputs, kind=w.adv_kind)
                     acc.backward(d_loss / accum)
                 d_losses.append(d_loss.detach())
-                metrics["loss/discriminator"] += float(d_loss.detach()) / accum
+                add("loss/discriminator", d_loss)
             d_bad = self._any_bad(d_losses)
             d_norm = None if d_bad else self._clip(self.disc)
             if d_bad or (not bool(torch.isfinite(d_norm)) and acc.scaler is None):
-                self.opt_d.zero_grad(set_to_none=True)
-                metrics["skipped/discriminator"] = 1.0
+                sums["skipped/discriminator"] = torch.ones((), device=acc.device)
             else:
                 self.opt_d.step()
-                metrics["grad_norm/discriminator"] = float(d_norm)
+                sums["grad_norm/discriminator"] = d_norm.to(acc.device)
             self.opt_d.zero_grad(set_to_none=True)
         self.bad_streak = 0
-        return StepResult(ok=True, metrics=dict(metrics))
+        metrics = self._to_floats(sums)
+        metrics["n_q"] = n_q_total
+        return StepResult(ok=True, metrics=metrics)
+
+    @staticmethod
+    def _to_floats(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Device scalars -> python floats with one transfer."""
+        if not sums:
+            return {}
+        values = torch.stack([v.float().reshape(()) for v in sums.values()]).tolist()
+        return dict(zip(sums, values))
 
     def _skip_step(self, snapshot: list[torch.Tensor], metrics: dict[str, float], what: str) -> StepResult:
         self.opt_g.zero_grad(set_to_none=True)
@@ -676,19 +690,21 @@ class Trainer:
         return out
 
     def _log_train(self) -> dict[str, float]:
-        window = self._window
-        record: dict[str, float] = {k: float(np.mean(v)) for k, v in window.items() if v}
-        elapsed = time.perf_counter() - self._window_start
-        steps = len(window.get("time/_count", [])) or 1
-        record.pop("time/_count", None)
-        record["time/step_seconds"] = elapsed / steps
+        """Means over the steps since the last log and over processes (``time/step_seconds``: data loading +
+        generator and discriminator updates, without validation and checkpoints), learning rates, per-stage RVQ
+        statistics of the same window (summed over processes). Collective: every process calls it."""
+        keys = sorted(k for k, v in self._window.items() if v)  # the same on every process
+        means = torch.tensor([float(np.mean(self._window[k])) for k in keys], dtype=torch.float64,
+                             device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            means = self.accelerator.reduce(means, reduction="mean")  # losses averaged over processes
+        record: dict[str, float] = dict(zip(keys, means.tolist()))
         record.update(self._learning_rates())
         record["skipped/total"] = float(self.bad_total)
         record.update(self.codec_module.quantizer.stats_dict(prefix="vq", reset=True))
         self.accelerator.log(record, step=self.step)
         self.log.write({"step": self.step, "kind": "train", **record})
         self._window = defaultdict(list)
-        self._window_start = time.perf_counter()
         return record
 
     # ------------------------------------------------------------------------------------ validation
@@ -771,7 +787,7 @@ class Trainer:
         """Advance the schedules once per step, also for skipped steps and before the discriminators start, so
         the learning rate is a function of the step alone."""
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()` before")
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()` before"))
             self.sched_g.step()
             if self.sched_d is not None:
                 self.sched_d.step()
@@ -793,13 +809,16 @@ class Trainer:
                    dynamic_ncols=True, desc="train")
         try:
             while self.step < end:
+                started = time.perf_counter()
                 micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+                loaded = time.perf_counter()
                 result = self.train_step(micro)
                 self._step_schedulers()
                 self.step += 1
                 for key, value in result.metrics.items():
                     self._window[key].append(value)
-                self._window["time/_count"].append(1.0)
+                self._window["time/data_seconds"].append(loaded - started)
+                self._window["time/step_seconds"].append(time.perf_counter() - started)
                 bar.update(1)
                 if result.ok:
                     bar.set_postfix(loss=f"{result.metrics['loss/generator']:.3f}",
@@ -812,14 +831,16 @@ class Trainer:
                     last_valid = self.validate()
                     self.accelerator.log(last_valid, step=self.step)
                     self.log.write({"step": self.step, "kind": "valid", **last_valid})
-                    bar.write(f"step {self.step}: " + ", ".join(
-                        f"{k.removeprefix('valid/')}={v:.3f}" for k, v in last_valid.items())) if self.is_main else None
+                    if self.is_main:
+                        bar.write(f"step {self.step} validation: " + ", ".join(
+                            f"{k.removeprefix('valid/')}={v:.3f}" for k, v in last_valid.items()), file=sys.stderr)
                     if last_valid["valid/mel"] < self.best_valid_mel:
                         self.best_valid_mel = last_valid["valid/mel"]
                         self.save_checkpoint(best=True)
                 if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.steps:
                     self.save_checkpoint()
         finally:
+            batches.close()  # stops DataLoader workers
             bar.close()
             self.accelerator.end_training()
         return {"step": self.step, "last_train": last_train, "last_valid": last_valid,
@@ -844,9 +865,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
-            import yaml
-
-            print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+            print(config_to_yaml(cfg), end="")
             return 0
         trainer = Trainer(cfg, show_progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as exc:
@@ -868,7 +887,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="rvqcodec.train", description="train a codec from a recipe config")
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # flags may sit between the KEY=VALUE overrides
     try:
         return run(args)
     except UserError as exc:

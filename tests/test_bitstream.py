@@ -201,7 +201,10 @@ def test_header_refuses_impossible_values():
 
 def test_write_rvq_is_atomic_and_refuses_to_overwrite(tmp_path):
     header, codes = _random_stream(2, 4000)
+    with pytest.raises(FileNotFoundError, match="folder does not exist"):
+        bs.write_rvq(tmp_path / "missing" / "a.rvq", header, codes)
     path = tmp_path / "sub" / "a.rvq"
+    path.parent.mkdir()
     size = bs.write_rvq(path, header, codes)
     assert path.stat().st_size == size == header.file_bytes
     with pytest.raises(FileExistsError, match="--force"):
@@ -210,3 +213,12 @@ def test_write_rvq_is_atomic_and_refuses_to_overwrite(tmp_path):
     bs.write_rvq(path, header3, codes3, overwrite=True)
     assert bs.read_rvq(path)[0].n_q == 3
     assert [p.name for p in path.parent.iterdir()] == ["a.rvq"]  # no temp file left behind
+    assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()  # usual permissions, not mkstemp's 0600
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

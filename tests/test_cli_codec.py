@@ -117,8 +117,9 @@ def test_missing_models_give_one_line_errors(capsys, tmp_path, clips, monkeypatc
         code, _, err = run_cli(capsys, *command)
         assert code == 2
         assert len(_errors(err)) == 1 and "shipped default model is not installed" in err and "--model" in err
-    code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "--model", tmp_path / "missing.pt")
-    assert code == 2 and _errors(err) == [f"rvqcodec compress: error: model checkpoint not found: {tmp_path / 'missing.pt'}"]
+    missing = tmp_path / "missing.pt"
+    code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "--model", missing)
+    assert code == 2 and _errors(err) == [f"rvqcodec compress: error: model checkpoint not found: {missing}"]
     code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "--model", clips[0])
     assert code == 2 and "not an rvqcodec checkpoint" in err
 
@@ -227,6 +228,13 @@ def test_single_bad_input_is_a_user_error(capsys, tmp_path, model):
     assert code == 2 and "input not found" in err
     code, _, err = run_cli(capsys, "compress", str(tmp_path / "*.flac"), tmp_path / "o", "--model", model_path)
     assert code == 2 and "no files match" in err
+    soundfile.write(tmp_path / "ok.wav", np.zeros(800, dtype=np.float32), 16000)
+    code, _, err = run_cli(capsys, "compress", tmp_path / "ok.wav", tmp_path / "nodir" / "t.rvq", "--model", model_path)
+    assert code == 2 and "output folder does not exist" in err and not (tmp_path / "nodir").exists()
+    (tmp_path / "z.rvq").write_bytes(streaming.compress(model[0], np.zeros(800), 16000, n_q=1))
+    code, _, err = run_cli(capsys, "decompress", tmp_path / "z.rvq", tmp_path / "z.wav", "--sample-rate", "44099",
+                           "--model", model_path)
+    assert code == 2 and "cannot resample" in err and not (tmp_path / "z.wav").exists()
 
 
 def _rewrite_version(data: bytes, version: int) -> bytes:
@@ -240,7 +248,9 @@ def _rewrite_version(data: bytes, version: int) -> bytes:
 def test_every_damaged_stream_has_its_own_error(capsys, tmp_path, model, clips):
     codec, model_path = model
     good = streaming.compress(codec, read_audio(clips[2]).samples, 16000, n_q=4)
+    torch.manual_seed(1)
     other = Codec(CodecConfig.preset("tiny"))
+    assert other.model_id != codec.model_id
     other_path = tmp_path / "other.pt"
     other.save(other_path)
     flipped = bytearray(good)
@@ -251,14 +261,12 @@ def test_every_damaged_stream_has_its_own_error(capsys, tmp_path, model, clips):
         "magic": (b"OggS" + good[4:], "not an .rvq file"),
         "newer": (_rewrite_version(good, 2), "unsupported .rvq format version 2 (written by a newer rvqcodec"),
     }
-    seen = set()
     for name, (data, message) in cases.items():
         (tmp_path / f"{name}.rvq").write_bytes(data)
         code, _, err = run_cli(capsys, "decompress", tmp_path / f"{name}.rvq", tmp_path / f"{name}.wav",
                                "--model", model_path)
         assert code == 2 and message in err, (name, err)
         assert len(_errors(err)) == 1 and not (tmp_path / f"{name}.wav").exists()
-        seen.add(message)
     (tmp_path / "good.rvq").write_bytes(good)
     code, _, err = run_cli(capsys, "decompress", tmp_path / "good.rvq", tmp_path / "good.wav", "--model", other_path)
     assert code == 2 and f"encoded with model {codec.model_id}" in err and other.model_id in err

@@ -284,3 +284,21 @@ def test_rvq_bad_inputs():
         rvq(torch.randn(1, 8, 5), n_q=3)
     with pytest.raises(ValueError, match="codes"):
         rvq.decode(torch.full((1, 2, 5), 4))
+
+
+def test_initialize_from_a_large_batch_gives_every_stage_useful_residuals():
+    small = clustered_latents(b=1, t=20, n_clusters=64, seed=5)  # 20 frames < K = 32
+    large = clustered_latents(b=8, t=200, n_clusters=64, seed=5)
+    lazy = ResidualVQ(16, 3, 32)
+    lazy(small)  # stage 1 memorises the 20 frames: stages 2-3 start from zero residuals
+    eager = ResidualVQ(16, 3, 32)
+    assert eager.initialize(large) == 3 and eager.initialize(large) == 0
+    for model in (lazy, eager):
+        model.eval()
+        model.record_eval_stats = True
+        model.reset_stats()
+        model(large)
+    lazy_qe = [s["rel_qe"] for s in lazy.stage_stats()]
+    eager_qe = [s["rel_qe"] for s in eager.stage_stats()]
+    assert eager_qe[1] < 0.9 and lazy_qe[1] > 0.99  # a zero-initialised stage removes no energy
+    assert all(e < l for e, l in zip(eager_qe, lazy_qe))

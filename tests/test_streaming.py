@@ -174,6 +174,7 @@ def test_bitrate_choice_and_its_errors(codec):
 
 def test_other_model_is_refused_not_decoded(codec):
     data = streaming.compress(codec, torch.randn(4000) * 0.1, 16000, n_q=2)
+    torch.manual_seed(1)
     other = Codec(CodecConfig.preset("tiny")).eval()
     assert other.model_id != codec.model_id
     with pytest.raises(ModelMismatchError, match=codec.model_id):
@@ -201,7 +202,7 @@ def test_files_stereo_44k_round_trip_and_resampled_output(codec, speech, tmp_pat
                                      chunking=ChunkConfig(chunk_seconds=1.0, read_block_seconds=0.3))
     assert report.downmixed and report.resampled and report.source_sample_rate == 44100
     assert report.n_bytes == (tmp_path / "a.rvq").stat().st_size == report.header.file_bytes
-    # streamed read + chunked encode == whole-array path (streamed resampling differs by <= 1e-5)
+    # streamed read + chunked encode == whole-array path (streamed resampling differs by <= 1e-4)
     from_memory = streaming.compress(codec, np.stack([left, 0.5 * left]), 44100, n_q=6)
     assert np.mean(bitstream.read_rvq(tmp_path / "a.rvq")[1] == bitstream.decode_bitstream(from_memory)[1]) >= 0.99
 

@@ -31,7 +31,8 @@ TINY_RECIPE = REPO_ROOT / "recipes" / "librispeech" / "tiny.yaml"
 # K = 64 codes (6 bits) at 50 frames/s -> 0.3 kbps per stage: 0.6 and 1.2 kbps are n_q = 2 and 4.
 SMALL = [
     "model.channels=4", "model.latent_dim=32", "model.n_residual_units=1", "model.n_q=4",
-    "model.codebook_size=64", "disc.stft_n_ffts=[512,256]", "disc.periods=[2,3]",
+    "model.codebook_size=64", "disc.stft_n_ffts=[256]", "disc.stft_channels=4", "disc.periods=[2]",
+    "disc.period_channels=4", "disc.period_max_channels=16",
     "data.segment_seconds=0.5", "data.batch_size=2", "data.max_valid_files=1", "data.max_valid_seconds=2",
     "train.valid_bitrates=[0.6,1.2]", "train.valid_pesq=false", "train.tensorboard=false", "train.n_samples=1",
     "optim.warmup_steps=0",
@@ -159,23 +160,23 @@ def test_tiny_codec_learns_on_speech_and_writes_a_complete_run(speech_root, tmp_
 def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
     # Discriminators start at step 2 and grad accumulation is on, so every piece of state is exercised:
     # EMA codebooks + k-means init, quantizer dropout (python RNG), both optimisers and schedulers.
-    common = ["train.steps=6", "train.ckpt_every=3", "train.valid_every=3", "train.log_every=2",
-              "loss.disc_start_step=2", "train.grad_accum=2", "model.quantizer_dropout=0.5"]
+    common = ["train.steps=5", "train.ckpt_every=2", "train.valid_every=2", "train.log_every=3",
+              "loss.disc_start_step=1", "train.grad_accum=2", "model.quantizer_dropout=0.5"]
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
     Trainer(make_config(speech_root, straight_dir, *common), show_progress=False).fit()
 
-    # Same run with a DataLoader worker process, killed after step 4 (checkpoint at 3 is the latest).
+    # Same run with a DataLoader worker process, killed after step 3 (checkpoint at 2 is the latest).
     first = Trainer(make_config(speech_root, resumed_dir, *common, "data.num_workers=1"), show_progress=False)
-    first.fit(stop_after_step=4)
-    assert latest_checkpoint(resumed_dir).name == "step_0000003.pt"
+    first.fit(stop_after_step=3)
+    assert latest_checkpoint(resumed_dir).name == "step_0000002.pt"
     with pytest.raises(ValueError, match="already holds a run"):
         Trainer(make_config(speech_root, resumed_dir, *common), show_progress=False)
     second = Trainer(make_config(speech_root, resumed_dir, *common, "train.resume=true"), show_progress=False)
     second.fit()
 
-    a = read_training_checkpoint(straight_dir / "checkpoints" / "step_0000006.pt")
-    b = read_training_checkpoint(resumed_dir / "checkpoints" / "step_0000006.pt")
-    assert a["step"] == b["step"] == 6
+    a = read_training_checkpoint(straight_dir / "checkpoints" / "step_0000005.pt")
+    b = read_training_checkpoint(resumed_dir / "checkpoints" / "step_0000005.pt")
+    assert a["step"] == b["step"] == 5
     for part in ("codec", "codec_buffers", "disc", "opt_g", "opt_d", "sched_g", "sched_d", "rng"):
         ta, tb = all_tensors(a[part]), all_tensors(b[part])
         assert ta.keys() == tb.keys(), part
@@ -189,16 +190,21 @@ def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
                 assert va == vb, f"{part}/{key} differs after resume"
     assert any("embed" in k for k in a["codec_buffers"])  # the EMA codebooks were compared
     assert a["opt_d"]["state"], "discriminator optimiser never stepped"
-    # the log holds each step once (records of the interrupted step 4 were dropped on resume)
-    train_steps = [r["step"] for r in read_log(resumed_dir) if r["kind"] == "train"]
-    assert train_steps == [2, 4, 6]
-    assert read_log(resumed_dir)[-1] == read_log(straight_dir)[-1]  # same validation scores at step 6
+    # The log holds each step once (what the interrupted run logged after step 2 was dropped on resume), and
+    # the records match the uninterrupted run's, including the per-stage statistics of the window of steps 1-3
+    # that straddles the interruption (the statistics buffers are part of the checkpoint).
+    straight_log, resumed_log = read_log(straight_dir), read_log(resumed_dir)
+    assert [(r["step"], r["kind"]) for r in resumed_log] == [
+        (2, "valid"), (3, "train"), (4, "valid"), (5, "train"), (5, "valid")]
+    untimed = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
+    assert [untimed(r) for r in resumed_log] == [untimed(r) for r in straight_log]
+    assert "vq/s1/perplexity" in resumed_log[1]
 
 
 def test_nan_loss_skips_the_step_and_never_reaches_a_checkpoint(speech_root, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     cfg = make_config(speech_root, run_dir, "train.steps=6", "train.ckpt_every=1", "train.valid_every=100",
-                      "train.log_every=1", "train.max_bad_steps=3", "loss.disc_start_step=0")
+                      "train.log_every=1", "train.max_bad_steps=3", "loss.disc_start_step=0", "train.keep_last=5")
     trainer = Trainer(cfg, show_progress=False)
     poisoned_steps = {2, 3, 4, 5, 6}  # 1-based: step 1 is good, then NaN audio in every batch
     real_step = trainer.train_step
@@ -252,7 +258,7 @@ def test_cli_errors_are_one_line(speech_root, tmp_path, capsys):
 
 
 def test_cli_print_config_shows_the_resolved_overrides(tmp_path, capsys):
-    assert cli.main(["train", str(TINY_RECIPE), "--print-config", "model.n_q=8", "train.steps=12"]) == 0
+    assert cli.main(["train", str(TINY_RECIPE), "model.n_q=8", "train.steps=12", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["n_q"] == 8 and printed["train"]["steps"] == 12
     assert printed["model"]["codebook_size"] == 1024  # the preset's value, written out

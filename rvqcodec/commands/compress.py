@@ -124,12 +124,15 @@ def _relative_or_name(path: Path, root: Path) -> Path:
 
 def plan_outputs(inputs: Sequence[InputFile], output: str, batch: bool, suffix: str) -> list[Path]:
     """Output path per input: in batch mode ``OUTPUT/<relative path with suffix>`` (OUTPUT is a folder, created
-    if needed); for one input OUTPUT itself, or ``OUTPUT/<name with suffix>`` if OUTPUT is an existing folder."""
+    if needed, as are its subfolders when files are written); for one input OUTPUT itself (its folder must
+    exist), or ``OUTPUT/<name with suffix>`` if OUTPUT is a folder (or ends with a path separator)."""
     out = Path(output)
     if batch or out.is_dir() or output.endswith(os.sep):
         if out.exists() and not out.is_dir():
             raise UserError(f"output {out} must be a folder for several inputs, but it is a file")
         return [out / item.relative.with_suffix(suffix) for item in inputs]
+    if not out.parent.is_dir():
+        raise UserError(f"output folder does not exist: {out.parent}")
     return [out]
 
 
@@ -157,8 +160,7 @@ def run_batch(command: str, inputs: Sequence[InputFile], outputs: Sequence[Path 
                 if key in claimed:
                     raise FileExistsError(f"output {out} would also be written for {claimed[key]}; rename one input")
                 claimed[key] = item.path
-                if batch:
-                    out.parent.mkdir(parents=True, exist_ok=True)
+                out.parent.mkdir(parents=True, exist_ok=True)
             line = work(item, out)
         except (AudioReadError, BitstreamError, FileExistsError, FileNotFoundError, IsADirectoryError,
                 PermissionError, ValueError) as exc:
@@ -200,8 +202,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rate.add_argument("--n-q", type=int, default=None, help="number of RVQ stages instead of --bitrate")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
     add_model_arguments(parser)
-    parser.add_argument("--chunk-seconds", type=float, default=20.0,
-                        help="long files are encoded in chunks of this many seconds (default: 20)")
+    parser.add_argument("--chunk-seconds", type=float, default=10.0,
+                        help="long files are encoded in chunks of this many seconds (default: 10)")
 
 
 def run(args: argparse.Namespace) -> int:

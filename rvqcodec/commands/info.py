@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             info = checkpoint_info(resolve_checkpoint(args.model))
     except BitstreamError as exc:
         raise UserError(f"{args.path}: {exc}") from None
-    except (FileNotFoundError, ValueError) as exc:
-        raise UserError(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise UserError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     print(json.dumps(info, indent=2) if args.json else _format(info))
     return 0

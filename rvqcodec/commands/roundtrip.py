@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from rvqcodec.cli import UserError
 from rvqcodec.commands.compress import (
     AUDIO_SUFFIXES,
     InputFile,
@@ -137,7 +136,6 @@ def run(args: argparse.Namespace) -> int:
                     raise FileExistsError(f"{path} already exists (use --force to overwrite)")
         row, data, decoded = roundtrip_one(codec, item.path, n_q)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(out.with_suffix(".rvq"), data, overwrite=args.force)
             write_audio(out, decoded, codec.sample_rate, overwrite=args.force, protected=protected)
         rows.append(row)

@@ -215,7 +215,9 @@ class StreamingResampler:
         self.total_in = 0
 
     def push(self, block: torch.Tensor) -> torch.Tensor:
-        """Feed input ``(C, t)``; returns the output ``(C, t')`` that is now final (possibly empty)."""
+        """Feed input ``(C, t)`` (floating point); returns the output ``(C, t')`` now final (possibly empty)."""
+        if self.transform.kernel.dtype != block.dtype or self.transform.kernel.device != block.device:
+            self.transform = self.transform.to(device=block.device, dtype=block.dtype)
         self.buffer = block if self.buffer is None else torch.cat([self.buffer, block], dim=1)
         self.total_in += block.shape[1]
         span_end = (self.total_in - self.context) // self.o * self.o  # last input index we can emit up to

@@ -111,7 +111,11 @@ class _AudioSegmentDataset(Dataset):
         return self._num_samples[file_index]
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the crops of ``epoch`` (crops depend only on seed, epoch and index)."""
+        """Select the crops of ``epoch`` (crops depend only on seed, epoch and index).
+
+        With DataLoader workers, call it before iterating the loader: workers copy the dataset when the
+        iterator starts, so with ``persistent_workers=True`` a later call does not reach them.
+        """
         self.epoch = int(epoch)
 
     # ------------------------------------------------------------------------------------------ decoding

@@ -21,12 +21,6 @@ from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 
-def _same_padding(kernel_size: int, dilation: int) -> tuple[int, int]:
-    """(left, right) zero padding that keeps the length of a stride-1 convolution."""
-    total = dilation * (kernel_size - 1)
-    return total // 2, total - total // 2
-
-
 class WNConv1d(nn.Module):
     """Weight-normalised ``Conv1d`` with centred padding.
 
@@ -41,10 +35,15 @@ class WNConv1d(nn.Module):
         self.kernel_size = kernel_size
         self.stride = stride
         self.dilation = dilation
+        # Stride 1 with an even padding total (odd kernels): let the convolution pad, saving a copy.
+        self.builtin_padding = stride == 1 and (dilation * (kernel_size - 1)) % 2 == 0
+        padding = dilation * (kernel_size - 1) // 2 if self.builtin_padding else 0
         self.conv = weight_norm(nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride,
-                                          dilation=dilation, bias=bias))
+                                          dilation=dilation, padding=padding, bias=bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.builtin_padding:
+            return self.conv(x)
         length = x.shape[-1]
         effective_kernel = self.dilation * (self.kernel_size - 1) + 1
         # Padding for "same" length at stride 1, generalised to "ceil(T / stride)" frames at stride s.

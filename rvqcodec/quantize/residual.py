@@ -21,6 +21,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from .distributed import broadcast_int
@@ -126,6 +127,28 @@ class ResidualVQ(nn.Module):
             codebook_loss=torch.stack(codebook).sum(),
             n_q=n_use,
         )
+
+    @torch.no_grad()
+    def initialize(self, z: Tensor, mask: Tensor | None = None) -> int:
+        """k-means-initialise every stage that is not initialised yet from latents ``z`` (B, D, T): stage k
+        from the residuals left by stages 1..k−1 (already initialised or just initialised). No EMA update and
+        no statistics. Returns the number of stages initialised.
+
+        Training initialises lazily from the first batch; call this first with a larger batch (≥ a few·K
+        frames) when a training batch holds fewer frames than codes — otherwise stage 1 would memorise the
+        batch and leave the later stages only zero residuals to learn from.
+        """
+        residual = z
+        done = 0
+        for layer in self.layers:
+            if not bool(layer.codebook.initialized):
+                e = layer.project_in(rearrange(residual, "b d t -> (b t) d"))
+                if mask is not None:
+                    e = e[rearrange(mask, "b t -> (b t)").to(torch.bool)]
+                layer.codebook.initialize_(e)
+                done += 1
+            residual = residual - layer.decode(layer.encode(residual))
+        return done
 
     @torch.no_grad()
     def encode(self, z: Tensor, n_q: int | None = None) -> Tensor:

@@ -1,0 +1,466 @@
+"""Quality against bitrate: rvqcodec at every bitrate it supports vs Opus, AMR-WB and Codec2 on the same files.
+
+    python benchmarks/quality.py                                  # shipped model, all of dev-clean
+    python benchmarks/quality.py --model runs/base/best.pt --bitrates 1.5,3,6 --out /tmp/q
+    python benchmarks/quality.py --quick                          # CI: 2 files of 3 s, 3 bitrates
+
+Every file (resampled to 16 kHz, mono) goes through each codec; the decoded signal is delay-aligned to the
+original (cross-correlation, up to 100 ms) and scored with :func:`rvqcodec.metrics.evaluate_pair`: PESQ-WB,
+PESQ-NB, STOI, SI-SDR and mel distance. Bitrates are measured from the bytes actually produced, over the
+duration of the input: for rvqcodec the whole ``.rvq`` file (header and CRCs included); for the external
+codecs see ``benchmarks/external_codecs.py`` (Opus: the Opus packets without Ogg framing; AMR-WB: the speech
+bytes without ToC bytes; Codec2: the bit file).
+
+rvqcodec encodes each file once through the chunked path of :mod:`rvqcodec.streaming` with the most stages
+asked for; the stream at a lower bitrate holds the first ``n_q`` stages of those codes (residual VQ is greedy,
+so this is exactly what compressing at that bitrate produces). Each stream is written as real ``.rvq`` bytes
+and decoded with :func:`rvqcodec.streaming.decompress`.
+
+Writes ``quality.json`` (settings, per-codec means, per-file scores), ``quality.md`` (the table and the
+targets) and ``quality_pesq_wb.png`` (PESQ-WB against measured kbps, one line per codec) into ``--out``.
+A missing external codec is skipped with a note (how to install it), never an error.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import io
+import json
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
+from rvqcodec import bitstream, streaming  # noqa: E402
+from rvqcodec.cli import UserError  # noqa: E402
+from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
+from rvqcodec.metrics import METRIC_NAMES, evaluate_pair  # noqa: E402
+from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
+
+REPO_ROOT = BENCH_DIR.parent
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "speech-dev" / "LibriSpeech" / "dev-clean"
+DEFAULT_OUT = BENCH_DIR / "results"
+AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
+SCORE_RATE = ext.SAMPLE_RATE  # every codec is scored at 16 kHz
+MAX_SHIFT_SECONDS = 0.1
+
+QUICK_FILES = 2
+QUICK_SECONDS = 3.0
+QUICK_BITRATES = (1.5, 3.0, 6.0)
+QUICK_EXTERNAL = {"opus": dict(kbps=(6,)), "amr-wb": dict(kbps=(6.6,)), "codec2": dict(modes=("3200",))}
+
+TABLE_COLUMNS = ("codec", "setting", "nominal kbps", "measured kbps", "PESQ-WB", "PESQ-NB", "STOI",
+                 "SI-SDR dB", "mel dist", "delay ms", "files")
+
+
+# ------------------------------------------------------------------------------------------------- inputs
+
+
+def list_audio_files(folder: Path) -> list[Path]:
+    """Audio files (``.flac``, ``.wav``, ``.ogg``) under ``folder``, recursively, sorted by path.
+
+    Raises:
+        UserError: the folder is missing or holds no audio.
+    """
+    if not folder.is_dir():
+        raise UserError(f"data folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
+    return files
+
+
+def parse_bitrates(text: str | None, codec) -> list[float]:
+    """``"1.5,3,6"`` -> ``[1.5, 3.0, 6.0]`` checked against the model; None -> every bitrate of the model."""
+    if text is None:
+        return codec.bitrates()
+    values = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            kbps = float(item)
+        except ValueError:
+            raise UserError(f"--bitrates: {item!r} is not a number (give kbps like 1.5,3,6)") from None
+        try:
+            codec.n_q_for_bitrate(kbps)
+        except ValueError as exc:
+            raise UserError(f"--bitrates: {exc}") from None
+        values.append(kbps)
+    if not values:
+        raise UserError("--bitrates is empty")
+    return sorted(set(values))
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+@dataclass
+class Setting:
+    """One row of the result table: a codec at one operating point."""
+
+    codec: str
+    name: str
+    nominal_kbps: float
+    description: str
+    per_file: list[dict] = field(default_factory=list)
+
+
+def _score(ref: np.ndarray, deg: np.ndarray) -> dict[str, float]:
+    return evaluate_pair(ref, deg, SCORE_RATE, align=True, max_shift_seconds=MAX_SHIFT_SECONDS)
+
+
+def _file_record(path: Path, ref: np.ndarray, deg: np.ndarray, payload_bytes: int, file_bytes: int,
+                 encode_s: float, decode_s: float) -> dict:
+    seconds = ref.size / SCORE_RATE
+    record = {"file": str(path), "seconds": seconds, "payload_bytes": int(payload_bytes),
+              "file_bytes": int(file_bytes), "kbps": payload_bytes * 8 / seconds / 1000,
+              "encode_seconds": encode_s, "decode_seconds": decode_s}
+    record.update(_score(ref, deg))
+    return record
+
+
+def rvq_streams(codec, ref: np.ndarray, bitrates: list[float]) -> tuple[dict[float, bytes], float]:
+    """The ``.rvq`` bytes of ``ref`` (16 kHz ``(T,)``) at every bitrate, from one encode, and its time in seconds.
+
+    The codes are computed once with the most stages needed; the stream at ``kbps`` keeps their first
+    ``n_q`` stages, which is byte for byte what ``streaming.compress(codec, ref, 16000, bitrate=kbps)`` gives.
+    """
+    n_qs = {kbps: codec.n_q_for_bitrate(kbps) for kbps in bitrates}
+    wav = torch.from_numpy(ref)
+    if codec.sample_rate != SCORE_RATE:
+        wav = resample(wav, SCORE_RATE, codec.sample_rate)
+    start = time.perf_counter()
+    codes, num_samples = streaming.encode_blocks(codec, [wav], max(n_qs.values()))
+    encode_s = time.perf_counter() - start
+    streams = {kbps: bitstream.encode_bitstream(streaming.make_header(codec, n_q, num_samples), codes[:n_q])
+               for kbps, n_q in n_qs.items()}
+    return streams, encode_s
+
+
+def run_rvqcodec(codec, ref: np.ndarray, bitrates: list[float], path: Path, settings: dict[str, Setting]) -> None:
+    """Score rvqcodec on ``ref`` at every bitrate: one encode (:func:`rvq_streams`), one decode per stream."""
+    streams, encode_s = rvq_streams(codec, ref, bitrates)
+    for kbps, data in streams.items():
+        start = time.perf_counter()
+        decoded, sr = streaming.decompress(codec, data)
+        decode_s = time.perf_counter() - start
+        decoded = decoded[0]
+        if sr != SCORE_RATE:
+            decoded = resample(decoded, sr, SCORE_RATE)
+        key = f"rvqcodec-{kbps:g}k"
+        if key not in settings:
+            settings[key] = Setting("rvqcodec", key, kbps, f"{codec.n_q_for_bitrate(kbps)} RVQ stages")
+        settings[key].per_file.append(
+            _file_record(path, ref, decoded.numpy(), len(data), len(data), encode_s, decode_s))
+
+
+def run_external(codec: ext.ExternalCodec, ref: np.ndarray, path: Path, settings: dict[str, Setting],
+                 notes: list[str]) -> None:
+    """Every setting of an external codec on ``ref``; a tool failure becomes a note, not an error."""
+    for s in codec.settings():
+        if s.name not in settings:
+            settings[s.name] = Setting(s.codec, s.name, s.nominal_kbps, s.description)
+        with tempfile.TemporaryDirectory(prefix="rvqbench-") as tmp:
+            try:
+                coded = codec.run(ref, SCORE_RATE, s, Path(tmp))
+            except (ext.ToolError, ValueError, OSError) as exc:
+                notes.append(f"{s.name} failed on {path.name}: {exc}")
+                continue
+        settings[s.name].per_file.append(_file_record(path, ref, coded.audio, coded.payload_bytes,
+                                                      coded.file_bytes, coded.encode_seconds, coded.decode_seconds))
+
+
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def summarise(setting: Setting, n_files: int) -> dict:
+    """Means over files of every metric (NaN/inf values left out), bitrate over the whole set."""
+    files = setting.per_file
+    seconds = sum(f["seconds"] for f in files)
+    row = {"codec": setting.codec, "setting": setting.name, "description": setting.description,
+           "nominal_kbps": setting.nominal_kbps,
+           "measured_kbps": sum(f["payload_bytes"] for f in files) * 8 / seconds / 1000 if seconds else math.nan,
+           "file_kbps": sum(f["file_bytes"] for f in files) * 8 / seconds / 1000 if seconds else math.nan,
+           "seconds": seconds, "files_scored": len(files), "files_total": n_files}
+    for name in METRIC_NAMES:
+        row[name] = _finite_mean([f[name] for f in files])
+        row[f"{name}_n"] = sum(1 for f in files if math.isfinite(f[name]))
+    row["delay_ms_median"] = (statistics.median(f["delay_seconds"] * 1000 for f in files) if files else math.nan)
+    return row
+
+
+def targets(rows: list[dict]) -> list[dict]:
+    """The issue's quality targets: rvqcodec 6 kbps PESQ-WB > Opus 6 kbps and >= AMR-WB 6.6 kbps."""
+    by_name = {r["setting"]: r for r in rows}
+    ours = by_name.get("rvqcodec-6k")
+    checks = []
+    for other, relation in (("opus-6k", ">"), ("amr-wb-6.6k", ">=")):
+        theirs = by_name.get(other)
+        check = {"target": f"PESQ-WB rvqcodec-6k {relation} {other}", "rvqcodec": None, "reference": None,
+                 "met": None}
+        if ours is not None and theirs is not None and math.isfinite(ours["pesq_wb"]) \
+                and math.isfinite(theirs["pesq_wb"]):
+            a, b = ours["pesq_wb"], theirs["pesq_wb"]
+            check.update(rvqcodec=a, reference=b, met=bool(a > b if relation == ">" else a >= b))
+        checks.append(check)
+    return checks
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+def _fmt(value, spec: str) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    text = format(value, spec)
+    if text.startswith("-") and not text.strip("-0."):  # "-0.0": a small negative number rounded to zero
+        text = text[1:]
+    return text
+
+
+def markdown_table(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
+             "|---|---|" + "---:|" * (len(TABLE_COLUMNS) - 2)]
+    for r in rows:
+        cells = [r["codec"], r["setting"], _fmt(r["nominal_kbps"], ".2f"), _fmt(r["measured_kbps"], ".2f"),
+                 _fmt(r["pesq_wb"], ".2f"), _fmt(r["pesq_nb"], ".2f"), _fmt(r["stoi"], ".3f"),
+                 _fmt(r["si_sdr"], ".1f"), _fmt(r["mel_distance"], ".3f"), _fmt(r["delay_ms_median"], ".1f"),
+                 f"{r['files_scored']}/{r['files_total']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown_report(result: dict) -> str:
+    cfg = result["config"]
+    parts = [f"# Quality vs bitrate ({'quick' if cfg['quick'] else 'full'} run)", "",
+             f"Model: `{cfg['model']['path']}` (id {cfg['model']['model_id']}, "
+             f"{cfg['model']['parameters']:,} parameters). Data: `{cfg['data']}`, {len(cfg['files'])} files, "
+             f"{cfg['total_seconds']:.1f} s" + (f" (each cut to {cfg['max_seconds']:g} s)" if cfg["max_seconds"] else "")
+             + f". Scored at {SCORE_RATE} Hz after delay alignment (up to {MAX_SHIFT_SECONDS * 1000:g} ms).", "",
+             markdown_table(result["results"]), ""]
+    parts += ["Targets:", ""]
+    for t in result["targets"]:
+        if t["met"] is None:
+            parts.append(f"- {t['target']}: not measured (a codec was skipped or scores are undefined)")
+        else:
+            parts.append(f"- {t['target']}: {t['rvqcodec']:.2f} vs {t['reference']:.2f} -> "
+                         f"{'met' if t['met'] else 'NOT met'}")
+    if result["notes"]:
+        parts += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
+    parts += ["", "Columns: measured kbps = counted bytes x 8 / input duration (rvqcodec: whole .rvq file; Opus: "
+              "Opus packets without Ogg framing; AMR-WB: speech bytes without ToC bytes; Codec2: bit file). "
+              "Metrics are means over files (undefined values left out); delay ms is the median delay removed "
+              "before scoring; files = files scored / files in the set. See benchmarks/README.md.", ""]
+    return "\n".join(parts)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return _json_safe(value.item())
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomic JSON write; NaN and inf become null."""
+    text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
+    bitstream.write_bytes_atomic(path, text.encode(), overwrite=True)
+
+
+def plot_pesq(rows: list[dict], path: Path, title: str) -> None:
+    """PESQ-WB against measured kbps, one line per codec, written atomically as PNG."""
+    import matplotlib
+    import matplotlib.ticker
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=120)
+    codecs = list(dict.fromkeys(r["codec"] for r in rows))
+    for name in codecs:
+        points = sorted((r["measured_kbps"], r["pesq_wb"]) for r in rows
+                        if r["codec"] == name and math.isfinite(r["pesq_wb"]) and math.isfinite(r["measured_kbps"]))
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", markersize=4, linewidth=2 if name == "rvqcodec" else 1.2, label=name)
+    ax.set_xscale("log")
+    ticks = [0.5, 1, 2, 4, 6, 8, 12, 16]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("measured bitrate (kbps)")
+    ax.set_ylabel("PESQ-WB (MOS-LQO)")
+    ax.set_ylim(1.0, 4.7)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    bitstream.write_bytes_atomic(path, buffer.getvalue(), overwrite=True)
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"folder of speech files, searched recursively (default: {DEFAULT_DATA.relative_to(REPO_ROOT.parent)} "
+                        "beside the repository)")
+    p.add_argument("--model", default=None, help="codec checkpoint (default: the shipped rvqcodec/pretrained/default.pt)")
+    p.add_argument("--bitrates", default=None, help="rvqcodec bitrates in kbps, comma-separated (default: all)")
+    p.add_argument("--codecs", default=",".join(ext.EXTERNAL_CODECS),
+                   help=f"external codecs to compare, comma-separated (default: {','.join(ext.EXTERNAL_CODECS)})")
+    p.add_argument("--no-external", action="store_true", help="score rvqcodec only")
+    p.add_argument("--max-files", type=int, default=None, help="use only the first N files")
+    p.add_argument("--max-seconds", type=float, default=None, help="cut each file to its first S seconds")
+    p.add_argument("--quick", action="store_true",
+                   help=f"CI mode: {QUICK_FILES} files cut to {QUICK_SECONDS:g} s, bitrates "
+                        f"{','.join(f'{b:g}' for b in QUICK_BITRATES)}, one setting per external codec")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: benchmarks/results, or benchmarks/results/quick with --quick)")
+    p.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg executable (name on PATH or path)")
+    p.add_argument("--c2enc", default="c2enc", help="Codec2 encoder executable")
+    p.add_argument("--c2dec", default="c2dec", help="Codec2 decoder executable")
+    p.add_argument("--amrwbenc-library", default=None, help="path of libvo-amrwbenc.so.0 (default: searched)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for rvqcodec")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return p
+
+
+def _external_codecs(args, tools: ext.Tools) -> tuple[list[ext.ExternalCodec], list[str]]:
+    if args.no_external:
+        return [], []
+    names = [n.strip() for n in args.codecs.split(",") if n.strip()]
+    try:
+        codecs, notes = ext.external_codecs(names, tools)
+    except ValueError as exc:
+        raise UserError(f"--codecs: {exc}") from None
+    if args.quick:
+        codecs = [type(c)(tools, **QUICK_EXTERNAL[c.name]) for c in codecs]
+    return codecs, notes
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Run the benchmark described by parsed ``args``; returns the JSON-ready result (also written to disk)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    for name in ("max_files", "max_seconds"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UserError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    max_files = args.max_files or (QUICK_FILES if args.quick else None)
+    max_seconds = args.max_seconds or (QUICK_SECONDS if args.quick else None)
+    out_dir = args.out or (DEFAULT_OUT / "quick" if args.quick else DEFAULT_OUT)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, expected a folder")
+
+    try:
+        checkpoint = resolve_checkpoint(args.model)
+        codec = load_codec(checkpoint, device=args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    bitrates = parse_bitrates(args.bitrates, codec)
+    if args.quick and args.bitrates is None:
+        valid = set(codec.bitrates())
+        bitrates = [b for b in QUICK_BITRATES if b in valid] or [codec.bitrates()[0], codec.bitrates()[-1]]
+    files = list_audio_files(args.data or DEFAULT_DATA)[:max_files]
+    tools = ext.Tools(ffmpeg=args.ffmpeg, c2enc=args.c2enc, c2dec=args.c2dec,
+                      amrwbenc_library=args.amrwbenc_library)
+    externals, notes = _external_codecs(args, tools)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    settings: dict[str, Setting] = {}
+    file_info = []
+    started = time.perf_counter()
+    for i, path in enumerate(files, 1):
+        try:
+            audio = read_audio(path, target_sr=SCORE_RATE, mono=True).samples[0]
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if max_seconds:
+            audio = audio[:int(round(max_seconds * SCORE_RATE))]
+        ref = audio.numpy().astype(np.float32)
+        file_info.append({"file": str(path), "seconds": ref.size / SCORE_RATE})
+        print(f"[{i}/{len(files)}] {path.name} ({ref.size / SCORE_RATE:.1f} s, "
+              f"{time.perf_counter() - started:.0f} s elapsed)", file=sys.stderr)
+        run_rvqcodec(codec, ref, bitrates, path, settings)
+        for external in externals:
+            run_external(external, ref, path, settings, notes)
+
+    order = ["rvqcodec"] + [c.name for c in externals]
+    rows = sorted((summarise(s, len(files)) for s in settings.values()),
+                  key=lambda r: (order.index(r["codec"]), r["nominal_kbps"]))
+    amrwb = next((c for c in externals if c.name == "amr-wb"), None)
+    result = {
+        "benchmark": "quality",
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": {
+            "quick": bool(args.quick), "data": str(args.data or DEFAULT_DATA), "files": file_info,
+            "total_seconds": sum(f["seconds"] for f in file_info), "max_seconds": max_seconds,
+            "bitrates_kbps": bitrates, "external_codecs": [c.name for c in externals],
+            "model": {"path": str(checkpoint), "model_id": codec.model_id,
+                      "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
+            "out": str(out_dir), "device": args.device, "threads": torch.get_num_threads(), "score_sample_rate": SCORE_RATE,
+            "max_shift_seconds": MAX_SHIFT_SECONDS,
+        },
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "ffmpeg": ext.ffmpeg_version(args.ffmpeg),
+                        "amr_wb_encoder": amrwb.encoder_backend() if amrwb else None},
+        "notes": notes,
+        "results": rows,
+        "targets": targets(rows),
+        "per_file": [dict(codec=s.codec, setting=s.name, **f) for s in settings.values() for f in s.per_file],
+        "elapsed_seconds": time.perf_counter() - started,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "quality.json", result)
+    bitstream.write_bytes_atomic(out_dir / "quality.md", markdown_report(result).encode(), overwrite=True)
+    plot_pesq(rows, out_dir / "quality_pesq_wb.png",
+              f"PESQ-WB vs bitrate, {len(files)} files ({result['config']['total_seconds']:.0f} s), "
+              f"model {codec.model_id}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = run(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(markdown_table(result["results"]))
+    for t in result["targets"]:
+        verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        print(f"target: {t['target']}: {verdict}")
+    out = Path(result["config"]["out"])
+    print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality_pesq_wb.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

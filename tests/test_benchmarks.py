@@ -1,0 +1,272 @@
+"""The benchmark scripts (benchmarks/quality.py, speed.py, external_codecs.py) in their quick modes.
+
+They run in-process on a randomly initialised tiny codec and a few seconds of dev-clean. External codecs
+are used when installed; without them (CI) the scripts must still succeed and say what was skipped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rvqcodec import bitstream, streaming
+from rvqcodec.data.audio_io import read_audio
+from rvqcodec.model import Codec, CodecConfig
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
+if str(BENCH_DIR) not in sys.path:
+    sys.path.insert(0, str(BENCH_DIR))
+
+import external_codecs as ext  # noqa: E402
+import quality  # noqa: E402
+import speed  # noqa: E402
+
+HAVE_FFMPEG = ext.ffmpeg_codecs("ffmpeg") is not None and "libopus" in ext.ffmpeg_codecs("ffmpeg")[0]
+MISSING = "/nonexistent/tool"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return Codec(CodecConfig.preset("tiny")).save(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def dev_clean(speech_root) -> Path:
+    return speech_root / "LibriSpeech" / "dev-clean"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _table_rows(markdown: str, first_column: str) -> list[list[str]]:
+    """Cells of the markdown table whose header starts with ``first_column`` (header row included)."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_column} |"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        if not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------ quality
+
+
+def test_quality_quick_writes_consistent_table_json_and_plot(tiny_model, dev_clean, tmp_path, capsys):
+    out = tmp_path / "q"
+    assert quality.main(["--quick", "--model", str(tiny_model), "--data", str(dev_clean), "--out", str(out)]) == 0
+    result = json.loads((out / "quality.json").read_text())
+    rows = {r["setting"]: r for r in result["results"]}
+    files = result["config"]["files"]
+    assert len(files) == quality.QUICK_FILES
+    assert all(abs(f["seconds"] - quality.QUICK_SECONDS) < 1e-9 for f in files)
+
+    codec = Codec.load(tiny_model)
+    for kbps in quality.QUICK_BITRATES:
+        row = rows[f"rvqcodec-{kbps:g}k"]
+        assert row["files_scored"] == row["files_total"] == len(files)
+        # measured bitrate = whole .rvq files (39 bytes overhead + packed codes) over the input duration
+        n_q = codec.n_q_for_bitrate(kbps)
+        n = round(quality.QUICK_SECONDS * 16000)
+        expected = len(files) * bitstream.file_size(n_q, n, codec.hop_length, codec.bits_per_code) * 8
+        assert row["measured_kbps"] == pytest.approx(expected / row["seconds"] / 1000)
+        assert row["measured_kbps"] > kbps  # header + frame rounding only add
+        for name in ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance"):
+            assert _finite(row[name]), (row["setting"], name, row[name])
+        assert 1.0 <= row["pesq_wb"] <= 4.7 and 0.0 <= row["stoi"] <= 1.0 and row["mel_distance"] >= 0
+
+    if HAVE_FFMPEG:
+        opus = rows["opus-6k"]
+        assert opus["measured_kbps"] == pytest.approx(6.0, rel=0.1)
+        assert opus["file_kbps"] > opus["measured_kbps"]  # Ogg framing and headers are not counted
+        assert _finite(opus["pesq_wb"]) and abs(opus["delay_ms_median"]) < 5
+        assert result["targets"][0]["met"] in (True, False)
+    else:
+        assert any("Opus skipped" in n for n in result["notes"])
+    assert [t["target"] for t in result["targets"]] == ["PESQ-WB rvqcodec-6k > opus-6k",
+                                                        "PESQ-WB rvqcodec-6k >= amr-wb-6.6k"]
+
+    # the markdown table has the documented columns and one line per result row, with the same numbers
+    table = _table_rows((out / "quality.md").read_text(), "codec")
+    assert tuple(table[0]) == quality.TABLE_COLUMNS
+    assert [r[1] for r in table[1:]] == [r["setting"] for r in result["results"]]
+    for cells, row in zip(table[1:], result["results"]):
+        assert float(cells[3]) == pytest.approx(row["measured_kbps"], abs=0.006)
+        if _finite(row["pesq_wb"]):
+            assert float(cells[4]) == pytest.approx(row["pesq_wb"], abs=0.006)
+    assert (out / "quality_pesq_wb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "rvqcodec-6k" in capsys.readouterr().out
+
+
+def test_quality_skips_missing_external_codecs_with_a_note(tiny_model, dev_clean, tmp_path, capsys):
+    out = tmp_path / "q"
+    argv = ["--quick", "--model", str(tiny_model), "--data", str(dev_clean), "--out", str(out),
+            "--bitrates", "6", "--max-files", "1", "--max-seconds", "1.5", "--ffmpeg", MISSING,
+            "--c2enc", MISSING, "--c2dec", MISSING, "--amrwbenc-library", MISSING]
+    assert quality.main(argv) == 0
+    result = json.loads((out / "quality.json").read_text())
+    assert [r["setting"] for r in result["results"]] == ["rvqcodec-6k"]
+    notes = " ".join(result["notes"])
+    for codec in ("Opus skipped", "AMR-WB skipped", "Codec2 skipped"):
+        assert codec in notes
+    assert notes.count("apt-get install") == 3
+    assert all(t["met"] is None for t in result["targets"])
+    assert "not measured" in (out / "quality.md").read_text()
+    assert "note: Opus skipped" in capsys.readouterr().err
+
+
+def test_rvq_streams_equal_compressing_at_each_bitrate(tiny_model, dev_clean):
+    codec = Codec.load(tiny_model)
+    path = sorted(dev_clean.rglob("*.flac"))[0]
+    ref = read_audio(path, target_sr=16000).samples[0, :20000].numpy()
+    streams, _ = quality.rvq_streams(codec, ref, [1.5, 4.0, 8.0])
+    for kbps, data in streams.items():
+        assert data == streaming.compress(codec, ref, 16000, bitrate=kbps)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bitrates", "2.25"], "valid bitrates"),
+    (["--bitrates", "six"], "not a number"),
+    (["--data", "/nonexistent/speech"], "data folder not found"),
+    (["--codecs", "mp3"], "unknown external codec"),
+    (["--max-files", "0"], "must be > 0"),
+])
+def test_quality_user_mistakes_give_one_line_errors(tiny_model, dev_clean, tmp_path, capsys, argv, message):
+    base = ["--model", str(tiny_model), "--data", str(dev_clean), "--out", str(tmp_path / "q")]
+    assert quality.main(base + argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and err.startswith("error: ")
+    assert not (tmp_path / "q").exists()
+
+
+def test_quality_missing_model_is_a_user_error(tmp_path, capsys):
+    assert quality.main(["--model", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "q")]) == 2
+    assert "model checkpoint not found" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------- speed
+
+
+def test_speed_quick_reports_every_section(tiny_model, dev_clean, speech_root, tmp_path):
+    out = tmp_path / "s"
+    threads = torch.get_num_threads()
+    try:
+        rc = speed.main(["--quick", "--model", str(tiny_model), "--data", str(dev_clean),
+                         "--train-data", str(speech_root / "LibriSpeech" / "train-clean-100"), "--out", str(out),
+                         "--threads", "1", "--seconds", "2", "--repeats", "1", "--memory-minutes", "0.05",
+                         "--train-steps", "1", "--train-batch", "1", "--train-seconds", "0.3", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    result = json.loads((out / "speed.json").read_text())
+
+    (rtf,) = result["rtf"]
+    assert rtf["device"] == "cpu" and rtf["threads"] == 1 and rtf["audio_seconds"] == pytest.approx(2.0)
+    assert rtf["encode_seconds"] > 0 and rtf["decode_seconds"] > 0
+    assert rtf["x_realtime"] == pytest.approx(2.0 / (rtf["encode_seconds"] + rtf["decode_seconds"]))
+    assert rtf["rtf"] == pytest.approx(1 / rtf["x_realtime"])
+
+    assert [b["batch_size"] for b in result["batch"]] == list(speed.QUICK["cpu_batch_sizes"])
+    assert all(b["audio_s_per_s"] > 0 and _finite(b["encode_audio_s_per_s"]) for b in result["batch"])
+
+    (memory,) = result["memory"]
+    assert memory["audio_seconds"] == pytest.approx(3.0)
+    assert memory["peak_rss_bytes"] >= memory["rss_after_load_bytes"] > 10 * 2**20
+    assert memory["file_float32_bytes"] == 3 * 16000 * 4
+
+    (train,) = result["training"]
+    assert train["preset"] == "tiny" and train["batch_size"] == 1 and train["segment_seconds"] == pytest.approx(0.3)
+    for name in ("rotation", "ste"):
+        t = train[name]
+        assert t["steps_per_s"] == pytest.approx(1 / t["step_seconds"])
+        assert t["audio_s_per_s"] == pytest.approx(train["batch_size"] * train["segment_seconds"] / t["step_seconds"])
+        assert 0 < t["quantizer_share"] < 1
+    assert _finite(train["rotation_over_ste_step"])
+
+    if HAVE_FFMPEG:
+        assert result["opus"]["x_realtime"] > 0 and result["opus"]["audio_seconds"] == pytest.approx(2.0)
+    else:
+        assert result["opus"] is None and any("Opus skipped" in n for n in result["notes"])
+    assert result["target"]["met"] in (True, False) and result["target"]["note"]  # only 1 thread was run
+
+    md = (out / "speed.md").read_text()
+    for heading in ("## Real-time factor", "## Batch throughput", "## Peak memory", "## Training throughput",
+                    "## Target and ratios"):
+        assert heading in md
+    assert len(_table_rows(md, "preset")) == 3  # header + rotation + ste
+
+
+def test_speed_missing_ffmpeg_skips_opus_with_a_note(tiny_model, dev_clean, tmp_path):
+    out = tmp_path / "s"
+    threads = torch.get_num_threads()
+    try:
+        rc = speed.main(["--quick", "--model", str(tiny_model), "--data", str(dev_clean), "--out", str(out),
+                         "--skip", "batch,memory,training", "--threads", "1", "--seconds", "1", "--repeats", "1",
+                         "--ffmpeg", MISSING])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    result = json.loads((out / "speed.json").read_text())
+    assert result["opus"] is None and result["batch"] == [] and result["training"] == []
+    assert any("Opus skipped" in n and "apt-get install" in n for n in result["notes"])
+
+
+def test_speed_user_mistakes_give_one_line_errors(tiny_model, tmp_path, capsys):
+    assert speed.main(["--model", str(tiny_model), "--skip", "gpu", "--out", str(tmp_path / "s")]) == 2
+    assert "unknown section" in capsys.readouterr().err
+    assert speed.main(["--model", str(tiny_model), "--bitrate", "2.25", "--out", str(tmp_path / "s")]) == 2
+    assert "valid bitrates" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- bitstream parsers
+
+
+def _ogg_page(lacing: list[int], sequence: int) -> bytes:
+    header = b"OggS" + bytes([0, 0]) + struct.pack("<qIII", 0, 1, sequence, 0) + bytes([len(lacing)])
+    return header + bytes(lacing) + b"\x00" * sum(lacing)
+
+
+def test_ogg_packet_sizes_follow_lacing_across_pages():
+    # page 1: OpusHead (19) and OpusTags (30); page 2: a 300-byte packet (255 + 45) and a 7-byte one;
+    # page 3: a packet continued over two pages (255 | 255 + 3)
+    data = (_ogg_page([19, 30], 0) + _ogg_page([255, 45, 7], 1) + _ogg_page([255], 2) + _ogg_page([255, 3], 3))
+    assert ext.ogg_packet_sizes(data) == [19, 30, 300, 7, 513]
+    assert ext.opus_payload_bytes(data) == 300 + 7 + 513
+    with pytest.raises(ValueError, match="truncated"):
+        ext.ogg_packet_sizes(data[:-1])
+    with pytest.raises(ValueError, match="not an Ogg page"):
+        ext.ogg_packet_sizes(b"RIFF" + data[4:])
+
+
+def test_amrwb_payload_leaves_out_magic_and_toc_bytes():
+    frame = lambda mode: bytes([(mode << 3) | 0x04]) + b"\x55" * math.ceil(ext.AMRWB_FRAME_BITS[mode] / 8)  # noqa: E731
+    data = ext.AMRWB_MAGIC + frame(0) * 3 + frame(2) + bytes([(15 << 3) | 0x04])  # 3 x 6.6, 1 x 12.65, 1 no-data
+    assert ext.amrwb_frames(data) == [0, 0, 0, 2, 15]
+    assert ext.amrwb_payload_bytes(data) == 3 * 17 + 32
+    with pytest.raises(ValueError, match="truncated"):
+        ext.amrwb_frames(data[:-2])
+    with pytest.raises(ValueError, match="magic"):
+        ext.amrwb_frames(data[1:])
+
+
+@pytest.mark.skipif(not HAVE_FFMPEG, reason="ffmpeg with libopus not installed")
+def test_opus_round_trip_measures_its_bitrate(tmp_path):
+    t = np.arange(32000) / 16000
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+    opus = ext.Opus(kbps=(12,))
+    coded = opus.run(tone, 16000, opus.settings()[0], tmp_path)
+    assert coded.payload_bytes * 8 / 2.0 / 1000 == pytest.approx(12, rel=0.05)
+    assert abs(coded.audio.size - tone.size) <= 320
+    assert np.corrcoef(coded.audio[:30000], tone[:30000])[0, 1] > 0.9
+    with pytest.raises(ValueError, match="16000 Hz"):
+        opus.run(tone, 8000, opus.settings()[0], tmp_path)

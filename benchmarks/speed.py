@@ -194,8 +194,8 @@ def measure_batch(codec, wav: torch.Tensor, batch_sizes, clip_seconds: float, n_
     length = int(round(clip_seconds * codec.sample_rate))
     rows = []
     for b in batch_sizes:
-        starts = [(i * length) % max(1, wav.numel() - length) for i in range(b)]
-        batch = torch.stack([wav[s:s + length] for s in starts])[:, None, :].to(device)
+        source = wav.repeat(-(-b * length // wav.numel()))  # consecutive clips, the audio repeated if short
+        batch = source[:b * length].view(b, 1, length).to(device)
         holder = {}
 
         def encode():

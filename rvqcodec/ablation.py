@@ -189,9 +189,11 @@ class AblationSpec:
         }
 
     def identity(self) -> dict[str, Any]:
-        """What must match for a run folder to be continued (everything but the command line)."""
+        """What must match for a run folder to be continued: everything but the command line and the spelling
+        of the folder's path."""
         out = self.to_dict()
         out.pop("command")
+        out["ablation"].pop("run_dir")
         return out
 
 
@@ -232,7 +234,8 @@ def _parse_arms(raw: Any) -> list[Arm]:
             raise ValueError(f"ablation file: two arms are named '{name}'")
         label = item.get("label", name)
         if not isinstance(label, str) or not label.strip() or "|" in label or "\n" in label:
-            raise ValueError(f"ablation file: arm '{name}': 'label' must be one line of text without '|', got {label!r}")
+            raise ValueError(f"ablation file: arm '{name}': 'label' must be one line of text without '|', "
+                             f"got {label!r}")
         settings = item.get("set") or {}
         if not isinstance(settings, dict):
             raise ValueError(f"ablation file: arm '{name}': 'set' must map dotted training keys to values "
@@ -316,7 +319,8 @@ def spec_from_dict(raw: Any, overrides: list[str] | None = None, command: str = 
         known = [a.name for a in arms]
         missing = [name for name in settings.arms if name not in known]
         if missing:
-            raise ValueError(f"ablation.arms: unknown arm(s) {', '.join(missing)}; arms in the file: {', '.join(known)}")
+            raise ValueError(f"ablation.arms: unknown arm(s) {', '.join(missing)}; "
+                             f"arms in the file: {', '.join(known)}")
         if len(set(settings.arms)) != len(settings.arms):
             raise ValueError(f"ablation.arms: an arm is listed twice: {settings.arms}")
     spec = AblationSpec(settings=settings, training=training, training_overrides=training_overrides, arms=arms,
@@ -517,9 +521,7 @@ def evaluation_items(root: str, subset: str, sample_rate: int, max_files: int | 
         limit = None if max_seconds is None else int(round(max_seconds * sample_rate))
         items = []
         for i in range(count):
-            item = dataset[i]
-            wav = item[0] if isinstance(item, (tuple, list)) else item
-            wav = wav.float().reshape(1, -1)
+            wav = dataset[i].float().reshape(1, -1)
             items.append((Path(dataset.files[i]).stem, wav if limit is None else wav[:, :limit]))
         _EVAL_ITEMS[key] = items
     return _EVAL_ITEMS[key]
@@ -715,16 +717,26 @@ def _worker(job: RunJob) -> dict[str, Any]:
 # ============================================================================================ the runner
 
 
+def finished_runs(run_dir: Path) -> list[Path]:
+    """Run folders under ``run_dir/runs`` that hold a ``status.json`` (finished or diverged)."""
+    return sorted(p.parent for p in (run_dir / RUNS_DIR).glob(f"*/*/{STATUS_FILE}"))
+
+
 def prepare_run_dir(spec: AblationSpec) -> None:
-    """Create the run folder and its ``ablation.yaml``, or check that an existing one holds the same ablation."""
+    """Create the run folder and its ``ablation.yaml``, or check that an existing one holds the same ablation.
+
+    A folder whose runs have not finished any run yet (e.g. the first run failed on a wrong ``data.root``) takes the
+    new ablation; otherwise a different ablation is refused with a ``ValueError``."""
     path = spec.run_dir / SPEC_FILE
     if path.is_file():
         saved = read_saved_spec(spec.run_dir)
         if saved.identity() != spec.identity():
-            old, new = saved.identity(), spec.identity()
-            differ = [k for k in new if old.get(k) != new.get(k)]
-            raise ValueError(f"{spec.run_dir} holds a different ablation (differs in: {', '.join(differ)}); "
-                             "choose another ablation.run_dir or remove that folder")
+            if finished_runs(spec.run_dir):
+                old, new = saved.identity(), spec.identity()
+                differ = [k for k in new if old.get(k) != new.get(k)]
+                raise ValueError(f"{spec.run_dir} holds a different ablation (differs in: {', '.join(differ)}); "
+                                 "choose another ablation.run_dir or remove that folder")
+            atomic_write_text(path, _dump_spec(spec))
         return
     if spec.run_dir.exists() and any(spec.run_dir.iterdir()):
         raise ValueError(f"ablation.run_dir={spec.run_dir} exists and is not an ablation run folder; choose another")

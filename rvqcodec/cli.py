@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     sub_parser = argparse.ArgumentParser(prog=f"rvqcodec {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub_parser)
-    args = sub_parser.parse_args(argv[1:])
+    args = sub_parser.parse_intermixed_args(argv[1:])
     try:
         return int(module.run(args) or 0)
     except UserError as exc:

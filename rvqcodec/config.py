@@ -105,6 +105,7 @@ class TrainSection:
     max_bad_steps: int = 10  # stop after this many consecutive non-finite losses / gradients
     cpu: bool = False  # force CPU even if an accelerator is present
     tensorboard: bool = True  # Accelerate's TensorBoard tracker (skipped if tensorboard is not installed)
+    kmeans_init_seconds: float = 120.0  # audio used to k-means-initialise the codebooks before step 1 (0: lazy)
 
 
 @dataclass
@@ -154,8 +155,6 @@ def _type_name(tp: Any) -> str:
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             return f"a list of {len(args)} {_PLURAL.get(args[0], 'values')}"
         return f"a list of {_PLURAL.get(args[0], 'values')}" if args else "a list"
-    if origin is typing.Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -177,14 +176,6 @@ def _coerce(value: Any, tp: Any, from_cli: bool) -> Any:
                 continue
             try:
                 return _coerce(value, arg, from_cli)
-            except _BadValue:
-                continue
-        raise _BadValue
-    if origin is typing.Literal:
-        for choice in typing.get_args(tp):
-            try:
-                if _coerce(value, type(choice), from_cli) == choice:
-                    return choice
             except _BadValue:
                 continue
         raise _BadValue

@@ -54,13 +54,13 @@ AXIS_PERCENTILES = (1.0, 99.0)
 USAGE_LOG_RANGE = (-3.0, 1.0)
 """Colour range of the codebook plots: log10(EMA usage of a code / mean usage of the stage's codes)."""
 
-# (key in the stage statistics, column title, scale, decimals)
-STAGE_COLUMNS: tuple[tuple[str, str, float, int], ...] = (
-    ("utilization", "utilisation (%)", 1.0, 1),
-    ("perplexity_norm", "PPL / K", 1.0, 3),
-    ("rel_qe", "rel. QE", 1.0, 3),
-    ("scale_median", "median ‖q‖/‖e‖", 1.0, 3),
-    ("obtuse_frac", "obtuse (%)", 100.0, 1),
+# (key in the stage statistics, column title, scale, number format)
+STAGE_COLUMNS: tuple[tuple[str, str, float, str], ...] = (
+    ("utilization", "utilisation (%)", 1.0, ".1f"),
+    ("perplexity_norm", "PPL / K", 1.0, ".3g"),
+    ("rel_qe", "rel. QE", 1.0, ".3g"),
+    ("scale_median", "median ‖q‖/‖e‖", 1.0, ".3g"),
+    ("obtuse_frac", "obtuse (%)", 100.0, ".1f"),
 )
 
 
@@ -162,13 +162,18 @@ def mean_std(values: Sequence[float | None]) -> tuple[float, float, int]:
     return mean, math.sqrt(var), n
 
 
-def format_stat(values: Sequence[float | None], decimals: int, expected: int, scale: float = 1.0) -> str:
-    """``"m ± s"`` (``"m"`` for one value, ``"—"`` for none), with ``" (n=k)"`` when k < ``expected``."""
+def _number(value: float, fmt: str) -> str:
+    text = format(value, fmt)
+    return text.lstrip("-") if float(text) == 0 else text  # no "-0.000"
+
+
+def format_stat(values: Sequence[float | None], fmt: str, expected: int, scale: float = 1.0) -> str:
+    """``"m ± s"`` (``"m"`` for one value, ``"—"`` for none) with the format spec ``fmt`` (e.g. ``".3f"``),
+    plus ``" (n=k)"`` when k < ``expected`` values were finite."""
     mean, std, n = mean_std([v * scale if _finite(v) else None for v in values])
     if n == 0:
         return "—"
-    text = f"{mean:.{decimals}f}" if n == 1 else f"{mean:.{decimals}f} ± {std:.{decimals}f}"
-    text = text.replace("-0." + "0" * decimals, "0." + "0" * decimals) if decimals else text
+    text = _number(mean, fmt) if n == 1 else f"{_number(mean, fmt)} ± {_number(std, fmt)}"
     return text + (f" (n={n})" if n < expected else "")
 
 
@@ -238,13 +243,16 @@ def _distinct_codes(run: RunResult, stage: int) -> float | None:
 
 
 def _replacements_per_kstep(run: RunResult, stage: int) -> float | None:
+    """Dead codes re-seeded per 1000 steps between the first snapshot (after step 1, which holds the
+    initialisation's replacements) and the last one."""
     snaps = run.snapshots
-    if not snaps or snaps[-1]["step"] <= 0:
+    if len(snaps) < 2 or stage >= snaps[-1]["replaced_total"].shape[0]:
         return None
-    last = snaps[-1]
-    if stage >= last["replaced_total"].shape[0]:
+    first, last = snaps[0], snaps[-1]
+    steps = int(last["step"]) - int(first["step"])
+    if steps <= 0:
         return None
-    return float(last["replaced_total"][stage]) / float(last["step"]) * 1000.0
+    return float(last["replaced_total"][stage] - first["replaced_total"][stage]) / steps * 1000.0
 
 
 # ============================================================================================ plots
@@ -489,8 +497,9 @@ def plot_codebook_evolution(spec: AblationSpec, arm: str, run: RunResult, path: 
                 ax.set_xlim(lo[0], hi[0])
                 ax.set_ylim(lo[1], hi[1])
                 distinct = len(np.unique(snap["embed"][k].numpy(), axis=0))
-                ax.text(0.02, 0.02, f"{distinct} distinct codes", transform=ax.transAxes, fontsize=7,
-                        va="bottom", ha="left")
+                ax.text(0.02, 0.02, f"distinct codes: {distinct}", transform=ax.transAxes, fontsize=7,
+                        va="bottom", ha="left", bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none",
+                                                      "pad": 1.0})
                 ax.set_xticks([]), ax.set_yticks([])
                 if k == 0:
                     ax.set_title(f"{names[c]} (step {int(snap['step'])})")
@@ -575,12 +584,12 @@ def _reconstruction_section(spec: AblationSpec, results: dict[str, list[RunResul
         full = lambda key: [r.eval["full"].get(key) for r in done]  # noqa: E731
         rows.append([
             f"`{arm}`",
-            format_stat(full("mel"), 3, len(done)),
-            format_stat(full("mrstft"), 3, len(done)),
-            format_stat(full("si_sdr"), 2, len(done)),
-            format_stat(full("pesq_wb"), 2, len(done)),
-            format_stat([r.eval.get("latent_snr_db") for r in done], 2, len(done)),
-            format_stat([r.seconds_per_step() for r in runs if r.state != "missing"], 3,
+            format_stat(full("mel"), ".3f", len(done)),
+            format_stat(full("mrstft"), ".3f", len(done)),
+            format_stat(full("si_sdr"), ".2f", len(done)),
+            format_stat(full("pesq_wb"), ".2f", len(done)),
+            format_stat([r.eval.get("latent_snr_db") for r in done], ".2f", len(done)),
+            format_stat([r.seconds_per_step() for r in runs if r.state != "missing"], ".3f",
                         sum(r.state != "missing" for r in runs)),
             str(sum(int((r.status or {}).get("skipped_steps") or 0) for r in runs if r.state != "missing")),
             f"{sum(r.state == 'diverged' or r.nonfinite for r in runs)}/{n_seeds}",
@@ -598,23 +607,23 @@ def _scalability_section(spec: AblationSpec, results: dict[str, list[RunResult]]
 
     out = ["## Bitrate scalability", "",
            "The first n_q stages of each code sequence decoded (quantizer dropout trains every prefix).", ""]
-    for key, title, decimals in (("pesq_wb", "PESQ-WB ↑", 2), ("mel", "mel distance ↓", 3)):
+    for key, title, fmt in (("pesq_wb", "PESQ-WB ↑", ".2f"), ("mel", "mel distance ↓", ".3f")):
         rows = []
         for arm, runs in results.items():
             done = [r for r in runs if r.finished]
             rows.append([f"`{arm}`", *(format_stat([r.eval["by_n_q"].get(str(n), {}).get(key) for r in done],
-                                                   decimals, len(done)) for n in n_q_list)])
+                                                   fmt, len(done)) for n in n_q_list)])
         out += [f"### {title}", "", _table(["arm", *(col(n) for n in n_q_list)], rows), ""]
     return out
 
 
 def _overview_section(results: dict[str, list[RunResult]], n_q: int) -> list[str]:
     out = ["## Codebook statistics by stage (evaluation set)", ""]
-    for key, title, scale, decimals in STAGE_COLUMNS[:3]:
+    for key, title, scale, fmt in STAGE_COLUMNS[:3]:
         rows = []
         for arm, runs in results.items():
             done = sum(r.finished for r in runs)
-            rows.append([f"`{arm}`", *(format_stat(_stage_values(runs, k, key), decimals, done, scale)
+            rows.append([f"`{arm}`", *(format_stat(_stage_values(runs, k, key), fmt, done, scale)
                                        for k in range(n_q))])
         out += [f"### {title}", "", _table(["arm", *(f"s{k + 1}" for k in range(n_q))], rows), ""]
     return out
@@ -624,7 +633,8 @@ def _per_arm_section(spec: AblationSpec, results: dict[str, list[RunResult]], n_
     out = ["## Per-arm tables", "",
            "Per stage over the evaluation set. Distinct codes: different code vectors in the final codebook "
            "(identical codes, e.g. from k-means on fewer frames than codes, count once). Replacements: dead codes "
-           "re-seeded per 1000 training steps (the codebook's counter at the end of training).", ""]
+           "re-seeded per 1000 training steps after step 1 (the codebook's counter in the first and last snapshots; "
+           "replacements during initialisation are left out).", ""]
     header = ["stage", *(title for _, title, _, _ in STAGE_COLUMNS), "distinct codes (end)",
               "replacements / 1k steps"]
     for arm in spec.selected_arms():
@@ -632,10 +642,10 @@ def _per_arm_section(spec: AblationSpec, results: dict[str, list[RunResult]], n_
         done = [r for r in runs if r.finished]
         rows = []
         for k in range(n_q):
-            cells = [format_stat(_stage_values(runs, k, key), decimals, len(done), scale)
-                     for key, _, scale, decimals in STAGE_COLUMNS]
-            cells.append(format_stat([_distinct_codes(r, k) for r in done], 0, len(done)))
-            cells.append(format_stat([_replacements_per_kstep(r, k) for r in done], 1, len(done)))
+            cells = [format_stat(_stage_values(runs, k, key), fmt, len(done), scale)
+                     for key, _, scale, fmt in STAGE_COLUMNS]
+            cells.append(format_stat([_distinct_codes(r, k) for r in done], ".0f", len(done)))
+            cells.append(format_stat([_replacements_per_kstep(r, k) for r in done], ".1f", len(done)))
             rows.append([f"s{k + 1}", *cells])
         out += [f"### `{arm.name}`: {arm.label}", "", _table(header, rows), ""]
     return out
@@ -646,7 +656,8 @@ DEFINITIONS = """## Definitions
 Per stage k over the evaluation frames (n_j = frames assigned to code j, N = Σ n_j, K codes):
 utilisation = 100 · |{j : n_j ≥ 1}| / K; PPL / K = exp(−Σ p_j log p_j) / K with p_j = n_j / N;
 rel. QE = E‖r_k − q_k‖² / E‖r_k‖² (residual energy left by the stage, scale-free);
-median ‖q‖/‖e‖ = median of λ, the rotation trick's gradient scale (code space); obtuse = share of frames with
+median ‖q‖/‖e‖ = median of λ, the rotation trick's gradient scale (code space; the statistics histogram spans
+1e-4…1e4, so 0.0001 means λ ≤ 1e-4, e.g. all-zero codes); obtuse = share of frames with
 cos(e, q) < 0. Latent SNR = 10 log10(E‖x‖² / E‖x − Σ_k q_k‖²) = −10 log10 Π_k rel. QE_k.
 Mel distance: mean |log10 mel| difference (`rvqcodec.metrics.mel_distance`); MR-STFT: auraloss multi-resolution
 STFT loss (spectral convergence + log magnitude, FFT 2048…128); SI-SDR in dB; PESQ-WB (P.862.2).

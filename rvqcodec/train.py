@@ -32,9 +32,11 @@ So a run resumed at step ``s`` sees exactly the batches an uninterrupted run wou
     samples/step_XXXXXXX/       example validation audio: <utt>_ref.wav, <utt>_<kbps>kbps.wav
 
 **Exact resume** (``train.resume=true``): a training checkpoint holds the codec (every buffer, including the
-non-persistent codebook statistics), discriminators, optimisers, schedulers, the fp16 grad scaler, the step,
-the bad-step counters, the best validation score and the python / numpy / torch (CPU and CUDA) RNG states of
-every process. Resuming from it continues bit-identically on the same hardware and process count.
+EMA codebooks and, per process, the non-persistent codebook-statistics windows), discriminators, optimisers,
+schedulers, the fp16 grad scaler, the step, the bad-step counters, the best validation score, the metrics of the
+current log window and the python / numpy / torch (CPU and CUDA) RNG states of every process. Resuming from it
+continues bit-identically (parameters, optimiser states and log records) on the same hardware and process
+count.
 """
 from __future__ import annotations
 
@@ -352,7 +354,9 @@ class StepResult:
 class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig` and trains it with :meth:`fit`.
 
-    Raises ``ValueError`` / ``FileNotFoundError`` with one-line messages for configuration and data mistakes.
+    With ``train.resume=true`` the constructor already loads the latest checkpoint of ``train.run_dir``.
+    Raises ``ValueError`` / ``FileNotFoundError`` with one-line messages for configuration and data mistakes
+    (including a checkpoint that does not match the configured model).
     """
 
     def __init__(self, cfg: TrainConfig, show_progress: bool = True):
@@ -417,6 +421,9 @@ class Trainer:
         self.log = JsonlLog(self.run_dir / "log.jsonl", enabled=self.is_main)
         self._window: dict[str, list[float]] = defaultdict(list)
         self._valid_cache: list[tuple[str, torch.Tensor]] | None = None
+        self._hparams_logged = False
+        if cfg.train.resume:
+            self._resume()
 
     # ------------------------------------------------------------------------------------ helpers
     @property
@@ -447,6 +454,9 @@ class Trainer:
         codec = self.codec_module
         rng = gather_object([_rng_state()])
         windows = gather_object([{k: list(v) for k, v in self._window.items()}])
+        persistent = set(codec.state_dict())
+        local_buffers = gather_object([{k: v.detach().to("cpu").clone() for k, v in codec.named_buffers()
+                                        if k not in persistent}])
         disc = self.disc_module
         cpu = lambda sd: {k: v.detach().to("cpu").clone() for k, v in sd.items()}  # noqa: E731
         return {
@@ -457,6 +467,7 @@ class Trainer:
             "codec_config": self.codec_config.to_dict(),
             "codec": cpu(codec.state_dict()),
             "codec_buffers": {k: v.detach().to("cpu").clone() for k, v in codec.named_buffers()},
+            "local_buffers": local_buffers,  # per process: non-persistent buffers (codebook statistics windows)
             "disc": None if disc is None else cpu(disc.state_dict()),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": None if self.opt_d is None else self.opt_d.state_dict(),
@@ -520,6 +531,9 @@ class Trainer:
         _set_rng_state(rng[rank % len(rng)])
         if len(payload["log_window"]) == world:
             self._window = defaultdict(list, {k: list(v) for k, v in payload["log_window"][rank].items()})
+            with torch.no_grad():
+                for name, value in payload["local_buffers"][rank].items():
+                    buffers[name].copy_(value)
         self.step = int(payload["step"])
         self.bad_streak = int(payload["bad_streak"])
         self.bad_total = int(payload["bad_total"])
@@ -761,15 +775,17 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------------------------ the loop
+    def _resume(self) -> None:
+        path = latest_checkpoint(self.run_dir)
+        if path is not None:
+            self.load_checkpoint(path)
+            self._print(f"resumed from {path} at step {self.step}")
+        else:
+            self._print(f"train.resume=true but no checkpoint in {self.run_dir / CHECKPOINT_DIR}: starting fresh")
+
     def _start(self) -> None:
+        """Write config.yaml, drop log records past the resumed step, start the trackers."""
         cfg = self.cfg
-        if cfg.train.resume:
-            path = latest_checkpoint(self.run_dir)
-            if path is not None:
-                self.load_checkpoint(path)
-                self._print(f"resumed from {path} at step {self.step}")
-            else:
-                self._print(f"train.resume=true but no checkpoint in {self.run_dir / CHECKPOINT_DIR}: starting fresh")
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / "config.yaml")
@@ -777,11 +793,30 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.accelerator.log_with:
             try:
-                hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
-                           for k, v in flat_dict(config_to_dict(cfg)).items()}
+                hparams = None
+                if not self._hparams_logged:  # once per Trainer, however often fit() is called
+                    hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                               for k, v in flat_dict(config_to_dict(cfg)).items()}
+                    self._hparams_logged = True
                 self.accelerator.init_trackers("tensorboard", config=hparams)
             except Exception as exc:  # a broken tracker must not stop training
                 self._print(f"note: TensorBoard logging disabled ({type(exc).__name__}: {exc})")
+
+    def _initialize_codebooks(self) -> None:
+        """k-means-initialise every RVQ stage from ``train.kmeans_init_seconds`` of training crops (stage k from
+        its own residuals), instead of lazily from the first batch: a CPU batch (8 × 1 s = 400 frames) holds
+        fewer frames than codes, so stage 1 would memorise it and leave the later stages zero residuals."""
+        seconds = self.cfg.train.kmeans_init_seconds
+        codec = self.codec_module
+        if seconds <= 0 or all(bool(layer.codebook.initialized) for layer in codec.quantizer.layers):
+            return
+        n = min(len(self.train_set), max(1, math.ceil(seconds / self.cfg.data.segment_seconds)))
+        wav = torch.stack([_as_clip(self.train_set[i]) for i in range(n)]).to(self.accelerator.device)
+        was_training = codec.training
+        codec.train()
+        stages = codec.initialize_codebooks(wav)
+        codec.train(was_training)
+        self._print(f"initialised {stages} codebooks by k-means on {n} crops ({wav.shape[-1] * n / codec.sample_rate:.0f} s)")
 
     def _step_schedulers(self) -> None:
         """Advance the schedules once per step, also for skipped steps and before the discriminators start, so
@@ -795,6 +830,9 @@ class Trainer:
     def fit(self, stop_after_step: int | None = None) -> dict[str, Any]:
         """Train to ``train.steps`` (or stop early after ``stop_after_step``, as an interruption would).
 
+        May be called again to continue in the same process (``fit(stop_after_step=100)``, then ``fit()``): the
+        result is bit-identical to a single call.
+
         Returns ``{"step", "last_train", "last_valid", "best_valid_mel", "skipped"}``.
         """
         from tqdm.auto import tqdm
@@ -804,6 +842,8 @@ class Trainer:
         last_train: dict[str, float] = {}
         last_valid: dict[str, float] = {}
         end = cfg.train.steps if stop_after_step is None else min(cfg.train.steps, stop_after_step)
+        if self.step == 0:
+            self._initialize_codebooks()
         batches = self._train_batches()
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not (self.is_main and self.show_progress),
                    dynamic_ncols=True, desc="train")
@@ -842,7 +882,8 @@ class Trainer:
         finally:
             batches.close()  # stops DataLoader workers
             bar.close()
-            self.accelerator.end_training()
+            self.accelerator.end_training()  # flushes and closes the trackers
+            self.accelerator.trackers = []  # a later fit() starts fresh ones (closed writers would reopen)
         return {"step": self.step, "last_train": last_train, "last_valid": last_valid,
                 "best_valid_mel": self.best_valid_mel, "skipped": self.bad_total}
 
@@ -851,6 +892,10 @@ class Trainer:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Config sections: model, disc, data, optim, loss, train (see rvqcodec/config.py and "
+        "recipes/librispeech/README.md). Continue a run: train.resume=true. Several GPUs: "
+        "accelerate launch --multi_gpu --num_processes N -m rvqcodec.train CONFIG [KEY=VALUE ...].")
     parser.add_argument("config", help="recipe YAML file, e.g. recipes/librispeech/tiny.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides with dotted keys, e.g. data.root=/data train.steps=100 model.n_q=8")

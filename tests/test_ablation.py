@@ -12,8 +12,11 @@ import torch
 import yaml
 
 from rvqcodec import cli
-from rvqcodec.ablation import read_snapshots, spec_from_dict
+from rvqcodec.ablation import load_spec, prepare_run_dir, read_saved_spec, read_snapshots, spec_from_dict
+from rvqcodec.config import config_from_dict
+from rvqcodec.model import Codec
 from rvqcodec.report import format_stat, load_results, mean_std, pca_2d, render_report
+from rvqcodec.train import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "ablation" / "estimators.yaml"
@@ -96,7 +99,8 @@ def test_report_has_every_table_and_plot(micro_run):
         png = micro_run / "plots" / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000, name
         assert f"](plots/{name})" in report
-    assert str(micro_run) not in report.replace(f"ablation.run_dir={micro_run}", "")  # no absolute paths besides the command
+    # no absolute path besides the recorded command line
+    assert str(micro_run) not in report.replace(f"ablation.run_dir={micro_run}", "")
 
 
 def test_evaluation_covers_the_whole_eval_set(micro_run):
@@ -194,10 +198,11 @@ def test_mean_std_is_the_sample_statistic_over_finite_values():
     assert mean_std([1.0, 2.0, 3.0]) == (2.0, 1.0, 3)
     mean, std, n = mean_std([4.0, None, math.nan, math.inf])
     assert (mean, n) == (4.0, 1) and math.isnan(std)
-    assert format_stat([1.0, 2.0, 3.0], 2, expected=3) == "2.00 ± 1.00"
-    assert format_stat([0.5, None], 1, expected=2, scale=100) == "50.0 (n=1)"
-    assert format_stat([None, math.nan], 3, expected=2) == "—"
-    assert format_stat([-1e-5, 1e-5], 3, expected=2) == "0.000 ± 0.000"
+    assert format_stat([1.0, 2.0, 3.0], ".2f", expected=3) == "2.00 ± 1.00"
+    assert format_stat([0.5, None], ".1f", expected=2, scale=100) == "50.0 (n=1)"
+    assert format_stat([None, math.nan], ".3f", expected=2) == "—"
+    assert format_stat([-1e-5, 1e-5], ".3f", expected=2) == "0.000 ± 0.000"
+    assert format_stat([2e-4], ".3g", expected=1) == "0.0002"
 
 
 def test_pca_projection_keeps_planar_geometry_and_is_deterministic():
@@ -264,3 +269,25 @@ def test_bad_ablation_files_are_rejected(arms, message):
     training = {"model": {"preset": "tiny", "n_q": 8}, "train": {"valid_bitrates": [4.0]}}
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         spec_from_dict({"training": training, "arms": arms})
+
+
+def test_snapshot_stops_do_not_change_training(micro_run, speech_root, tmp_path):
+    """The runner stops ``fit`` at the snapshot steps; one uninterrupted ``fit`` must give the same codec."""
+    spec = read_saved_spec(micro_run)
+    arm = next(a for a in spec.arms if a.name == ARMS[1])
+    tree = spec.run_tree(arm, 0)
+    tree["train"]["run_dir"] = str(tmp_path / "straight")
+    Trainer(config_from_dict(tree, spec.training_overrides), show_progress=False).fit()
+    straight = Codec.load(tmp_path / "straight" / "codec.pt")
+    stopped = Codec.load(run_path(micro_run, ARMS[1]) / "codec.pt")
+    assert straight.model_id == stopped.model_id
+
+
+def test_a_folder_without_finished_runs_takes_a_corrected_ablation(tmp_path, speech_root, capsys):
+    run_dir = tmp_path / "run"
+    assert cli.main(micro_args(run_dir, speech_root, f"data.root={tmp_path / 'no-such-root'}")) == 2
+    assert "not found" in capsys.readouterr().err  # the first run failed on the data root, before training
+    assert (run_dir / "ablation.yaml").is_file()
+    fixed = load_spec(RECIPE, [f"ablation.run_dir={run_dir}", f"data.root={speech_root}", *MICRO])
+    prepare_run_dir(fixed)  # nothing finished there yet: the corrected ablation replaces the saved one
+    assert read_saved_spec(run_dir).identity() == fixed.identity()

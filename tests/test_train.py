@@ -200,6 +200,11 @@ def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
     assert [untimed(r) for r in resumed_log] == [untimed(r) for r in straight_log]
     assert "vq/s1/perplexity" in resumed_log[1]
 
+    # resuming with another model is refused with a one-line message, before anything is written
+    with pytest.raises(ValueError, match="its model config differs in n_q"):
+        Trainer(make_config(speech_root, resumed_dir, *common, "train.resume=true", "model.n_q=2",
+                            "train.valid_bitrates=[0.6]"), show_progress=False)
+
 
 def test_nan_loss_skips_the_step_and_never_reaches_a_checkpoint(speech_root, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
@@ -234,6 +239,20 @@ def test_nan_loss_skips_the_step_and_never_reaches_a_checkpoint(speech_root, tmp
     assert all(torch.isfinite(v).all() for v in exported.state_dict().values() if v.is_floating_point())
     skipped = [r["skipped/total"] for r in read_log(run_dir) if r["kind"] == "train"]
     assert skipped == [0.0, 1.0, 2.0]
+
+
+def test_bf16_mixed_precision_trains_with_fp32_weights(speech_root, tmp_path):
+    # A second Accelerator in this process with another precision (the others above used "no").
+    run_dir = tmp_path / "run"
+    cfg = make_config(speech_root, run_dir, "train.steps=2", "train.mixed_precision=bf16", "loss.disc_start_step=0",
+                      "train.log_every=1")
+    summary = Trainer(cfg, show_progress=False).fit()
+    assert summary["skipped"] == 0
+    for record in read_log(run_dir):
+        if record["kind"] == "train":
+            assert math.isfinite(record["loss/generator"]) and math.isfinite(record["loss/discriminator"])
+    state = read_training_checkpoint(latest_checkpoint(run_dir))
+    assert all(v.dtype == torch.float32 for v in state["codec"].values() if v.is_floating_point())
 
 
 # ------------------------------------------------------------------------------------------ command line

@@ -115,6 +115,12 @@ class EuclideanCodebook(nn.Module):
         sums = torch.zeros(self.codebook_size, self.dim, device=x.device).index_add_(0, codes, x)
         all_reduce_sum_(counts)
         all_reduce_sum_(sums)
+        if int(self.steps) == 0 and float(self.cluster_size.sum()) > 0:
+            # k-means init counts frames of the init batch; rescale them to this step's frame count so that EMA
+            # usage (and the dead-code threshold relative to its mean) is in frames per step from the start.
+            ratio = counts.sum() / self.cluster_size.sum()
+            self.cluster_size.mul_(ratio)
+            self.embed_sum.mul_(ratio)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.learning == "ema":
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)

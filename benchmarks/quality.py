@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import math
 import platform
 import statistics
@@ -46,6 +45,7 @@ import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from rvqcodec import bitstream, streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
+from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.metrics import METRIC_NAMES, evaluate_pair  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
@@ -268,24 +268,6 @@ def markdown_report(result: dict) -> str:
     return "\n".join(parts)
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
-    return value
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomic JSON write; NaN and inf become null."""
-    text = json.dumps(_json_safe(data), indent=2, allow_nan=False) + "\n"
-    bitstream.write_bytes_atomic(path, text.encode(), overwrite=True)
-
-
 def plot_pesq(rows: list[dict], path: Path, title: str) -> None:
     """PESQ-WB against measured kbps, one line per codec, written atomically as PNG."""
     import matplotlib
@@ -317,7 +299,7 @@ def plot_pesq(rows: list[dict], path: Path, title: str) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     plt.close(fig)
-    bitstream.write_bytes_atomic(path, buffer.getvalue(), overwrite=True)
+    atomic_write_bytes(path, buffer.getvalue(), fsync=True)
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -438,8 +420,8 @@ def run(args: argparse.Namespace) -> dict:
         "elapsed_seconds": time.perf_counter() - started,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "quality.json", result)
-    bitstream.write_bytes_atomic(out_dir / "quality.md", markdown_report(result).encode(), overwrite=True)
+    atomic_write_json(out_dir / "quality.json", result, fsync=True)  # NaN and inf become null
+    atomic_write_text(out_dir / "quality.md", markdown_report(result), fsync=True)
     plot_pesq(rows, out_dir / "quality_pesq_wb.png",
               f"PESQ-WB vs bitrate, {len(files)} files ({result['config']['total_seconds']:.0f} s), "
               f"model {codec.model_id}")

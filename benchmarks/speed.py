@@ -50,9 +50,10 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
-from rvqcodec import bitstream, streaming  # noqa: E402
+from rvqcodec import streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
+from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
 REPO_ROOT = BENCH_DIR.parent
@@ -418,8 +419,9 @@ def _mib(n: int | None) -> str:
     return "–" if n is None else f"{n / 2**20:.0f}"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    align = ["---"] + ["---:"] * (len(header) - 1)
+def _table(header: list[str], rows: list[list[str]], text_columns: int = 1) -> list[str]:
+    """Markdown table; the first ``text_columns`` columns left-aligned, the numbers right-aligned."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
     return ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"] + ["| " + " | ".join(r) + " |" for r in rows]
 
 
@@ -499,7 +501,7 @@ def markdown_report(result: dict) -> str:
                          _fmt(r["step_seconds"], ".3f"), _fmt(r["steps_per_s"], ".2f"), _fmt(r["audio_s_per_s"], ".1f"),
                          _fmt(r["quantizer_seconds"], ".4f"), _fmt(100 * r["quantizer_share"], ".1f")])
     out += _table(["preset", "estimator", "device", "threads", "batch", "step s", "steps/s", "audio-s/s",
-                   "quantizer fwd+bwd s", "quantizer share %"], rows)
+                   "quantizer fwd+bwd s", "quantizer share %"], rows, text_columns=3)
     t = result["target"]
     verdict = "not measured" if t["met"] is None else (f"{t['x_realtime']:.1f}x -> " + ("met" if t["met"] else "NOT met"))
     out += ["", "## Target and ratios", "", f"- {t['target']}: {verdict}" + (f" ({t['note']})" if t["note"] else "")]
@@ -508,16 +510,6 @@ def markdown_report(result: dict) -> str:
         out += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     out.append("")
     return "\n".join(out)
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -682,9 +674,8 @@ def run(args: argparse.Namespace) -> dict:
     result["target"] = target_check(result)
     result["ratios"] = ratios(result)
     out_dir.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_json_safe(result), indent=2, allow_nan=False) + "\n"
-    bitstream.write_bytes_atomic(out_dir / "speed.json", text.encode(), overwrite=True)
-    bitstream.write_bytes_atomic(out_dir / "speed.md", markdown_report(result).encode(), overwrite=True)
+    atomic_write_json(out_dir / "speed.json", result, fsync=True)  # NaN and inf become null
+    atomic_write_text(out_dir / "speed.md", markdown_report(result), fsync=True)
     return result
 
 

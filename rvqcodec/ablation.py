@@ -46,13 +46,14 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+from rvqcodec.fileio import atomic_torch_save, atomic_write_json, atomic_write_text
 
 SPEC_FILE = "ablation.yaml"
 SPEC_FORMAT = "rvqcodec-ablation"
@@ -356,12 +357,9 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, comma
                                 "(to rebuild a report from a run folder use --report-only)")
     if not path.is_file():
         raise FileNotFoundError(f"ablation file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"ablation file {path} is not valid YAML: {first}") from None
-    return spec_from_dict(raw, overrides, command)
+    from rvqcodec.config import read_yaml_file
+
+    return spec_from_dict(read_yaml_file(path, "ablation file"), overrides, command)
 
 
 def read_saved_spec(run_dir: str | os.PathLike) -> AblationSpec:
@@ -391,43 +389,9 @@ def read_saved_spec(run_dir: str | os.PathLike) -> AblationSpec:
 # ============================================================================================ files
 
 
-def default_file_mode() -> int:
-    """``0o666`` minus the process umask: the mode a plain ``open(path, "w")`` would give (``mkstemp`` files are
-    private, 0o600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN / inf -> None (strict JSON), recursively."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
-    return atomic_write_text(path, json.dumps(_json_safe(payload), indent=1, sort_keys=True) + "\n")
+    """``status.json`` / ``eval.json``: strict JSON (NaN / inf -> null), sorted keys, written atomically."""
+    return atomic_write_json(path, payload, indent=1, sort_keys=True, parents=True)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -470,21 +434,8 @@ def codebook_snapshot(codec, step: int) -> dict[str, Any]:
 
 
 def save_snapshot(codec, step: int, folder: Path) -> Path:
-    import torch
-
-    path = folder / f"step_{step:07d}.pt"
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(codebook_snapshot(codec, step), handle)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write :func:`codebook_snapshot` to ``folder/step_XXXXXXX.pt`` (atomically; the folder is created)."""
+    return atomic_torch_save(codebook_snapshot(codec, step), folder / f"step_{step:07d}.pt", parents=True)
 
 
 def read_snapshots(run_path: Path) -> list[dict[str, Any]]:
@@ -736,11 +687,11 @@ def prepare_run_dir(spec: AblationSpec) -> None:
                 differ = [k for k in new if old.get(k) != new.get(k)]
                 raise ValueError(f"{spec.run_dir} holds a different ablation (differs in: {', '.join(differ)}); "
                                  "choose another ablation.run_dir or remove that folder")
-            atomic_write_text(path, _dump_spec(spec))
+            atomic_write_text(path, _dump_spec(spec), parents=True)
         return
     if spec.run_dir.exists() and any(spec.run_dir.iterdir()):
         raise ValueError(f"ablation.run_dir={spec.run_dir} exists and is not an ablation run folder; choose another")
-    atomic_write_text(path, _dump_spec(spec))
+    atomic_write_text(path, _dump_spec(spec), parents=True)
 
 
 def _clear_unfinished(run_path: Path, runs_root: Path) -> None:

@@ -31,12 +31,13 @@ from __future__ import annotations
 import math
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from rvqcodec.fileio import atomic_write_bytes, check_output_folder
 
 MAGIC = b"RVQC"
 FORMAT_VERSION = 1
@@ -325,20 +326,5 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = F
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists (use --force to overwrite)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {parent}")
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    check_output_folder(path)
+    atomic_write_bytes(path, data, fsync=True)

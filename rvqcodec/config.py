@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from rvqcodec.fileio import atomic_write_text
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 SCHEDULER_CHOICES = ("constant", "cosine", "exponential")
@@ -472,12 +473,18 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ValueError(f"config file {path} is not valid YAML: {first}") from None
+        raw = read_yaml_file(path, "config file")
     return config_from_dict(raw, overrides)
+
+
+def read_yaml_file(path: Path, what: str) -> Any:
+    """The parsed content of the YAML file ``path``; ``ValueError("<what> <path> is not valid YAML: <first line
+    of the parser's message>")`` if it does not parse."""
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{what} {path} is not valid YAML: {first}") from None
 
 
 def config_to_dict(cfg: TrainConfig, resolve_model: bool = True) -> dict[str, Any]:
@@ -503,19 +510,7 @@ def config_to_yaml(cfg: TrainConfig) -> str:
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML, atomically (temp file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = config_to_yaml(cfg)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, config_to_yaml(cfg), parents=True)
 
 
 class _ConfigDumper(yaml.SafeDumper):

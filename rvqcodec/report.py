@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -23,12 +22,11 @@ from rvqcodec.ablation import (
     EVAL_FILE,
     STATUS_FILE,
     AblationSpec,
-    atomic_write_text,
-    default_file_mode,
     read_json,
     read_saved_spec,
     read_snapshots,
 )
+from rvqcodec.fileio import atomic_path, atomic_write_text
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -260,17 +258,8 @@ def _replacements_per_kstep(run: RunResult, stage: int) -> float | None:
 
 def _save_figure(fig, path: Path) -> Path:
     """Save a figure as PNG atomically, without software/version metadata."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, parents=True) as tmp:
         fig.savefig(tmp, format="png", dpi=PLOT_DPI, metadata={"Software": None})
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -729,4 +718,4 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         if run is not None:
             add(f"Codebook evolution: {arm} (seed {run.seed})",
                 plot_codebook_evolution(spec, arm, run, plots_dir / f"codebooks_{arm}.png"))
-    return atomic_write_text(run_dir / "report.md", render_report(spec, results, plots))
+    return atomic_write_text(run_dir / "report.md", render_report(spec, results, plots), parents=True)

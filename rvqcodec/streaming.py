@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,10 +39,9 @@ import torch
 from rvqcodec import bitstream
 from rvqcodec.bitstream import ModelMismatchError, RVQHeader
 from rvqcodec.data import audio_io
+from rvqcodec.fileio import atomic_path, check_output_folder, same_file
 from rvqcodec.model.codec import Codec
 from rvqcodec.pretrained import load_codec
-
-_INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
 
 
 @dataclass(frozen=True)
@@ -276,24 +274,19 @@ def load_default_codec(device: str = "cpu") -> Codec:
 # -------------------------------------------------------------------------------------------- files
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
+def _exists_message(path: Path) -> str:
+    return f"{path} already exists (use --force to overwrite)"
 
 
 def _check_output(path: Path, overwrite: bool, protected: Iterable[str | os.PathLike]) -> None:
     """Refuse to write an input, a folder, or (without ``overwrite``) an existing file."""
     for other in protected:
-        if _same_file(path, Path(other)):
+        if same_file(path, other):
             raise ValueError(f"refusing to write {path}: it is an input file")
     if path.is_dir():
         raise ValueError(f"output {path} is a folder")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (use --force to overwrite)")
+        raise FileExistsError(_exists_message(path))
 
 
 @dataclass
@@ -349,56 +342,27 @@ def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.Path
     return CompressReport(source, output, header, n_bytes, int(info.samplerate), int(info.channels))
 
 
-class _StreamedAudioFile:
-    """Writes mono audio block by block into a temp file beside ``path``; :meth:`commit` moves it in place.
+@contextmanager
+def _streamed_audio_file(path: Path, sample_rate: int, subtype: str,
+                         overwrite: bool) -> Iterator[Callable[[torch.Tensor], None]]:
+    """Write mono audio block by block into a temp file beside ``path``; it takes ``path``'s place when the
+    ``with`` block ends normally and is removed if it raises. Yields ``write(block)``, ``block`` any shape.
 
     Same guarantees as :func:`rvqcodec.data.audio_io.write_audio` (atomic, never replaces an existing file
     unless ``overwrite``), but the signal never has to be in memory at once.
     """
+    file_format, subtype = audio_io.output_format(path, subtype)
+    check_output_folder(path)
+    clip = subtype in audio_io.INTEGER_SUBTYPES
+    with atomic_path(path, overwrite=overwrite, exists_message=_exists_message(path)) as tmp, \
+            soundfile.SoundFile(tmp, "w", samplerate=int(sample_rate), channels=1, subtype=subtype,
+                                format=file_format) as handle:
 
-    def __init__(self, path: Path, sample_rate: int, subtype: str, overwrite: bool):
-        file_format = path.suffix.lstrip(".").upper()
-        if file_format not in soundfile.available_formats():
-            raise ValueError(f"cannot write {path}: unknown audio extension {path.suffix!r} (use .wav, .flac or .ogg)")
-        subtype = subtype.upper()
-        if not soundfile.check_format(file_format, subtype):
-            raise ValueError(f"cannot write {path}: subtype {subtype} is not valid for {file_format}")
-        parent = path.parent if str(path.parent) else Path(".")
-        if not parent.is_dir():
-            raise FileNotFoundError(f"output folder does not exist: {parent}")
-        self.path, self.overwrite, self.clip = path, overwrite, subtype in _INTEGER_SUBTYPES
-        fd, self.tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        self.handle = soundfile.SoundFile(self.tmp_name, "w", samplerate=int(sample_rate), channels=1,
-                                          subtype=subtype, format=file_format)
+        def write(block: torch.Tensor) -> None:
+            samples = block.reshape(-1).numpy().astype(np.float32, copy=False)
+            handle.write(np.clip(samples, -1.0, 1.0) if clip else samples)
 
-    def write(self, block: torch.Tensor) -> None:
-        samples = block.reshape(-1).numpy().astype(np.float32, copy=False)
-        self.handle.write(np.clip(samples, -1.0, 1.0) if self.clip else samples)
-
-    def commit(self) -> None:
-        self.handle.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp_name, 0o666 & ~umask)
-        if self.overwrite:
-            os.replace(self.tmp_name, self.path)
-            return
-        try:  # link() refuses an existing name, so a file created meanwhile survives
-            os.link(self.tmp_name, self.path)
-        except FileExistsError:
-            self.abort()
-            raise FileExistsError(f"{self.path} already exists (use --force to overwrite)") from None
-        except OSError:  # file systems without hard links
-            os.replace(self.tmp_name, self.path)
-        else:
-            os.unlink(self.tmp_name)
-
-    def abort(self) -> None:
-        if not self.handle.closed:
-            self.handle.close()
-        if os.path.exists(self.tmp_name):
-            os.unlink(self.tmp_name)
+        yield write
 
 
 @dataclass
@@ -439,14 +403,9 @@ def decompress_file(codec: Codec, source: str | os.PathLike, output: str | os.Pa
     resampler = None
     if out_rate != header.sample_rate:
         resampler = audio_io.StreamingResampler(header.sample_rate, out_rate)  # ValueError for impractical rates
-    writer = _StreamedAudioFile(output, out_rate, subtype, overwrite)
-    try:
+    with _streamed_audio_file(output, out_rate, subtype, overwrite) as write:
         for block in decode_chunks(codec, codes, header.num_samples, chunking):
-            writer.write(block if resampler is None else resampler.push(block.view(1, -1)))
+            write(block if resampler is None else resampler.push(block.view(1, -1)))
         if resampler is not None:
-            writer.write(resampler.flush())
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+            write(resampler.flush())
     return DecompressReport(source, output, header, out_rate)

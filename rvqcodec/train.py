@@ -48,7 +48,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -71,6 +70,7 @@ from rvqcodec.config import (
     load_config,
     save_config,
 )
+from rvqcodec.fileio import atomic_torch_save, atomic_write_text
 
 CHECKPOINT_FORMAT = "rvqcodec-train-state"
 CHECKPOINT_VERSION = 1
@@ -196,22 +196,6 @@ def _lr_lambda(cfg: TrainConfig):
 # ============================================================================================ files
 
 
-def _atomic_torch_save(payload: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def step_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     """``[(step, path), ...]`` of the step checkpoints in ``run_dir``, oldest first."""
     folder = Path(run_dir) / CHECKPOINT_DIR
@@ -265,10 +249,7 @@ class JsonlLog:
                 continue  # a line cut short by the interruption
             if int(record.get("step", 0)) <= step:
                 kept.append(line)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -490,7 +471,7 @@ class Trainer:
         if self.is_main:
             folder = self.run_dir / CHECKPOINT_DIR
             name = "best.pt" if best else f"step_{self.step:07d}.pt"
-            path = _atomic_torch_save(payload, folder / name)
+            path = atomic_torch_save(payload, folder / name, fsync=True, parents=True)
             meta = {"step": self.step, "run_dir": str(self.run_dir)}
             if best:
                 meta["valid_mel"] = self.best_valid_mel

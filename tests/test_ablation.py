@@ -13,7 +13,7 @@ import yaml
 
 from rvqcodec import cli
 from rvqcodec.ablation import load_spec, prepare_run_dir, read_saved_spec, read_snapshots, spec_from_dict
-from rvqcodec.config import config_from_dict
+from rvqcodec.config import config_from_dict, flat_dict
 from rvqcodec.model import Codec
 from rvqcodec.report import format_stat, load_results, mean_std, pca_2d, render_report
 from rvqcodec.train import Trainer
@@ -44,16 +44,6 @@ def micro_run(tmp_path_factory, speech_root) -> Path:
     run_dir = tmp_path_factory.mktemp("ablation") / "run"
     assert cli.main(micro_args(run_dir, speech_root)) == 0
     return run_dir
-
-
-def flat(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def section(report: str, heading: str) -> list[str]:
@@ -122,7 +112,7 @@ def test_evaluation_covers_the_whole_eval_set(micro_run):
 def test_arms_differ_only_in_the_fields_they_declare(micro_run):
     saved = yaml.safe_load((micro_run / "ablation.yaml").read_text())
     declared = {a["name"]: a["set"] for a in saved["arms"]}
-    configs = {arm: flat(yaml.safe_load((run_path(micro_run, arm) / "config.yaml").read_text())) for arm in ARMS}
+    configs = {arm: flat_dict(yaml.safe_load((run_path(micro_run, arm) / "config.yaml").read_text())) for arm in ARMS}
     a, b = (configs[arm] for arm in ARMS)
     assert a.keys() == b.keys()
     differing = {key for key in a if a[key] != b[key]}

@@ -7,20 +7,7 @@ import torch
 from rvqcodec.quantize import apply_estimator, rotation_trick, straight_through
 from rvqcodec.quantize.estimators import ESTIMATORS
 
-
-def explicit_rotation(e: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """R (d, d) taking e/‖e‖ onto q/‖q‖, built as the plane rotation I + s(v̂êᵀ − êv̂ᵀ) + (c − 1)(êêᵀ + v̂v̂ᵀ)
-    (independent of the Householder form used by the library). Float64 vectors."""
-    e_hat = e / e.norm()
-    q_hat = q / q.norm()
-    c = torch.dot(e_hat, q_hat)
-    v = q_hat - c * e_hat
-    s = v.norm()
-    v_hat = v / s
-    eye = torch.eye(e.numel(), dtype=e.dtype)
-    return eye + s * (torch.outer(v_hat, e_hat) - torch.outer(e_hat, v_hat)) + (c - 1) * (
-        torch.outer(e_hat, e_hat) + torch.outer(v_hat, v_hat)
-    )
+from helpers import plane_rotation
 
 
 def generic_pairs(n: int, d: int, dtype=torch.float64, seed: int = 0):
@@ -45,7 +32,7 @@ def grad_of(fn, e, q, g):
 def test_householder_rotation_properties_match_explicit_plane_rotation(d):
     e, q = generic_pairs(64, d)
     for i in range(8):
-        R = explicit_rotation(e[i], q[i])
+        R = plane_rotation(e[i], q[i])
         e_hat, q_hat = e[i] / e[i].norm(), q[i] / q[i].norm()
         assert torch.allclose(R @ e_hat, q_hat, atol=1e-12)
         assert torch.allclose(R.T @ R, torch.eye(d, dtype=torch.float64), atol=1e-12)
@@ -66,7 +53,7 @@ def test_jacobian_is_lambda_R_fp64(d):
     for i in range(6):
         lam = q[i].norm() / e[i].norm()
         J = torch.autograd.functional.jacobian(lambda x: rotation_trick(x, q[i]), e[i])
-        assert torch.allclose(J, lam * explicit_rotation(e[i], q[i]), atol=1e-12, rtol=0)
+        assert torch.allclose(J, lam * plane_rotation(e[i], q[i]), atol=1e-12, rtol=0)
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
@@ -76,7 +63,7 @@ def test_gradient_equals_scaled_transposed_rotation(dtype, tol, d):
     g64 = torch.randn_like(e64)
     _, grad = grad_of(rotation_trick, e64.to(dtype), q64.to(dtype), g64.to(dtype))
     for i in range(e64.shape[0]):
-        R = explicit_rotation(e64[i], q64[i])
+        R = plane_rotation(e64[i], q64[i])
         expected = (q64[i].norm() / e64[i].norm()) * (R.T @ g64[i])
         rel = (grad[i].double() - expected).norm() / expected.norm()
         assert rel <= tol, (i, rel.item())
@@ -90,7 +77,7 @@ def test_gradient_with_bf16_inputs_fp32_maths():
     assert out.dtype == torch.bfloat16 and torch.equal(out, q)
     for i in range(e.shape[0]):
         ei, qi, gi = e[i].double(), q[i].double(), g[i].double()
-        expected = (qi.norm() / ei.norm()) * (explicit_rotation(ei, qi).T @ gi)
+        expected = (qi.norm() / ei.norm()) * (plane_rotation(ei, qi).T @ gi)
         assert (grad[i].double() - expected).norm() / expected.norm() <= 1e-2
 
 
@@ -139,7 +126,7 @@ def test_small_norm_inputs_keep_tolerances(e_norm):
     out, grad = grad_of(rotation_trick, e64.float(), q64.float(), g64.float())
     assert torch.equal(out, q64.float())
     for i in range(e64.shape[0]):
-        expected = (q64[i].norm() / e64[i].norm()) * (explicit_rotation(e64[i], q64[i]).T @ g64[i])
+        expected = (q64[i].norm() / e64[i].norm()) * (plane_rotation(e64[i], q64[i]).T @ g64[i])
         assert (grad[i].double() - expected).norm() / expected.norm() <= 1e-5
 
 
@@ -150,7 +137,7 @@ def test_extreme_scale_ratios(ratio):
     g64 = torch.randn_like(e64)
     _, grad = grad_of(rotation_trick, e64.float(), q64.float(), g64.float())
     for i in range(e64.shape[0]):
-        expected = ratio * (explicit_rotation(e64[i], q64[i]).T @ g64[i])
+        expected = ratio * (plane_rotation(e64[i], q64[i]).T @ g64[i])
         assert (grad[i].double() - expected).norm() / expected.norm() <= 1e-5
 
 

@@ -265,3 +265,20 @@ def test_tiny_codec_overfits_one_clip(speech_clip):
         opt.step()
         losses.append(recon.item())
     assert sum(losses[-5:]) / 5 < 0.8 * losses[0], losses
+
+
+def test_inference_only_checkpoint_is_smaller_and_decodes_identically(tmp_path):
+    codec = initialised_codec(small_config())
+    full = codec.save(tmp_path / "full.pt")
+    slim = codec.save(tmp_path / "slim.pt", inference_only=True)
+    assert slim.stat().st_size < full.stat().st_size
+    a, b = Codec.load(full), Codec.load(slim)
+    assert a.model_id == b.model_id == codec.model_id
+    wav = torch.randn(1, 1, 3200) * 0.1
+    codes = a.encode(wav)
+    assert torch.equal(codes, b.encode(wav))
+    assert torch.equal(a.decode(codes), b.decode(codes))
+    for la, lb in zip(a.quantizer.layers, b.quantizer.layers):  # EMA sums rebuilt from codes and usage
+        expected = la.codebook.embed * la.codebook.cluster_size.unsqueeze(-1)
+        assert torch.allclose(lb.codebook.embed_sum, expected)
+    b.train()(wav)  # still trains

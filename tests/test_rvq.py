@@ -10,6 +10,8 @@ import torch
 from rvqcodec.quantize import CodebookStats, ResidualVQ, VectorQuantizer, kmeans
 from rvqcodec.quantize.kmeans import nearest_code
 
+from helpers import plane_rotation
+
 
 def clustered_latents(b=4, d=16, t=200, n_clusters=32, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -17,18 +19,6 @@ def clustered_latents(b=4, d=16, t=200, n_clusters=32, seed=0):
     idx = torch.randint(0, n_clusters, (b * t,), generator=g)
     x = centres[idx] + 0.3 * torch.randn(b * t, d, generator=g)
     return x.reshape(b, t, d).permute(0, 2, 1).contiguous()
-
-
-def plane_rotation(e, q):
-    e_hat, q_hat = e / e.norm(), q / q.norm()
-    c = torch.dot(e_hat, q_hat)
-    v = q_hat - c * e_hat
-    s = v.norm()
-    v_hat = v / s
-    eye = torch.eye(e.numel(), dtype=e.dtype)
-    return eye + s * (torch.outer(v_hat, e_hat) - torch.outer(e_hat, v_hat)) + (c - 1) * (
-        torch.outer(e_hat, e_hat) + torch.outer(v_hat, v_hat)
-    )
 
 
 def toy_rvq(estimator, residual_grad, d=6, n_q=4, k=5, seed=0):

@@ -101,19 +101,10 @@ def format_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
     return "\n".join([line(header), rule, *map(line, body[:-1]), rule, line(body[-1])])
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     from rvqcodec.bitstream import write_bytes_atomic
     from rvqcodec.data.audio_io import write_audio
+    from rvqcodec.fileio import json_safe, same_file
 
     inputs, batch = collect_inputs(args.inputs, AUDIO_SUFFIXES)
     outputs: list[Path | None] = [None] * len(inputs)
@@ -130,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     def work(item: InputFile, out: Path | None) -> None:
         if out is not None:  # refuse early, before the work
             for path in (out, out.with_suffix(".rvq")):
-                if any(path.resolve() == p.resolve() for p in protected):
+                if any(same_file(path, p) for p in protected):
                     raise ValueError(f"refusing to write {path}: it is an input file")
                 if path.exists() and not args.force:
                     raise FileExistsError(f"{path} already exists (use --force to overwrite)")
@@ -148,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         payload = {"model_id": model_id, "n_q": n_q, "bitrate_kbps": codec.bitrate(n_q),
                    "sample_rate": codec.sample_rate, "files": rows, "mean": mean,
                    "failed": len(inputs) - len(rows)}
-        print(json.dumps(_json_safe(payload), indent=2, allow_nan=False))
+        print(json.dumps(json_safe(payload), indent=2, allow_nan=False))
     else:
         print(format_table(rows, mean))
     return status

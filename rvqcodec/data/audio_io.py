@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +24,14 @@ import soundfile
 import torch
 import torchaudio
 
+from rvqcodec.fileio import atomic_path, check_output_folder, same_file
+
 # torchaudio's default sinc-resampler settings; used both for whole files and for streamed blocks.
 RESAMPLE_LOWPASS_WIDTH = 6
 RESAMPLE_ROLLOFF = 0.99
 
 # Subtypes written as integers: float input is clipped to [-1, 1] first (libsndfile would wrap around).
-_INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
+INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
 
 
 class AudioReadError(ValueError):
@@ -339,15 +340,6 @@ def _as_frames_by_channels(samples: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _same_path(a: Path, b: Path) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sample_rate: int,
                 subtype: str = "PCM_16", overwrite: bool = False,
                 protected: Iterable[str | os.PathLike] = ()) -> Path:
@@ -372,18 +364,31 @@ def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sam
         ValueError: ``path`` is protected or a folder, unknown extension/subtype, bad shape, NaN/inf.
     """
     path = Path(path)
+    exists_message = f"{path} already exists (pass overwrite to replace it)"
     for other in protected:
-        if _same_path(path, Path(other)):
+        if same_file(path, other):
             raise ValueError(f"refusing to write {path}: it is one of the input files")
     if path.is_dir():
         raise ValueError(f"cannot write audio to {path}: it is a folder")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass overwrite to replace it)")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {parent}")
+        raise FileExistsError(exists_message)
+    check_output_folder(path)
     if int(sample_rate) != sample_rate or sample_rate <= 0:
         raise ValueError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
+    file_format, subtype = output_format(path, subtype)
+    frames = _as_frames_by_channels(samples)
+    if subtype in INTEGER_SUBTYPES:
+        frames = np.clip(frames, -1.0, 1.0)
+    # without overwrite, a file created since the check above survives (see fileio.atomic_path)
+    with atomic_path(path, overwrite=overwrite, exists_message=exists_message) as tmp:
+        soundfile.write(tmp, frames, int(sample_rate), subtype=subtype, format=file_format)
+    return path
+
+
+def output_format(path: Path, subtype: str) -> tuple[str, str]:
+    """``(format, subtype)`` for writing ``path`` with soundfile: the format from the extension (``WAV``,
+    ``FLAC``, ...) and the upper-cased ``subtype``. ValueError for an unknown extension or a subtype the format
+    cannot hold."""
     file_format = path.suffix.lstrip(".").upper()
     if file_format not in soundfile.available_formats():
         raise ValueError(f"cannot write {path}: unknown audio extension {path.suffix!r} "
@@ -392,33 +397,4 @@ def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sam
     if not soundfile.check_format(file_format, subtype):
         raise ValueError(f"cannot write {path}: subtype {subtype} is not valid for {file_format} "
                          f"(valid: {', '.join(soundfile.available_subtypes(file_format))})")
-    frames = _as_frames_by_channels(samples)
-    if subtype in _INTEGER_SUBTYPES:
-        frames = np.clip(frames, -1.0, 1.0)
-
-    fd, tmp_name = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        soundfile.write(tmp_name, frames, int(sample_rate), subtype=subtype, format=file_format)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        if overwrite:
-            os.replace(tmp_name, path)
-        else:
-            # link() fails if the name appeared meanwhile, so a file created since the check survives.
-            try:
-                os.link(tmp_name, path)
-            except FileExistsError:
-                raise FileExistsError(f"{path} already exists (pass overwrite to replace it)") from None
-            except OSError:  # file systems without hard links
-                os.replace(tmp_name, path)
-            else:
-                os.unlink(tmp_name)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    return file_format, subtype

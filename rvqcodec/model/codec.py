@@ -13,7 +13,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +21,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rvqcodec.fileio import atomic_torch_save
 from rvqcodec.model.seanet import SEANetDecoder, SEANetEncoder
 from rvqcodec.quantize import ResidualVQ
+
+TRAINING_STATE_SUFFIXES = ("codebook.embed_sum", "codebook.cluster_size", "codebook.steps", "codebook.replaced_total")
+"""State-dict entries that only the codebook's EMA training reads: not part of the model identity."""
+DROPPABLE_SUFFIX = "codebook.embed_sum"
+"""Left out of ``save(inference_only=True)``; rebuilt on load as ``embed · cluster_size`` (EMA sums)."""
 
 CHECKPOINT_FORMAT = "rvqcodec-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -296,27 +301,33 @@ class Codec(nn.Module):
 
     @property
     def model_id(self) -> str:
-        """16 lowercase hex characters (8 bytes): SHA-256 of the config and every state-dict tensor.
+        """16 lowercase hex characters (8 bytes): SHA-256 of the config and every state-dict tensor that affects
+        encoding or decoding (EMA training statistics are left out, see ``TRAINING_STATE_SUFFIXES``).
 
         Changes whenever any weight or codebook entry changes; identical for a saved and reloaded model."""
         h = hashlib.sha256()
         h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
+            if name.endswith(TRAINING_STATE_SUFFIXES):
+                continue
             t = tensor.detach().to("cpu").contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None) -> Path:
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None, inference_only: bool = False) -> Path:
         """Write a checkpoint atomically (temp file in the same folder, then ``os.replace``).
+
+        ``inference_only`` leaves out the EMA codebook sums (a third of a tiny checkpoint); :meth:`load` rebuilds
+        them from the codes and usage counts, so the file still fine-tunes, just not bit-exactly resumable.
 
         Contents: ``{"format": "rvqcodec-checkpoint", "version": 1, "config": dict, "state_dict": ...,
         "meta": {"model_id", "parameters", "torch_version", **meta}}``. Returns the path written."""
         path = Path(path)
         if path.is_dir():
             raise IsADirectoryError(f"checkpoint path {path} is a directory")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().to("cpu") for k, v in self.state_dict().items()}
+        state = {k: v.detach().to("cpu") for k, v in self.state_dict().items()
+                 if not (inference_only and k.endswith(DROPPABLE_SUFFIX))}
         info = {"model_id": self.model_id, "parameters": self.parameter_counts(),
                 "torch_version": str(torch.__version__)}
         info.update(meta or {})
@@ -326,16 +337,7 @@ class Codec(nn.Module):
             raise ValueError(f"checkpoint meta must hold only JSON types (str, int, float, bool, list, dict): {exc}") from None
         payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config.to_dict(),
                    "state_dict": state, "meta": info}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_torch_save(payload, path, parents=True)
 
     @staticmethod
     def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -365,8 +367,14 @@ class Codec(nn.Module):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: bad codec config in checkpoint: {exc}") from None
         codec = cls(config)
+        state = dict(payload["state_dict"])
+        for name in codec.state_dict():
+            if name.endswith(DROPPABLE_SUFFIX) and name not in state:  # an inference-only checkpoint
+                prefix = name[: -len("embed_sum")]
+                if prefix + "embed" in state and prefix + "cluster_size" in state:
+                    state[name] = state[prefix + "embed"] * state[prefix + "cluster_size"].unsqueeze(-1)
         try:
-            codec.load_state_dict(payload["state_dict"], strict=True)
+            codec.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ValueError(f"{path}: checkpoint weights do not match its config ({first})") from None

@@ -32,13 +32,15 @@ from torch import nn
 from rvqcodec.model.layers import WNConv1d, WNConvTranspose1d, residual_stack
 
 
-def _check(channels: int, strides: Sequence[int], latent_dim: int, n_residual_units: int) -> None:
+def _checked_strides(channels: int, strides: Sequence[int], latent_dim: int, n_residual_units: int) -> tuple[int, ...]:
+    """The strides as a tuple of ints, after checking the shared encoder/decoder arguments (ValueError)."""
     if channels < 1 or latent_dim < 1:
         raise ValueError(f"channels and latent_dim must be >= 1, got {channels} and {latent_dim}")
     if not strides or any(int(s) < 1 for s in strides):
         raise ValueError(f"strides must be a non-empty sequence of positive ints, got {tuple(strides)}")
     if n_residual_units < 0:
         raise ValueError(f"n_residual_units must be >= 0, got {n_residual_units}")
+    return tuple(int(s) for s in strides)
 
 
 class SEANetEncoder(nn.Module):
@@ -48,8 +50,7 @@ class SEANetEncoder(nn.Module):
                  n_residual_units: int = 3, kernel_size: int = 7, residual_kernel_size: int = 7,
                  compress: int = 2):
         super().__init__()
-        _check(channels, strides, latent_dim, n_residual_units)
-        self.strides = tuple(int(s) for s in strides)
+        self.strides = _checked_strides(channels, strides, latent_dim, n_residual_units)
         self.hop_length = math.prod(self.strides)
         layers: list[nn.Module] = [WNConv1d(1, channels, kernel_size)]
         width = channels
@@ -76,8 +77,7 @@ class SEANetDecoder(nn.Module):
                  n_residual_units: int = 3, kernel_size: int = 7, residual_kernel_size: int = 7,
                  compress: int = 2):
         super().__init__()
-        _check(channels, strides, latent_dim, n_residual_units)
-        self.strides = tuple(int(s) for s in strides)
+        self.strides = _checked_strides(channels, strides, latent_dim, n_residual_units)
         self.hop_length = math.prod(self.strides)
         width = channels * 2 ** len(self.strides)
         layers: list[nn.Module] = [WNConv1d(latent_dim, width, kernel_size)]

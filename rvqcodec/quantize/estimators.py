@@ -57,7 +57,9 @@ class _ScaledRotationGrad(torch.autograd.Function):
     adds ``y − y.detach()``, exactly 0, to q). The forward therefore returns ``e`` itself (no work), and the
     backward applies ``Gᵀ·g = c·Rᵀ·g`` with ``Rᵀ = (I − 2rrᵀ)(I − 2q̂q̂ᵀ) = I − 2rrᵀ + 2êq̂ᵀ``:
 
-        Gᵀ·g = c·g + a·(s·g)·s + b·(q·g)·e,   s = ê + q̂,  a = −2c/‖s‖²,  b = 2c/(‖q‖‖e‖)
+        Gᵀ·g = c·g + a·(s·g)·s + b·(q·g)·e,   s ∝ ê + q̂,  a = −2c/(‖e‖²‖ê + q̂‖²),  b = 2c/(‖q‖‖e‖)
+
+    (``s`` is passed as ``‖e‖(ê + q̂)``, hence the ‖e‖² in ``a``)
 
     (O(d) per row). Rows where the STE is used have c = 1, a = b = 0, so their gradient is exactly g."""
 
@@ -126,10 +128,10 @@ def rotation_trick(
         q_norm = qd.norm(dim=-1, keepdim=True)
         inv_e = 1.0 / e_norm.clamp_min(NORM_EPS)
         inv_q = 1.0 / q_norm.clamp_min(NORM_EPS)
-        s = torch.addcmul(ed * inv_e, qd, inv_q)  # ê + q̂; r = s / max(‖s‖, eps)
-        s_sq = _rowdot(s, s).clamp_min(NORM_EPS**2)
-        cos = _rowdot(ed, qd) * inv_e * inv_q
-        keep = (e_norm >= GUARD_NORM) & (1.0 + cos >= GUARD_COS)  # rows that are rotated; others: STE
+        # s = ê + q̂, kept as s_e = s / inv_e = e + q·(inv_q / inv_e) to save a pass over memory
+        s_e = torch.addcmul(ed, qd, inv_q / inv_e)
+        s_sq = _rowdot(s_e, s_e) * inv_e.square()  # ‖ê + q̂‖² = 2(1 + cos θ), accurate near antiparallel
+        keep = (e_norm >= GUARD_NORM) & (0.5 * s_sq >= GUARD_COS)  # rows that are rotated; others: STE
         if rescale:
             scale = q_norm * inv_e
             if scale_clamp is not None:
@@ -138,9 +140,10 @@ def rotation_trick(
             scale = torch.ones_like(e_norm)
         zero = torch.zeros_like(scale)
         c = torch.where(keep, scale, torch.ones_like(scale))
-        a = torch.where(keep, -2.0 * scale / s_sq, zero)
+        # r = s / max(‖s‖, eps): 2(r·g)r = 2(s_e·g)s_e · inv_e² / max(‖s‖², eps²)
+        a = torch.where(keep, -2.0 * scale * inv_e.square() / s_sq.clamp_min(NORM_EPS**2), zero)
         b = torch.where(keep, 2.0 * scale * inv_e * inv_q, zero)
-    y = _ScaledRotationGrad.apply(e.reshape(-1, d), qd, s, a, b, c).reshape(shape)
+    y = _ScaledRotationGrad.apply(e.reshape(-1, d), qd, s_e, a, b, c).reshape(shape)
     return _exact_forward(q, y)
 
 

@@ -307,27 +307,27 @@ def plot_pesq(rows: list[dict], path: Path, title: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=None,
-                   help=f"folder of speech files, searched recursively (default: {DEFAULT_DATA.relative_to(REPO_ROOT.parent)} "
-                        "beside the repository)")
-    p.add_argument("--model", default=None, help="codec checkpoint (default: the shipped rvqcodec/pretrained/default.pt)")
-    p.add_argument("--bitrates", default=None, help="rvqcodec bitrates in kbps, comma-separated (default: all)")
-    p.add_argument("--codecs", default=",".join(ext.EXTERNAL_CODECS),
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="folder of speech files, searched recursively (default: "
+                        "../shared/data/speech-dev/LibriSpeech/dev-clean, relative to the repository root)")
+    p.add_argument("--model", metavar="PATH", default=None, help="codec checkpoint (default: the shipped rvqcodec/pretrained/default.pt)")
+    p.add_argument("--bitrates", metavar="KBPS", default=None, help="rvqcodec bitrates in kbps, comma-separated (default: all)")
+    p.add_argument("--codecs", metavar="NAMES", default=",".join(ext.EXTERNAL_CODECS),
                    help=f"external codecs to compare, comma-separated (default: {','.join(ext.EXTERNAL_CODECS)})")
     p.add_argument("--no-external", action="store_true", help="score rvqcodec only")
-    p.add_argument("--max-files", type=int, default=None, help="use only the first N files")
-    p.add_argument("--max-seconds", type=float, default=None, help="cut each file to its first S seconds")
+    p.add_argument("--max-files", metavar="N", type=int, default=None, help="use only the first N files")
+    p.add_argument("--max-seconds", metavar="S", type=float, default=None, help="cut each file to its first S seconds")
     p.add_argument("--quick", action="store_true",
                    help=f"CI mode: {QUICK_FILES} files cut to {QUICK_SECONDS:g} s, bitrates "
                         f"{','.join(f'{b:g}' for b in QUICK_BITRATES)}, one setting per external codec")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", metavar="DIR", type=Path, default=None,
                    help="output folder (default: benchmarks/results, or benchmarks/results/quick with --quick)")
-    p.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg executable (name on PATH or path)")
-    p.add_argument("--c2enc", default="c2enc", help="Codec2 encoder executable")
-    p.add_argument("--c2dec", default="c2dec", help="Codec2 decoder executable")
-    p.add_argument("--amrwbenc-library", default=None, help="path of libvo-amrwbenc.so.0 (default: searched)")
+    p.add_argument("--ffmpeg", metavar="PATH", default="ffmpeg", help="ffmpeg executable (name on PATH or path)")
+    p.add_argument("--c2enc", metavar="PATH", default="c2enc", help="Codec2 encoder executable")
+    p.add_argument("--c2dec", metavar="PATH", default="c2dec", help="Codec2 decoder executable")
+    p.add_argument("--amrwbenc-library", metavar="PATH", default=None, help="path of libvo-amrwbenc.so.0 (default: searched)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for rvqcodec")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", metavar="N", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 
 

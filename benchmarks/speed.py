@@ -527,28 +527,31 @@ def _int_list(text: str, what: str) -> tuple[int, ...]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="codec checkpoint (default: the shipped model)")
-    p.add_argument("--data", type=Path, default=None, help="speech to time (default: LibriSpeech dev-clean beside the repo)")
+    p.add_argument("--model", metavar="PATH", default=None, help="codec checkpoint (default: the shipped model)")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="speech to time (default: ../shared/data/speech-dev/LibriSpeech/dev-clean, relative to the "
+                        "repository root)")
     p.add_argument("--train-data", type=Path, default=None,
-                   help="speech for training batches (default: LibriSpeech train-clean-100 beside the repo)")
+                   metavar="DIR",
+                   help="speech for training batches (default: ../shared/data/speech-dev/LibriSpeech/train-clean-100)")
     p.add_argument("--quick", action="store_true", help="CI mode: seconds of audio, tiny training preset only")
-    p.add_argument("--out", type=Path, default=None,
+    p.add_argument("--out", metavar="DIR", type=Path, default=None,
                    help="output folder (default: benchmarks/results, or benchmarks/results/quick with --quick)")
-    p.add_argument("--bitrate", type=float, default=None, help="kbps for rtf/batch/memory (default: the highest)")
-    p.add_argument("--seconds", type=float, default=None, help="audio length for the real-time factors (default 60)")
-    p.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 3)")
-    p.add_argument("--threads", default=None, help="CPU thread counts for rtf, e.g. 1,2,16 (default: 1, 2, all cores)")
+    p.add_argument("--bitrate", metavar="KBPS", type=float, default=None, help="kbps for rtf/batch/memory (default: the highest)")
+    p.add_argument("--seconds", metavar="S", type=float, default=None, help="audio length for the real-time factors (default 60)")
+    p.add_argument("--repeats", metavar="N", type=int, default=None, help="timed runs per measurement (default 3)")
+    p.add_argument("--threads", metavar="N,N", default=None, help="CPU thread counts for rtf, e.g. 1,2,16 (default: 1, 2, all cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device for batch throughput and training (default: cuda if present)")
-    p.add_argument("--batch-sizes", default=None, help="batch sizes for throughput (default: 1,4,16 CPU; 1,8,32,128 GPU)")
-    p.add_argument("--batch-seconds", type=float, default=None, help="clip length for batch throughput (default 10)")
-    p.add_argument("--memory-minutes", type=float, default=None, help="length of the memory test file (default 10)")
-    p.add_argument("--train-presets", default=None, help="training presets to time (default: tiny,base)")
-    p.add_argument("--train-batch", type=int, default=None, help="training batch size (default 8)")
-    p.add_argument("--train-seconds", type=float, default=None, help="training segment length (default 1.0)")
-    p.add_argument("--train-steps", type=int, default=None, help="timed training steps per estimator (default 5)")
-    p.add_argument("--skip", default="", help="sections to leave out, comma-separated: rtf,batch,memory,training,opus")
-    p.add_argument("--ffmpeg", default="ffmpeg", help="ffmpeg executable for the Opus reference")
+    p.add_argument("--batch-sizes", metavar="B,B", default=None, help="batch sizes for throughput (default: 1,4,16 CPU; 1,8,32,128 GPU)")
+    p.add_argument("--batch-seconds", metavar="S", type=float, default=None, help="clip length for batch throughput (default 10)")
+    p.add_argument("--memory-minutes", metavar="MIN", type=float, default=None, help="length of the memory test file (default 10)")
+    p.add_argument("--train-presets", metavar="NAMES", default=None, help="training presets to time (default: tiny,base)")
+    p.add_argument("--train-batch", metavar="B", type=int, default=None, help="training batch size (default 8)")
+    p.add_argument("--train-seconds", metavar="S", type=float, default=None, help="training segment length (default 1.0)")
+    p.add_argument("--train-steps", metavar="N", type=int, default=None, help="timed training steps per estimator (default 5)")
+    p.add_argument("--skip", metavar="SECTIONS", default="", help="sections to leave out, comma-separated: rtf,batch,memory,training,opus")
+    p.add_argument("--ffmpeg", metavar="PATH", default="ffmpeg", help="ffmpeg executable for the Opus reference")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--memory-n-q", type=int, default=None, help=argparse.SUPPRESS)
     return p

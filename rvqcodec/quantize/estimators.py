@@ -72,7 +72,9 @@ class _ScaledRotationGrad(torch.autograd.Function):
     def backward(ctx, g):
         e, q, s, a, b, c = ctx.saved_tensors
         gw = g.to(s.dtype)
-        grad = torch.addcmul(torch.addcmul(gw * c, s, a * _rowdot(s, gw)), e.to(s.dtype), b * _rowdot(q, gw))
+        grad = gw * c  # in-place updates below: out-of-place addcmul with (N, 1) factors is ~2.5x slower on CPU
+        grad.addcmul_(s, a * _rowdot(s, gw))
+        grad.addcmul_(e.to(s.dtype), b * _rowdot(q, gw))
         return grad.to(g.dtype), None, None, None, None, None
 
 
@@ -129,7 +131,7 @@ def rotation_trick(
         inv_e = 1.0 / e_norm.clamp_min(NORM_EPS)
         inv_q = 1.0 / q_norm.clamp_min(NORM_EPS)
         # s = ê + q̂, kept as s_e = s / inv_e = e + q·(inv_q / inv_e) to save a pass over memory
-        s_e = torch.addcmul(ed, qd, inv_q / inv_e)
+        s_e = (qd * (inv_q / inv_e)).add_(ed)
         s_sq = _rowdot(s_e, s_e) * inv_e.square()  # ‖ê + q̂‖² = 2(1 + cos θ), accurate near antiparallel
         keep = (e_norm >= GUARD_NORM) & (0.5 * s_sq >= GUARD_COS)  # rows that are rotated; others: STE
         if rescale:

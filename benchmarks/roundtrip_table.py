@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> None:
                 cached.write_text(json.dumps(result, indent=1))
         rows.append(result)
     first = rows[0]
-    print(f"model {first['model_id']}, {first['mean']['files']} files, {first['mean']['seconds']:.1f} s of audio")
+    total = sum(f["seconds"] for f in first["files"])
+    print(f"model {first['model_id']}, {first['mean']['files']} files, {total:.1f} s of audio")
     print("| kbps | stages | measured kbps | PESQ-WB | PESQ-NB | STOI | SI-SDR (dB) | mel distance |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:

@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 from pathlib import Path
 
 from rvqcodec.cli import main as cli_main
@@ -21,7 +22,7 @@ DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared/data/speec
 
 
 def run_bitrate(folder: Path, kbps: float, model: str | None) -> dict:
-    argv = ["roundtrip", str(folder), "--bitrate", f"{kbps:g}", "--json"] + (["--model", model] if model else [])
+    argv = ["roundtrip", os.path.relpath(folder), "--bitrate", f"{kbps:g}", "--json"] + (["--model", model] if model else [])
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = cli_main(argv)

@@ -26,6 +26,7 @@ import argparse
 import datetime
 import io
 import math
+import os
 import platform
 import statistics
 import sys
@@ -42,6 +43,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
+from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, shown_path  # noqa: E402
 from rvqcodec import bitstream, streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
@@ -49,9 +51,7 @@ from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_
 from rvqcodec.metrics import METRIC_NAMES, evaluate_pair  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
-REPO_ROOT = BENCH_DIR.parent
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "speech-dev" / "LibriSpeech" / "dev-clean"
-DEFAULT_OUT = BENCH_DIR / "results"
+DEFAULT_DATA = SPEECH_ROOT / "dev-clean"
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 SCORE_RATE = ext.SAMPLE_RATE  # every codec is scored at 16 kHz
 MAX_SHIFT_SECONDS = 0.1
@@ -124,7 +124,7 @@ def _score(ref: np.ndarray, deg: np.ndarray) -> dict[str, float]:
 def _file_record(path: Path, ref: np.ndarray, deg: np.ndarray, payload_bytes: int, file_bytes: int,
                  encode_s: float, decode_s: float) -> dict:
     seconds = ref.size / SCORE_RATE
-    record = {"file": str(path), "seconds": seconds, "payload_bytes": int(payload_bytes),
+    record = {"file": shown_path(path), "seconds": seconds, "payload_bytes": int(payload_bytes),
               "file_bytes": int(file_bytes), "kbps": payload_bytes * 8 / seconds / 1000,
               "encode_seconds": encode_s, "decode_seconds": decode_s}
     record.update(_score(ref, deg))
@@ -387,7 +387,7 @@ def run(args: argparse.Namespace) -> dict:
         if max_seconds:
             audio = audio[:int(round(max_seconds * SCORE_RATE))]
         ref = audio.numpy().astype(np.float32)
-        file_info.append({"file": str(path), "seconds": ref.size / SCORE_RATE})
+        file_info.append({"file": shown_path(path), "seconds": ref.size / SCORE_RATE})
         print(f"[{i}/{len(files)}] {path.name} ({ref.size / SCORE_RATE:.1f} s, "
               f"{time.perf_counter() - started:.0f} s elapsed)", file=sys.stderr)
         run_rvqcodec(codec, ref, bitrates, path, settings)
@@ -402,12 +402,12 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "quality",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
-            "quick": bool(args.quick), "data": str(args.data or DEFAULT_DATA), "files": file_info,
+            "quick": bool(args.quick), "data": shown_path(args.data or DEFAULT_DATA), "files": file_info,
             "total_seconds": sum(f["seconds"] for f in file_info), "max_seconds": max_seconds,
             "bitrates_kbps": bitrates, "external_codecs": [c.name for c in externals],
-            "model": {"path": str(checkpoint), "model_id": codec.model_id,
+            "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
                       "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
-            "out": str(out_dir), "device": args.device, "threads": torch.get_num_threads(), "score_sample_rate": SCORE_RATE,
+            "out": shown_path(out_dir), "device": args.device, "threads": torch.get_num_threads(), "score_sample_rate": SCORE_RATE,
             "max_shift_seconds": MAX_SHIFT_SECONDS,
         },
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in result["targets"]:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
         print(f"target: {t['target']}: {verdict}")
-    out = Path(result["config"]["out"])
+    out = Path(os.path.relpath((REPO_ROOT / result["config"]["out"]).resolve()))  # stored relative to the repo
     print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality_pesq_wb.png'}")
     return 0
 

@@ -14,7 +14,9 @@ Sections (each a table in ``speed.md`` and a list in ``speed.json``, written int
   throughput in audio seconds per second, on ``--device``.
 * **memory**: peak resident memory (``getrusage`` ``ru_maxrss``) of a fresh Python process that loads the model
   and runs ``compress_file`` then ``decompress_file`` on a ``--memory-minutes`` WAV file (real speech repeated),
-  next to its resident memory right after loading the model; plus the peak CUDA allocation on a GPU.
+  next to its resident memory right after loading the model, with 1 thread and with all cores (``--quick``: 1
+  thread only); plus the peak CUDA allocation on a GPU. With several threads the peak varies from run to run
+  (the allocator's per-thread arenas): read the 1-thread row for what the chunking itself needs.
 * **training**: generator + discriminator optimiser steps of the ``tiny`` and ``base`` presets on ``--device``
   (losses as in ``rvqcodec.train`` with the default ``LossConfig`` weights, AdamW, fp32, all RVQ stages,
   one fixed batch of random crops of ``--train-data``), once with the rotation-trick estimator and once with the
@@ -50,17 +52,15 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
+from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, shown_path  # noqa: E402
 from rvqcodec import streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
-REPO_ROOT = BENCH_DIR.parent
-SPEECH_ROOT = REPO_ROOT.parent / "shared" / "data" / "speech-dev" / "LibriSpeech"
 DEFAULT_DATA = SPEECH_ROOT / "dev-clean"
 DEFAULT_TRAIN_DATA = SPEECH_ROOT / "train-clean-100"
-DEFAULT_OUT = BENCH_DIR / "results"
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 RTF_TARGET_X = 50.0  # encode + decode at least this many times faster than real time ...
 RTF_TARGET_THREADS = 2  # ... on this many CPU threads
@@ -463,7 +463,8 @@ def target_check(result: dict) -> dict:
 
 def markdown_report(result: dict) -> str:
     cfg = result["config"]
-    out = [f"# Speed and memory ({'quick' if cfg['quick'] else 'full'} run)", "",
+    status = "" if result.get("complete") else ", incomplete: stopped before the end"
+    out = [f"# Speed and memory ({'quick' if cfg['quick'] else 'full'} run{status})", "",
            f"Model: `{cfg['model']['path']}` (id {cfg['model']['model_id']}, {cfg['model']['parameters']:,} "
            f"parameters). Machine: {cfg['cpu_cores']} CPU cores available, GPU: {cfg['gpu'] or 'none'}, "
            f"load average at start/end {_fmt_load(result['environment']['load_average_start'])} / "
@@ -603,14 +604,39 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as exc:  # unreadable audio
         raise UserError(str(exc)) from None
     default_threads = torch.get_num_threads()
-    load_start = _load_average()
     notes: list[str] = []
-    result: dict = {"rtf": [], "batch": [], "memory": [], "training": [], "opus": None}
-
+    result: dict = {
+        "benchmark": "speed", "complete": False,
+        "config": {
+            "quick": bool(args.quick), "data": shown_path(args.data or DEFAULT_DATA),
+            "train_data": shown_path(args.train_data or DEFAULT_TRAIN_DATA), "rtf_seconds": opt["seconds"],
+            "repeats": opt["repeats"], "kbps": codec.bitrate(n_q), "n_q": n_q, "batch_seconds": opt["batch_seconds"],
+            "memory_minutes": opt["memory_minutes"], "train_presets": list(presets), "device": device.type,
+            "cpu_cores": cores, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "skipped": sorted(skip), "out": shown_path(out_dir),
+            "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
+                      "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
+        },
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "ffmpeg": ext.ffmpeg_version(args.ffmpeg), "platform": platform.platform(),
+                        "load_average_start": _load_average(), "load_average_end": None},
+        "notes": notes, "rtf": [], "batch": [], "memory": [], "training": [], "opus": None,
+    }
     started = time.perf_counter()
 
     def log(text: str) -> None:
         print(f"[{time.perf_counter() - started:5.0f} s] {text}", file=sys.stderr, flush=True)
+
+    def save() -> None:
+        """Write what has been measured so far (a long run that is stopped keeps its finished sections)."""
+        result["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        result["elapsed_seconds"] = time.perf_counter() - started
+        result["environment"]["load_average_end"] = _load_average()
+        result["target"] = target_check(result)
+        result["ratios"] = ratios(result)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "speed.json", result, fsync=True)  # NaN and inf become null
+        atomic_write_text(out_dir / "speed.md", markdown_report(result), fsync=True)
 
     if "rtf" not in skip:
         for n in threads:
@@ -621,29 +647,7 @@ def run(args: argparse.Namespace) -> dict:
             log("rtf: cuda")
             result["rtf"].append(measure_rtf(codec, wav, n_q, torch.device("cuda"), None, opt["repeats"]))
             codec.to("cpu")
-    if "batch" not in skip:
-        sizes = (_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes
-                 else opt["gpu_batch_sizes" if device.type == "cuda" else "cpu_batch_sizes"])
-        log(f"batch: {device.type}, sizes {sizes}")
-        result["batch"] = measure_batch(codec, wav, sizes, opt["batch_seconds"], n_q, device, opt["repeats"])
-        codec.to("cpu")
-    if "memory" not in skip:
-        for dev in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
-            log(f"memory: {opt['memory_minutes']:g} min file, {dev}")
-            try:
-                result["memory"].append(measure_memory(checkpoint, wav, codec.sample_rate, opt["memory_minutes"],
-                                                       n_q, dev, None))
-            except RuntimeError as exc:
-                notes.append(str(exc))
-    if "training" not in skip:
-        try:
-            x = training_batch(args.train_data or DEFAULT_TRAIN_DATA, opt["train_batch"], opt["train_seconds"],
-                               codec.sample_rate)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        for name in presets:
-            log(f"training: {name} on {device.type}, batch {opt['train_batch']}x{opt['train_seconds']:g} s")
-            result["training"].append(measure_training(name, x, device, opt["train_steps"], opt["train_warmup"]))
+        save()
     if "opus" not in skip:
         reason = ext.Opus(ext.Tools(ffmpeg=args.ffmpeg)).unavailable_reason()
         if reason:
@@ -654,31 +658,39 @@ def run(args: argparse.Namespace) -> dict:
                 result["opus"] = measure_opus(wav, ext.Tools(ffmpeg=args.ffmpeg), opt["repeats"])
             except ext.ToolError as exc:
                 notes.append(f"Opus reference failed: {exc}")
+        save()
+    if "batch" not in skip:
+        sizes = (_int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes
+                 else opt["gpu_batch_sizes" if device.type == "cuda" else "cpu_batch_sizes"])
+        log(f"batch: {device.type}, sizes {sizes}")
+        result["batch"] = measure_batch(codec, wav, sizes, opt["batch_seconds"], n_q, device, opt["repeats"])
+        codec.to("cpu")
+        save()
+    if "memory" not in skip:
+        runs = [("cpu", n) for n in sorted({1, cores if not args.quick else 1})]
+        runs += [("cuda", None)] if torch.cuda.is_available() else []
+        for dev, n in runs:
+            log(f"memory: {opt['memory_minutes']:g} min file, {dev}" + (f", {n} thread(s)" if n else ""))
+            try:
+                result["memory"].append(measure_memory(checkpoint, wav, codec.sample_rate, opt["memory_minutes"],
+                                                       n_q, dev, n))
+            except RuntimeError as exc:
+                notes.append(str(exc))
+        save()
+    if "training" not in skip:
+        try:
+            x = training_batch(args.train_data or DEFAULT_TRAIN_DATA, opt["train_batch"], opt["train_seconds"],
+                               codec.sample_rate)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        for name in presets:
+            log(f"training: {name} on {device.type}, batch {opt['train_batch']}x{opt['train_seconds']:g} s")
+            result["training"].append(measure_training(name, x, device, opt["train_steps"], opt["train_warmup"]))
+            save()
     for note in notes:
         log(f"note: {note}")
-    result["elapsed_seconds"] = time.perf_counter() - started
-
-    result["config"] = {
-        "quick": bool(args.quick), "data": str(args.data or DEFAULT_DATA),
-        "train_data": str(args.train_data or DEFAULT_TRAIN_DATA), "rtf_seconds": opt["seconds"],
-        "repeats": opt["repeats"], "kbps": codec.bitrate(n_q), "n_q": n_q, "batch_seconds": opt["batch_seconds"],
-        "memory_minutes": opt["memory_minutes"], "train_presets": list(presets), "device": device.type,
-        "cpu_cores": cores, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "skipped": sorted(skip), "out": str(out_dir),
-        "model": {"path": str(checkpoint), "model_id": codec.model_id,
-                  "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
-    }
-    result["environment"] = {"python": platform.python_version(), "torch": torch.__version__,
-                             "ffmpeg": ext.ffmpeg_version(args.ffmpeg), "platform": platform.platform(),
-                             "load_average_start": load_start, "load_average_end": _load_average()}
-    result["benchmark"] = "speed"
-    result["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    result["notes"] = notes
-    result["target"] = target_check(result)
-    result["ratios"] = ratios(result)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_dir / "speed.json", result, fsync=True)  # NaN and inf become null
-    atomic_write_text(out_dir / "speed.md", markdown_report(result), fsync=True)
+    result["complete"] = True
+    save()
     return result
 
 
@@ -694,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown_report(result))
-    out = Path(result["config"]["out"])
+    out = Path(os.path.relpath((REPO_ROOT / result["config"]["out"]).resolve()))  # stored relative to the repo
     print(f"wrote {out / 'speed.json'} and {out / 'speed.md'}")
     return 0
 

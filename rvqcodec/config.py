@@ -107,6 +107,8 @@ class TrainSection:
     cpu: bool = False  # force CPU even if an accelerator is present
     tensorboard: bool = True  # Accelerate's TensorBoard tracker (skipped if tensorboard is not installed)
     kmeans_init_seconds: float = 120.0  # audio used to k-means-initialise the codebooks before step 1 (0: lazy)
+    max_minutes: float | None = None  # wall-clock budget of this fit() call: after the first step past it, log,
+    # validate, checkpoint and stop (the learning-rate schedule still spans train.steps)
 
 
 @dataclass
@@ -416,6 +418,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("log_every", "valid_every", "ckpt_every", "keep_last", "max_bad_steps"):
         _check(getattr(t, name) >= 1, f"train.{name}", "must be >= 1", getattr(t, name))
     _check(t.n_samples >= 0, "train.n_samples", "must be >= 0", t.n_samples)
+    _check(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "must be > 0 or null", t.max_minutes)
     _check(bool(t.run_dir), "train.run_dir", "must be a folder path", t.run_dir)
     _check(all(b > 0 for b in t.valid_bitrates), "train.valid_bitrates", "must be positive kbps values", t.valid_bitrates)
 

@@ -808,6 +808,13 @@ class Trainer:
             if self.sched_d is not None:
                 self.sched_d.step()
 
+    def _out_of_time(self, started: float, budget: float | None) -> bool:
+        """Whether ``train.max_minutes`` has run out; every process gets the main process's answer."""
+        if budget is None:
+            return False
+        flag = torch.tensor(float(time.perf_counter() - started > budget), device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="max").item() > 0)
+
     def fit(self, stop_after_step: int | None = None) -> dict[str, Any]:
         """Train to ``train.steps`` (or stop early after ``stop_after_step``, as an interruption would).
 
@@ -828,6 +835,8 @@ class Trainer:
         batches = self._train_batches()
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not (self.is_main and self.show_progress),
                    dynamic_ncols=True, desc="train")
+        budget = None if cfg.train.max_minutes is None else cfg.train.max_minutes * 60.0
+        fit_started = time.perf_counter()
         try:
             while self.step < end:
                 started = time.perf_counter()
@@ -846,9 +855,10 @@ class Trainer:
                                     mel=f"{result.metrics.get('loss/mel', float('nan')):.3f}",
                                     gnorm=f"{result.metrics['grad_norm/generator']:.2f}",
                                     n_q=int(result.metrics["n_q"]), refresh=False)
-                if self.step % cfg.train.log_every == 0 or self.step == cfg.train.steps:
+                final = self.step == cfg.train.steps or self._out_of_time(fit_started, budget)
+                if self.step % cfg.train.log_every == 0 or final:
                     last_train = self._log_train()
-                if self.step % cfg.train.valid_every == 0 or self.step == cfg.train.steps:
+                if self.step % cfg.train.valid_every == 0 or final:
                     last_valid = self.validate()
                     self.accelerator.log(last_valid, step=self.step)
                     self.log.write({"step": self.step, "kind": "valid", **last_valid})
@@ -858,8 +868,10 @@ class Trainer:
                     if last_valid["valid/mel"] < self.best_valid_mel:
                         self.best_valid_mel = last_valid["valid/mel"]
                         self.save_checkpoint(best=True)
-                if self.step % cfg.train.ckpt_every == 0 or self.step == cfg.train.steps:
+                if self.step % cfg.train.ckpt_every == 0 or final:
                     self.save_checkpoint()
+                if final:
+                    break
         finally:
             batches.close()  # stops DataLoader workers
             bar.close()

@@ -169,6 +169,7 @@ def test_speed_quick_reports_every_section(tiny_model, dev_clean, speech_root, t
         torch.set_num_threads(threads)
     assert rc == 0
     result = json.loads((out / "speed.json").read_text())
+    assert result["complete"] is True
 
     (rtf,) = result["rtf"]
     assert rtf["device"] == "cpu" and rtf["threads"] == 1 and rtf["audio_seconds"] == pytest.approx(2.0)

@@ -255,6 +255,21 @@ def test_bf16_mixed_precision_trains_with_fp32_weights(speech_root, tmp_path):
     assert all(v.dtype == torch.float32 for v in state["codec"].values() if v.is_floating_point())
 
 
+def test_wall_clock_budget_stops_with_a_validated_checkpoint_and_resumes(speech_root, tmp_path):
+    run_dir = tmp_path / "run"
+    # a budget of 6 ms: the first step always outlasts it
+    cfg = make_config(speech_root, run_dir, "train.steps=50", "train.max_minutes=0.0001", "train.log_every=10",
+                      "train.valid_every=10", "train.ckpt_every=10")
+    summary = Trainer(cfg, show_progress=False).fit()
+    assert summary["step"] == 1
+    assert [n for n, _ in step_checkpoints(run_dir)] == [1]
+    kinds = {(r["kind"], r["step"]) for r in read_log(run_dir)}
+    assert ("train", 1) in kinds and ("valid", 1) in kinds
+    assert (run_dir / "codec.pt").exists()
+    resumed = make_config(speech_root, run_dir, "train.steps=3", "train.resume=true")
+    assert Trainer(resumed, show_progress=False).fit()["step"] == 3
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 

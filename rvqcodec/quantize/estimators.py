@@ -24,8 +24,9 @@ Numerical policy (see ``docs/quantizer.md``):
 * clamp-style epsilons ``x / max(‖x‖, 1e-6)``, never ``x / (‖x‖ + eps)`` (whose forward error is eps/‖e‖);
 * rows with ``‖e‖ < 1e-6`` or ``1 + cos(e, q) < 1e-5`` (near antiparallel, where R is ill-conditioned) fall
   back to the straight-through gradient exactly;
-* the output is built as ``q.detach() + (y − y.detach())``: the forward is exactly q and no gradient can reach
-  the codebook through the estimator (the codebook learns by EMA or by its own loss).
+* the forward is exactly q: ``straight_through`` returns ``q.detach() + (e − e.detach())`` and
+  ``rotation_trick`` returns q's own values from a custom autograd function (no arithmetic at all); no gradient
+  can reach the codebook through either (the codebook learns by EMA or by its own loss).
 * ``q = 0`` gives λ = 0, hence a zero gradient (the paper's App. A.9.1 behaviour), unless ``scale_clamp``
   bounds λ from below.
 """
@@ -48,39 +49,39 @@ DEFAULT_SCALE_CLAMP = (0.5, 2.0)
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product of (N, d) tensors → (N, 1), as one batched matmul (a single pass over memory)."""
-    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).squeeze(2)
+    """Row-wise dot product of (N, d) tensors → (N, 1), as one batched matrix product (no (N, d) temporary;
+    on CPU ~1.3x faster than ``(a * b).sum(-1)`` and ~2x faster than ``torch.linalg.vecdot``)."""
+    return torch.matmul(a.unsqueeze(-2), b.unsqueeze(-1)).squeeze(-1)
 
 
-class _ScaledRotationGrad(torch.autograd.Function):
-    """``y = G·e`` per row of (N, d) ``e``, G = c·R detached, where only ``y``'s *gradient* is used (the caller
-    adds ``y − y.detach()``, exactly 0, to q). The forward therefore returns ``e`` itself (no work), and the
-    backward applies ``Gᵀ·g = c·Rᵀ·g`` with ``Rᵀ = (I − 2rrᵀ)(I − 2q̂q̂ᵀ) = I − 2rrᵀ + 2êq̂ᵀ``:
+class _RotationGradient(torch.autograd.Function):
+    """Returns ``q`` itself (its values, no arithmetic) and sends ``Gᵀ·g = c·Rᵀ·g`` back to the (N, d) ``e``.
 
-        Gᵀ·g = c·g + a·(s·g)·s + b·(q·g)·e,   s ∝ ê + q̂,  a = −2c/(‖e‖²‖ê + q̂‖²),  b = 2c/(‖q‖‖e‖)
+    With ``Rᵀ = (I − 2rrᵀ)(I − 2q̂q̂ᵀ) = I − 2rrᵀ + 2êq̂ᵀ``, ``ê = e·u``, ``q̂ = q·v`` (``u = 1/max(‖e‖, ε)``,
+    ``v = 1/max(‖q‖, ε)``) and ``r = (ê + q̂)/‖ê + q̂‖``, the gradient is a per-row combination of g, e and q:
 
-    (``s`` is passed as ``‖e‖(ê + q̂)``, hence the ‖e‖² in ``a``)
+        Gᵀ·g = c·g + (α·u + b·(q·g))·e + α·v·q,   α = a·(u·(e·g) + v·(q·g)),
+        a = −2c/‖ê + q̂‖²,  b = 2c·u·v,
 
-    (O(d) per row). Rows where the STE is used have c = 1, a = b = 0, so their gradient is exactly g."""
+    so the backward needs two row dot products and no saved (N, d) tensor besides ``e`` and ``q``. Rows where
+    the straight-through gradient is used have c = 1, a = b = 0: their gradient is exactly g."""
 
     @staticmethod
-    def forward(ctx, e, q, s, a, b, c):
-        ctx.save_for_backward(e, q, s, a, b, c)
-        return e.view_as(e)
+    def forward(ctx, e, q, u, v, a, b, c):
+        ctx.save_for_backward(e, q, u, v, a, b, c)
+        return q.view_as(q)
 
     @staticmethod
     def backward(ctx, g):
-        e, q, s, a, b, c = ctx.saved_tensors
-        gw = g.to(s.dtype)
+        e, q, u, v, a, b, c = ctx.saved_tensors
+        work = c.dtype
+        gw, ew, qw = g.to(work), e.to(work), q.to(work)
+        qg = _rowdot(qw, gw)
+        alpha = a * (u * _rowdot(ew, gw) + v * qg)
         grad = gw * c  # in-place updates below: out-of-place addcmul with (N, 1) factors is ~2.5x slower on CPU
-        grad.addcmul_(s, a * _rowdot(s, gw))
-        grad.addcmul_(e.to(s.dtype), b * _rowdot(q, gw))
-        return grad.to(g.dtype), None, None, None, None, None
-
-
-def _exact_forward(q: Tensor, y: Tensor) -> Tensor:
-    """Value of ``q`` exactly, gradient of ``y`` (``y − y.detach()`` is exactly zero in floating point)."""
-    return q.detach() + (y - y.detach()).to(q.dtype)
+        grad.addcmul_(ew, alpha * u + b * qg)
+        grad.addcmul_(qw, alpha * v)
+        return grad.to(e.dtype), None, None, None, None, None, None
 
 
 def straight_through(e: Tensor, q: Tensor) -> Tensor:
@@ -93,7 +94,7 @@ def straight_through(e: Tensor, q: Tensor) -> Tensor:
         (..., d) tensor, bit-exactly equal to ``q``, in ``q``'s dtype.
     """
     _check_shapes(e, q)
-    return _exact_forward(q, e)
+    return q.detach() + (e - e.detach()).to(q.dtype)  # e − e.detach() is exactly zero in floating point
 
 
 def rotation_trick(
@@ -125,28 +126,30 @@ def rotation_trick(
     work = torch.promote_types(e.dtype, torch.float32)  # float32, or float64 for float64 inputs
     with torch.autocast(device_type=e.device.type, enabled=False), torch.no_grad():
         ed = e.detach().reshape(-1, d).to(work)
-        qd = q.detach().reshape(-1, d).to(work)
-        e_norm = ed.norm(dim=-1, keepdim=True)
-        q_norm = qd.norm(dim=-1, keepdim=True)
-        inv_e = 1.0 / e_norm.clamp_min(NORM_EPS)
-        inv_q = 1.0 / q_norm.clamp_min(NORM_EPS)
-        # s = ê + q̂, kept as s_e = s / inv_e = e + q·(inv_q / inv_e) to save a pass over memory
-        s_e = (qd * (inv_q / inv_e)).add_(ed)
-        s_sq = _rowdot(s_e, s_e) * inv_e.square()  # ‖ê + q̂‖² = 2(1 + cos θ), accurate near antiparallel
+        qd = q.detach().reshape(-1, d)
+        qw = qd.to(work)
+        # per-row scalars (N, 1) from two norms and one dot product (three reads of (N, d)); combined in
+        # float64 (costs nothing at (N, 1); float32 on MPS, which has no float64)
+        scalar = torch.float32 if e.device.type == "mps" else torch.float64
+        e_norm, q_norm = (torch.linalg.vector_norm(x, dim=-1, keepdim=True).to(scalar) for x in (ed, qw))
+        ee, qq, eq = e_norm.square(), q_norm.square(), _rowdot(ed, qw).to(scalar)
+        u = 1.0 / e_norm.clamp_min(NORM_EPS)
+        v = 1.0 / q_norm.clamp_min(NORM_EPS)
+        s_sq = (ee * u.square() + 2.0 * eq * u * v + qq * v.square()).clamp_min(0.0)  # ‖ê + q̂‖² = 2(1 + cos θ)
         keep = (e_norm >= GUARD_NORM) & (0.5 * s_sq >= GUARD_COS)  # rows that are rotated; others: STE
         if rescale:
-            scale = q_norm * inv_e
+            scale = q_norm * u
             if scale_clamp is not None:
                 scale = scale.clamp(scale_clamp[0], scale_clamp[1])
         else:
             scale = torch.ones_like(e_norm)
         zero = torch.zeros_like(scale)
         c = torch.where(keep, scale, torch.ones_like(scale))
-        # r = s / max(‖s‖, eps): 2(r·g)r = 2(s_e·g)s_e · inv_e² / max(‖s‖², eps²)
-        a = torch.where(keep, -2.0 * scale * inv_e.square() / s_sq.clamp_min(NORM_EPS**2), zero)
-        b = torch.where(keep, 2.0 * scale * inv_e * inv_q, zero)
-    y = _ScaledRotationGrad.apply(e.reshape(-1, d), qd, s_e, a, b, c).reshape(shape)
-    return _exact_forward(q, y)
+        a = torch.where(keep, -2.0 * scale / s_sq.clamp_min(NORM_EPS**2), zero)
+        b = torch.where(keep, 2.0 * scale * u * v, zero)
+        u, v, a, b, c = (t.to(work) for t in (u, v, a, b, c))
+    out = _RotationGradient.apply(e.reshape(-1, d), qd, u, v, a, b, c)
+    return out.reshape(shape)
 
 
 def apply_estimator(

@@ -1,0 +1,16 @@
+"""Paths shared by the benchmark scripts, and how a path is written into their results."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+SPEECH_ROOT = REPO_ROOT.parent / "shared" / "data" / "speech-dev" / "LibriSpeech"
+DEFAULT_OUT = BENCH_DIR / "results"
+
+
+def shown_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the repository root (e.g. ``../shared/data/...``), so that committed results do not
+    depend on where the checkout lives."""
+    return os.path.relpath(Path(path).resolve(), REPO_ROOT)

@@ -12,7 +12,7 @@ Sections (each a table in ``speed.md`` and a list in ``speed.json``, written int
   warm-up. ``RTF`` = processing time / audio duration; ``x real time`` = its inverse.
 * **batch**: single-pass ``Codec.encode`` + ``Codec.decode`` of ``B`` clips of ``--batch-seconds`` at once,
   throughput in audio seconds per second, on ``--device``.
-* **memory**: peak resident memory (``getrusage`` ``ru_maxrss``) of a fresh Python process that loads the model
+* **memory**: peak resident memory (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere) of a fresh Python process that loads the model
   and runs ``compress_file`` then ``decompress_file`` on a ``--memory-minutes`` WAV file (real speech repeated),
   next to its resident memory right after loading the model, with 1 thread and with all cores (``--quick``: 1
   thread only); plus the peak CUDA allocation on a GPU. With several threads the peak varies from run to run
@@ -227,6 +227,16 @@ def _rss_bytes() -> int:
 
 
 def _peak_rss_bytes() -> int:
+    """Peak resident set size of this process image. On Linux ``VmHWM`` of /proc/self/status: ``ru_maxrss``
+    there carries the parent's peak across fork + exec, so a child started by a big benchmark process would
+    report the parent's memory."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)  # Linux reports KiB, macOS bytes
 

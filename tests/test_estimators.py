@@ -201,6 +201,27 @@ def test_degenerate_inputs_no_nan_exact_forward_ste_fallback(dtype, name):
         assert torch.equal(grad[2], torch.zeros_like(grad[2]))  # q = 0 → λ = 0 → zero gradient (documented)
 
 
+def test_fp32_gradient_is_accurate_just_above_the_antiparallel_guard():
+    # 1 + cos(e, q) from 3e-5 to 1e-3: rotated (not guarded), where ‖ê + q̂‖² from dot products would cancel
+    d, n = 128, 24
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    rows = []
+    for q_i, gap in zip(q, torch.logspace(-4.5, -3, n, dtype=torch.float64)):
+        u = torch.randn(d, generator=gen, dtype=torch.float64)
+        u -= (u @ q_i) / (q_i @ q_i) * q_i  # orthogonal to q
+        angle = torch.arccos(gap - 1)  # 1 + cos(angle) = gap
+        rows.append(1.7 * (torch.cos(angle) * q_i / q_i.norm() + torch.sin(angle) * u / u.norm()))
+    e32, q32 = torch.stack(rows).float(), q.float()
+    g = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    _, grad = grad_of(rotation_trick, e32, q32, g.float())
+    for i in range(n):
+        e_i, q_i = e32[i].double(), q32[i].double()  # the reference sees the same rounded inputs
+        assert 1 + torch.nn.functional.cosine_similarity(e_i, q_i, dim=0) > 2e-5
+        ref = (q_i.norm() / e_i.norm()) * plane_rotation(e_i, q_i).T @ g[i]
+        assert (grad[i].double() - ref).norm() <= 1e-4 * ref.norm(), i
+
+
 def test_noscale_jacobian_is_orthogonal_and_clamp_bounds_the_norm():
     e, q = generic_pairs(16, 32)
     for i in range(4):

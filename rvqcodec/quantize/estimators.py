@@ -44,6 +44,8 @@ GUARD_COS = 1e-5
 
 ESTIMATORS = ("rotation", "rotation_noscale", "rotation_clamped", "ste")
 """Names accepted by :func:`apply_estimator` and by the quantizers' ``estimator=`` option."""
+NEAR_ANTIPARALLEL = 1e-3
+"""Rows with 1 + cos(e, q) below this get ‖ê + q̂‖² from the vectors rather than from the row dot products."""
 DEFAULT_SCALE_CLAMP = (0.5, 2.0)
 """Bounds on ‖q‖/‖e‖ used by ``estimator="rotation_clamped"`` when no ``scale_clamp`` is given."""
 
@@ -136,6 +138,13 @@ def rotation_trick(
         u = 1.0 / e_norm.clamp_min(NORM_EPS)
         v = 1.0 / q_norm.clamp_min(NORM_EPS)
         s_sq = (ee * u.square() + 2.0 * eq * u * v + qq * v.square()).clamp_min(0.0)  # ‖ê + q̂‖² = 2(1 + cos θ)
+        # near antiparallel that sum cancels (the fp32 dot product is good to ~1e-6 of ‖e‖‖q‖): recompute
+        # ‖ê + q̂‖² from the vectors for those rows, as few as they are
+        near = (0.5 * s_sq < NEAR_ANTIPARALLEL).squeeze(-1)
+        if bool(near.any()):
+            rows = near.nonzero().squeeze(-1)
+            s_rows = ed[rows] * u[rows].to(work) + qw[rows] * v[rows].to(work)
+            s_sq[rows] = torch.linalg.vector_norm(s_rows, dim=-1, keepdim=True).to(scalar).square()
         keep = (e_norm >= GUARD_NORM) & (0.5 * s_sq >= GUARD_COS)  # rows that are rotated; others: STE
         if rescale:
             scale = q_norm * u

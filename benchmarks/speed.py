@@ -13,9 +13,9 @@ Sections (each a table in ``speed.md`` and a list in ``speed.json``, written int
 * **batch**: single-pass ``Codec.encode`` + ``Codec.decode`` of ``B`` clips of ``--batch-seconds`` at once,
   throughput in audio seconds per second, on ``--device``.
 * **memory**: peak resident memory (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere) of a fresh Python process that
-  loads the model and runs ``compress_file`` then ``decompress_file`` on a ``--memory-minutes`` WAV file (real speech repeated),
-  next to its resident memory right after loading the model, with 1 thread and with all cores (``--quick``: 1
-  thread only); plus the peak CUDA allocation on a GPU. With several threads the peak varies from run to run
+  loads the model and runs ``compress_file`` then ``decompress_file`` on a ``--memory-minutes`` WAV file (real
+  speech repeated), next to its resident memory right after loading the model, with 1 thread and with all cores
+  (``--quick``: 1 thread only); plus the peak CUDA allocation on a GPU. With several threads the peak varies from run to run
   (the allocator's per-thread arenas): read the 1-thread row for what the chunking itself needs.
 * **training**: generator + discriminator optimiser steps of the ``tiny`` and ``base`` presets on ``--device``
   (losses as in ``rvqcodec.train`` with the default ``LossConfig`` weights, AdamW, fp32, all RVQ stages,

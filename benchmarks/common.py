@@ -14,3 +14,8 @@ def shown_path(path: str | os.PathLike) -> str:
     """``path`` relative to the repository root (e.g. ``../shared/data/...``), so that committed results do not
     depend on where the checkout lives."""
     return os.path.relpath(Path(path).resolve(), REPO_ROOT)
+
+
+def resolved_shown_path(shown: str) -> Path:
+    """Inverse of :func:`shown_path`, relative to the current folder (for messages to the user)."""
+    return Path(os.path.relpath((REPO_ROOT / shown).resolve()))

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import io
 import math
-import os
 import platform
 import statistics
 import sys
@@ -43,7 +42,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
-from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, shown_path  # noqa: E402
+from common import DEFAULT_OUT, SPEECH_ROOT, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import bitstream, streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
@@ -439,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     for t in result["targets"]:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
         print(f"target: {t['target']}: {verdict}")
-    out = Path(os.path.relpath((REPO_ROOT / result["config"]["out"]).resolve()))  # stored relative to the repo
+    out = resolved_shown_path(result["config"]["out"])
     print(f"wrote {out / 'quality.json'}, {out / 'quality.md'} and {out / 'quality_pesq_wb.png'}")
     return 0
 

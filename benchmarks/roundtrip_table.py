@@ -16,9 +16,10 @@ import json
 import os
 from pathlib import Path
 
+from common import SPEECH_ROOT  # benchmarks/ is sys.path[0] when run as a script
 from rvqcodec.cli import main as cli_main
 
-DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared/data/speech-dev/LibriSpeech/dev-clean"
+DEFAULT_FOLDER = SPEECH_ROOT / "dev-clean"
 
 
 def run_bitrate(folder: Path, kbps: float, model: str | None) -> dict:

@@ -15,8 +15,8 @@ Sections (each a table in ``speed.md`` and a list in ``speed.json``, written int
 * **memory**: peak resident memory (``VmHWM`` on Linux, ``ru_maxrss`` elsewhere) of a fresh Python process that
   loads the model and runs ``compress_file`` then ``decompress_file`` on a ``--memory-minutes`` WAV file (real
   speech repeated), next to its resident memory right after loading the model, with 1 thread and with all cores
-  (``--quick``: 1 thread only); plus the peak CUDA allocation on a GPU. With several threads the peak varies from run to run
-  (the allocator's per-thread arenas): read the 1-thread row for what the chunking itself needs.
+  (``--quick``: 1 thread only); plus the peak CUDA allocation on a GPU. With several threads the peak varies
+  from run to run (the allocator's per-thread arenas): read the 1-thread row for what the chunking itself needs.
 * **training**: generator + discriminator optimiser steps of the ``tiny`` and ``base`` presets on ``--device``
   (losses as in ``rvqcodec.train`` with the default ``LossConfig`` weights, AdamW, fp32, all RVQ stages,
   one fixed batch of random crops of ``--train-data``), once with the rotation-trick estimator and once with the
@@ -52,7 +52,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
-from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, shown_path  # noqa: E402
+from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
@@ -716,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(markdown_report(result))
-    out = Path(os.path.relpath((REPO_ROOT / result["config"]["out"]).resolve()))  # stored relative to the repo
+    out = resolved_shown_path(result["config"]["out"])
     print(f"wrote {out / 'speed.json'} and {out / 'speed.md'}")
     return 0
 

@@ -13,6 +13,8 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -341,13 +343,18 @@ class Codec(nn.Module):
 
     @staticmethod
     def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        """Load and validate a checkpoint file's payload (see :meth:`save`) without building the model."""
+        """Load and validate a checkpoint file's payload (see :meth:`save`) without building the model.
+
+        The tensors are read on the CPU whatever ``map_location`` says (kept for compatibility): moving them to a
+        device is :meth:`load`'s job, so an unavailable device is never mistaken for a damaged file."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")
+        if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; anything else is not a checkpoint
+            raise ValueError(f"{path} is not an rvqcodec checkpoint (not a torch.save archive)")
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:  # torch raises many kinds for non-checkpoint files
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # damaged archive / refused content
             raise ValueError(f"{path} is not an rvqcodec checkpoint (could not be read: {type(exc).__name__})") from None
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not an rvqcodec checkpoint (missing format tag {CHECKPOINT_FORMAT!r})")

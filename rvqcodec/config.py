@@ -44,10 +44,12 @@ class DataConfig:
 
     root: str = "../shared/data/speech-dev"  # folder that contains LibriSpeech/ (relative to the working dir)
     train_subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])
+    extra_train_dirs: list[str] = field(default_factory=list)  # more training audio: every file under each folder
     valid_subset: str = "dev-clean"
     segment_seconds: float = 1.0  # random crop length of a training example
     batch_size: int = 8  # per device, per micro-batch
     num_workers: int = 0  # DataLoader worker processes
+    preload: bool = False  # decode all training audio once and cut batches on the device (no DataLoader)
     max_valid_files: int = 8  # held-out files scored at each validation
     max_valid_seconds: float | None = 10.0  # validation files are cut to this length (None: whole file)
 
@@ -73,6 +75,7 @@ class LossConfig:
 
     mel: float = 15.0  # multi-scale mel L1
     mrstft: float = 1.0  # multi-resolution STFT (auraloss)
+    complex: float = 0.0  # power-law-compressed complex STFT MSE (ESC; phase-aware)
     l1: float = 0.0  # waveform L1
     commit: float = 1.0  # multiplies the quantizer's commitment loss
     codebook: float = 1.0  # multiplies the quantizer's codebook loss (0 for EMA codebooks anyway)
@@ -106,7 +109,9 @@ class TrainSection:
     max_bad_steps: int = 10  # stop after this many consecutive non-finite losses / gradients
     cpu: bool = False  # force CPU even if an accelerator is present
     tensorboard: bool = True  # Accelerate's TensorBoard tracker (skipped if tensorboard is not installed)
-    kmeans_init_seconds: float = 120.0  # audio used to k-means-initialise the codebooks before step 1 (0: lazy)
+    kmeans_init_seconds: float = 120.0  # audio used to k-means-initialise the codebooks (0: lazily, from a batch)
+    ae_warmup_steps: int = 0  # first steps train a plain autoencoder (quantizer bypassed); then the codebooks
+    # are k-means-initialised from the trained encoder's latents and quantization starts
     max_minutes: float | None = None  # wall-clock budget of this fit() call: after the first step past it, log,
     # validate, checkpoint and stop (the learning-rate schedule still spans train.steps)
 
@@ -407,9 +412,10 @@ def validate(cfg: TrainConfig) -> None:
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]", o.min_lr_ratio)
     _check(0 < o.gamma <= 1, "optim.gamma", "must be in (0, 1]", o.gamma)
     _check(o.grad_clip is None or o.grad_clip >= 0, "optim.grad_clip", "must be >= 0 or null", o.grad_clip)
-    for name in ("mel", "mrstft", "l1", "commit", "codebook", "adv", "fm"):
+    for name in ("mel", "mrstft", "complex", "l1", "commit", "codebook", "adv", "fm"):
         _check(getattr(lo, name) >= 0, f"loss.{name}", "must be >= 0", getattr(lo, name))
-    _check(lo.mel + lo.mrstft + lo.l1 > 0, "loss.mel", "at least one reconstruction weight (mel, mrstft, l1) must be > 0", lo.mel)
+    _check(lo.mel + lo.mrstft + lo.complex + lo.l1 > 0, "loss.mel",
+           "at least one reconstruction weight (mel, mrstft, complex, l1) must be > 0", lo.mel)
     _check(lo.disc_start_step >= 0, "loss.disc_start_step", "must be >= 0", lo.disc_start_step)
     _check(lo.adv_kind in ADV_KIND_CHOICES, "loss.adv_kind", f"must be one of {', '.join(ADV_KIND_CHOICES)}", lo.adv_kind)
     _check(t.steps >= 1, "train.steps", "must be >= 1", t.steps)
@@ -418,6 +424,7 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("log_every", "valid_every", "ckpt_every", "keep_last", "max_bad_steps"):
         _check(getattr(t, name) >= 1, f"train.{name}", "must be >= 1", getattr(t, name))
     _check(t.n_samples >= 0, "train.n_samples", "must be >= 0", t.n_samples)
+    _check(t.ae_warmup_steps >= 0, "train.ae_warmup_steps", "must be >= 0", t.ae_warmup_steps)
     _check(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "must be > 0 or null", t.max_minutes)
     _check(bool(t.run_dir), "train.run_dir", "must be a folder path", t.run_dir)
     _check(all(b > 0 for b in t.valid_bitrates), "train.valid_bitrates", "must be positive kbps values", t.valid_bitrates)

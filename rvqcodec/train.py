@@ -259,6 +259,40 @@ class JsonlLog:
             handle.write(json.dumps(clean) + "\n")
 
 
+@dataclass
+class Lineage:
+    """What a model has been through, carried from checkpoint to checkpoint (and into the codec's meta, the model
+    card): optimiser steps, seconds of training audio seen (crops × length, all processes) and wall-clock
+    minutes of training per device kind (e.g. ``{"cpu": 50.0, "cuda NVIDIA H200": 3.3}``), summed over runs that
+    resumed one another, whichever machine each ran on."""
+
+    steps: int = 0
+    audio_seconds: float = 0.0
+    minutes: dict[str, float] | None = None
+
+    def add(self, audio_seconds: float, seconds: float, device: str) -> None:
+        self.steps += 1
+        self.audio_seconds += audio_seconds
+        self.minutes = dict(self.minutes or {})
+        self.minutes[device] = self.minutes.get(device, 0.0) + seconds / 60.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "audio_hours": self.audio_seconds / 3600.0, "audio_seconds": self.audio_seconds,
+                "minutes": dict(self.minutes or {})}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Lineage":
+        return cls(steps=int(data.get("steps", 0)), audio_seconds=float(data.get("audio_seconds", 0.0)),
+                   minutes={k: float(v) for k, v in (data.get("minutes") or {}).items()})
+
+
+def device_label(device: torch.device) -> str:
+    """``"cpu"`` or e.g. ``"cuda NVIDIA H200"``: the key of :class:`Lineage` minutes."""
+    if device.type == "cuda":
+        return f"cuda {torch.cuda.get_device_name(device)}"
+    return device.type
+
+
 # ============================================================================================ trainer
 
 
@@ -341,7 +375,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, show_progress: bool = True):
-        from rvqcodec.data.datasets import LibriSpeechDataset
+        from rvqcodec.data.datasets import AudioFileListDataset, AudioFolderDataset, LibriSpeechDataset
         from rvqcodec.losses import ReconstructionLoss, ReconstructionLossConfig
         from rvqcodec.model import Codec, Discriminators
 
@@ -358,8 +392,11 @@ class Trainer:
         # ---- data
         root = Path(cfg.data.root)
         sr = self.codec_config.sample_rate
-        self.train_set = LibriSpeechDataset(root, cfg.data.train_subsets, segment_seconds=cfg.data.segment_seconds,
-                                            sample_rate=sr, seed=cfg.train.seed)
+        files = LibriSpeechDataset(root, cfg.data.train_subsets, segment_seconds=None, sample_rate=sr).files
+        for folder in cfg.data.extra_train_dirs:
+            files += AudioFolderDataset(folder, segment_seconds=None, sample_rate=sr).files
+        self.train_set = AudioFileListDataset(files, segment_seconds=cfg.data.segment_seconds, sample_rate=sr,
+                                              seed=cfg.train.seed)
         self.valid_set = LibriSpeechDataset(root, [cfg.data.valid_subset], segment_seconds=None, sample_rate=sr,
                                             seed=cfg.train.seed)
 
@@ -369,7 +406,8 @@ class Trainer:
             self.codec.n_q_for_bitrate(kbps)  # ValueError listing the valid bitrates
         self.disc = Discriminators(self.disc_config) if cfg.loss.uses_discriminator else None
         self.recon_loss = ReconstructionLoss(ReconstructionLossConfig(
-            l1_weight=cfg.loss.l1, mrstft_weight=cfg.loss.mrstft, mel_weight=cfg.loss.mel, sample_rate=sr))
+            l1_weight=cfg.loss.l1, mrstft_weight=cfg.loss.mrstft, mel_weight=cfg.loss.mel,
+            complex_weight=cfg.loss.complex, sample_rate=sr))
 
         self.accelerator = _make_accelerator(cfg, self.codec)
         acc = self.accelerator
@@ -393,16 +431,27 @@ class Trainer:
             else:
                 self.codec, self.opt_g = acc.prepare(self.codec, self.opt_g)
         self.recon_loss.to(acc.device)
+        self.clips = None
+        if cfg.data.preload:
+            from rvqcodec.data.clips import PreloadedClips
+
+            self.clips = PreloadedClips(self.train_set, self.train_set.segment_samples, acc.device,
+                                        seed=cfg.train.seed, progress=self.is_main and show_progress)
 
         # ---- state
         self.step = 0
         self.bad_streak = 0
         self.bad_total = 0
         self.best_valid_mel = math.inf
+        self.lineage = Lineage()
         self.log = JsonlLog(self.run_dir / "log.jsonl", enabled=self.is_main)
         self._window: dict[str, list[float]] = defaultdict(list)
         self._valid_cache: list[tuple[str, torch.Tensor]] | None = None
         self._hparams_logged = False
+        self._quantizing = False  # set once the codebooks are known to be initialised (checked in fit)
+        self._device_label = device_label(acc.device)
+        self._audio_seconds_per_step = (cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes
+                                        * cfg.data.segment_seconds)
         if cfg.train.resume:
             self._resume()
 
@@ -447,7 +496,7 @@ class Trainer:
             "config": config_to_dict(self.cfg),
             "codec_config": self.codec_config.to_dict(),
             "codec": cpu(codec.state_dict()),
-            "codec_buffers": {k: v.detach().to("cpu").clone() for k, v in codec.named_buffers()},
+            "codec_buffers": {k: v.detach().to("cpu").clone() for k, v in codec.named_buffers() if k not in persistent},
             "local_buffers": local_buffers,  # per process: non-persistent buffers (codebook statistics windows)
             "disc": None if disc is None else cpu(disc.state_dict()),
             "opt_g": self.opt_g.state_dict(),
@@ -461,6 +510,7 @@ class Trainer:
             "bad_total": self.bad_total,
             "best_valid_mel": self.best_valid_mel,
             "world_size": self.accelerator.num_processes,
+            "lineage": self.lineage.to_dict(),
         }
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
@@ -472,7 +522,7 @@ class Trainer:
             folder = self.run_dir / CHECKPOINT_DIR
             name = "best.pt" if best else f"step_{self.step:07d}.pt"
             path = atomic_torch_save(payload, folder / name, fsync=True, parents=True)
-            meta = {"step": self.step, "run_dir": str(self.run_dir)}
+            meta = {"step": self.step, "run_dir": str(self.run_dir), "lineage": self.lineage.to_dict()}
             if best:
                 meta["valid_mel"] = self.best_valid_mel
             self.codec_module.save(self.run_dir / ("codec_best.pt" if best else "codec.pt"), meta=meta)
@@ -519,10 +569,16 @@ class Trainer:
         self.bad_streak = int(payload["bad_streak"])
         self.bad_total = int(payload["bad_total"])
         self.best_valid_mel = float(payload["best_valid_mel"])
+        self.lineage = Lineage.from_dict(payload.get("lineage") or {"steps": self.step})
 
     # ------------------------------------------------------------------------------------ data
     def _train_batches(self) -> Iterator[torch.Tensor]:
         acc = self.accelerator
+        if self.clips is not None:
+            batch = self.step * self.cfg.train.grad_accum
+            while True:  # micro-batch numbers as StepBatchSampler counts them: exact resume
+                yield self.clips.batch(batch, self.cfg.data.batch_size, rank=acc.process_index)
+                batch += 1
         sampler = StepBatchSampler(len(self.train_set), self.cfg.data.batch_size, self.cfg.train.seed,
                                    rank=acc.process_index, world_size=acc.num_processes,
                                    start_batch=self.step * self.cfg.train.grad_accum)
@@ -576,6 +632,7 @@ class Trainer:
         w = cfg.loss
         accum = len(micro_batches)
         adversarial = self.disc is not None and self.step >= w.disc_start_step
+        quantize = self.step >= cfg.train.ae_warmup_steps
         disc_raw = self.disc_module
         snapshot = self._snapshot_buffers()
         sums: dict[str, torch.Tensor] = {}  # running means over micro-batches, on the device (no syncs)
@@ -594,7 +651,7 @@ class Trainer:
             sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.codec)
             with sync:
                 with acc.autocast():
-                    out = self.codec(x)
+                    out = self.codec(x, quantize=quantize)
                     if adversarial:
                         fake_outputs = disc_raw(out.audio)  # bare module: no DDP sync for these gradients
                         with torch.no_grad():
@@ -727,6 +784,9 @@ class Trainer:
         device = self.accelerator.device
         sums: dict[str, list[float]] = defaultdict(list)
         sample_dir = self.run_dir / "samples" / f"step_{self.step:07d}"
+        warmup = self.cfg.train.ae_warmup_steps
+        warming_up = 0 < warmup and self.step <= warmup  # every step so far ran unquantized
+        bitrates = [None] if warming_up else self.cfg.train.valid_bitrates
         for index, (utt, wav) in enumerate(self._valid_items()):
             x = wav.unsqueeze(0).to(device)
             write_example = index < self.cfg.train.n_samples
@@ -734,24 +794,28 @@ class Trainer:
                 sample_dir.mkdir(parents=True, exist_ok=True)
                 write_audio(sample_dir / f"{utt}_ref.wav", wav, sr, overwrite=True)
             reference = wav[0].numpy()
-            for kbps in self.cfg.train.valid_bitrates:
-                n_q = codec.n_q_for_bitrate(kbps)
-                y = codec.decode(codec.encode(x, n_q=n_q))[..., : x.shape[-1]].float().cpu()[0]
+            for kbps in bitrates:
+                if kbps is None:  # autoencoder warm-up: the unquantized reconstruction
+                    y = codec(x, quantize=False).audio.float().cpu()[0]
+                else:
+                    y = codec.decode(codec.encode(x, n_q=codec.n_q_for_bitrate(kbps)))[..., : x.shape[-1]].float().cpu()[0]
                 estimate = y[0].numpy()
-                tag = f"valid/{kbps:g}kbps"
+                tag = "valid/ae" if kbps is None else f"valid/{kbps:g}kbps"
                 finite = bool(np.isfinite(estimate).all())  # a diverged model: NaN scores, not a crash
                 sums[f"{tag}/mel"].append(mel_distance(reference, estimate, sr) if finite else math.nan)
                 sums[f"{tag}/si_sdr"].append(si_sdr(reference, estimate) if finite else math.nan)
                 if self.cfg.train.valid_pesq:
                     sums[f"{tag}/pesq_wb"].append(pesq_wb(reference, estimate, sr) if finite else math.nan)
                 if write_example and finite:
-                    write_audio(sample_dir / f"{utt}_{kbps:g}kbps.wav", y, sr, overwrite=True)
+                    name = "ae" if kbps is None else f"{kbps:g}kbps"
+                    write_audio(sample_dir / f"{utt}_{name}.wav", y, sr, overwrite=True)
         codec.train(was_training)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN metric (e.g. PESQ on silence)
             record = {k: float(np.nanmean(v)) for k, v in sums.items()}
         mels = [record[f"valid/{kbps:g}kbps/mel"] for kbps in self.cfg.train.valid_bitrates
                 if f"valid/{kbps:g}kbps/mel" in record]
+        # During the warm-up there is no codec yet: valid/mel stays NaN, so no "best" checkpoint is chosen.
         record["valid/mel"] = float(np.mean(mels)) if mels else float("nan")
         return record
 
@@ -783,21 +847,36 @@ class Trainer:
             except Exception as exc:  # a broken tracker must not stop training
                 self._print(f"note: TensorBoard logging disabled ({type(exc).__name__}: {exc})")
 
+    def _codebooks_ready(self) -> bool:
+        return all(bool(layer.codebook.initialized) for layer in self.codec_module.quantizer.layers)
+
     def _initialize_codebooks(self) -> None:
-        """k-means-initialise every RVQ stage from ``train.kmeans_init_seconds`` of training crops (stage k from
-        its own residuals), instead of lazily from the first batch: a CPU batch (8 × 1 s = 400 frames) holds
-        fewer frames than codes, so stage 1 would memorise it and leave the later stages zero residuals."""
+        """k-means-initialise every RVQ stage (stage k from its own residuals) from the latents of
+        ``train.kmeans_init_seconds`` of training crops, once the autoencoder warm-up (if any) is over, rather
+        than lazily from the first batch: a CPU batch (8 × 1 s = 400 frames) holds fewer frames than codes, so
+        stage 1 would memorise it and leave the later stages zero residuals; and with fewer than ~20 frames per
+        code the later stages of a fresh model start mostly unused. Crops come from successive epochs of the
+        training set (several per file when the files are fewer than the crops needed)."""
         seconds = self.cfg.train.kmeans_init_seconds
         codec = self.codec_module
-        if seconds <= 0 or all(bool(layer.codebook.initialized) for layer in codec.quantizer.layers):
+        if seconds <= 0 or self._codebooks_ready():
             return
-        n = min(len(self.train_set), max(1, math.ceil(seconds / self.cfg.data.segment_seconds)))
-        wav = torch.stack([_as_clip(self.train_set[i]) for i in range(n)]).to(self.accelerator.device)
+        started = time.perf_counter()
+        n = max(1, math.ceil(seconds / self.cfg.data.segment_seconds))
+        keys = [divmod(i, len(self.train_set)) for i in range(n)]
+        clips = EpochIndexedClips(self.train_set)
+        device = self.accelerator.device
         was_training = codec.training
+        codec.eval()  # latents only: no codebook or statistic is touched
+        with torch.no_grad():
+            latents = torch.cat([codec.encoder(codec._pad_to_hop(
+                torch.stack([clips[key] for key in keys[i:i + 64]]).to(device))) for i in range(0, n, 64)])
         codec.train()
-        stages = codec.initialize_codebooks(wav)
+        stages = codec.quantizer.initialize(latents)
         codec.train(was_training)
-        self._print(f"initialised {stages} codebooks by k-means on {n} crops ({wav.shape[-1] * n / codec.sample_rate:.0f} s)")
+        self._print(f"initialised {stages} codebooks by k-means on the latents of {n} crops "
+                    f"({n * self.cfg.data.segment_seconds:.0f} s, {latents.shape[0] * latents.shape[-1]} frames) "
+                    f"in {time.perf_counter() - started:.0f} s")
 
     def _step_schedulers(self) -> None:
         """Advance the schedules once per step, also for skipped steps and before the discriminators start, so
@@ -830,8 +909,7 @@ class Trainer:
         last_train: dict[str, float] = {}
         last_valid: dict[str, float] = {}
         end = cfg.train.steps if stop_after_step is None else min(cfg.train.steps, stop_after_step)
-        if self.step == 0:
-            self._initialize_codebooks()
+        warmup = cfg.train.ae_warmup_steps
         batches = self._train_batches()
         bar = tqdm(total=cfg.train.steps, initial=self.step, disable=not (self.is_main and self.show_progress),
                    dynamic_ncols=True, desc="train")
@@ -839,6 +917,9 @@ class Trainer:
         fit_started = time.perf_counter()
         try:
             while self.step < end:
+                if self.step >= warmup and not self._quantizing:
+                    self._initialize_codebooks()
+                    self._quantizing = True
                 started = time.perf_counter()
                 micro = [next(batches) for _ in range(cfg.train.grad_accum)]
                 loaded = time.perf_counter()
@@ -847,8 +928,12 @@ class Trainer:
                 self.step += 1
                 for key, value in result.metrics.items():
                     self._window[key].append(value)
+                seconds = time.perf_counter() - started
+                audio = self._audio_seconds_per_step
+                self.lineage.add(audio, seconds, self._device_label)
                 self._window["time/data_seconds"].append(loaded - started)
-                self._window["time/step_seconds"].append(time.perf_counter() - started)
+                self._window["time/step_seconds"].append(seconds)
+                self._window["throughput/audio_seconds_per_second"].append(audio / seconds)
                 bar.update(1)
                 if result.ok:
                     bar.set_postfix(loss=f"{result.metrics['loss/generator']:.3f}",
@@ -860,6 +945,8 @@ class Trainer:
                     last_train = self._log_train()
                 if self.step % cfg.train.valid_every == 0 or final:
                     last_valid = self.validate()
+                    last_valid["lineage/audio_hours"] = self.lineage.audio_seconds / 3600.0  # training compute so far
+                    last_valid["lineage/minutes"] = sum((self.lineage.minutes or {}).values())
                     self.accelerator.log(last_valid, step=self.step)
                     self.log.write({"step": self.step, "kind": "valid", **last_valid})
                     if self.is_main:

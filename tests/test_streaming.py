@@ -54,7 +54,7 @@ def _receptive_half_width_frames(module_fn, length: int, probe: int, scale: int)
     return int(math.ceil(max(probe - changed.min().item(), changed.max().item() - probe) / HOP))
 
 
-@pytest.mark.parametrize("preset", ["tiny", "base"])
+@pytest.mark.parametrize("preset", ["convnext", "tiny", "base"])
 def test_default_context_exceeds_encoder_and_decoder_receptive_fields(preset):
     model = Codec(CodecConfig.preset(preset)).eval()
     _, context = ChunkConfig().frames(model.frame_rate)

@@ -188,7 +188,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
                 assert np.array_equal(va, vb), f"{part}/{key} differs after resume"
             else:
                 assert va == vb, f"{part}/{key} differs after resume"
-    assert any("embed" in k for k in a["codec_buffers"])  # the EMA codebooks were compared
+    assert any("embed" in k for k in a["codec"])  # the EMA codebooks were compared
     assert a["opt_d"]["state"], "discriminator optimiser never stepped"
     # The log holds each step once (what the interrupted run logged after step 2 was dropped on resume), and
     # the records match the uninterrupted run's, including the per-stage statistics of the window of steps 1-3
@@ -196,7 +196,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
     straight_log, resumed_log = read_log(straight_dir), read_log(resumed_dir)
     assert [(r["step"], r["kind"]) for r in resumed_log] == [
         (2, "valid"), (3, "train"), (4, "valid"), (5, "train"), (5, "valid")]
-    untimed = lambda r: {k: v for k, v in r.items() if not k.startswith("time/")}  # noqa: E731
+    untimed = lambda r: {k: v for k, v in r.items() if not k.startswith(("time/", "throughput/", "lineage/minutes"))}  # noqa: E731
     assert [untimed(r) for r in resumed_log] == [untimed(r) for r in straight_log]
     assert "vq/s1/perplexity" in resumed_log[1]
 
@@ -296,3 +296,74 @@ def test_cli_print_config_shows_the_resolved_overrides(tmp_path, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["n_q"] == 8 and printed["train"]["steps"] == 12
     assert printed["model"]["codebook_size"] == 1024  # the preset's value, written out
+
+
+# A small frame-rate codec: K = 64 codes at 50 frames/s -> 0.3 kbps per stage.
+CONVNEXT = [
+    "model.preset=convnext", "model.frame_dim=32", "model.encoder_blocks=1", "model.decoder_blocks=1",
+    "model.latent_dim=16", "model.codebook_dim=8", "model.n_q=4", "model.codebook_size=64",
+    "loss.adv=0", "loss.fm=0", "loss.mrstft=0", "loss.complex=1.0", "data.preload=true",
+]
+
+
+def test_autoencoder_warmup_then_kmeans_from_trained_latents_and_exact_resume(speech_root, tmp_path):
+    # Steps 1-3 train a plain autoencoder on preloaded audio (train-clean-100 plus an extra folder); before step 4
+    # the codebooks are k-means-initialised from the trained encoder's latents and quantization starts. An
+    # interruption inside the warm-up resumes bit-identically, and the lineage adds up over the two runs.
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    clip = sorted((speech_root / "LibriSpeech" / "train-clean-100").rglob("*.flac"))[0]
+    audio, sr = soundfile.read(clip, dtype="float32")
+    soundfile.write(extra / "more.flac", audio[: 3 * sr], sr)
+    common = [*CONVNEXT, "train.steps=6", "train.ae_warmup_steps=3", "train.kmeans_init_seconds=20",
+              "train.valid_every=3", "train.ckpt_every=2", "train.log_every=1", f"data.extra_train_dirs=[{extra}]",
+              "model.quantizer_dropout=0.5"]
+    straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+    straight = Trainer(make_config(speech_root, straight_dir, *common), show_progress=False)
+    assert straight.train_set.files[-1] == extra / "more.flac"
+    assert straight.clips is not None and straight.clips.total_seconds > 1800
+    straight.fit()
+    log = read_log(straight_dir)
+    train = {r["step"]: r for r in log if r["kind"] == "train"}
+    valid = {r["step"]: r for r in log if r["kind"] == "valid"}
+    assert [train[s]["n_q"] for s in (1, 2, 3)] == [0, 0, 0] and float(train[3]["loss/commit"]) == 0.0
+    assert all(train[s]["n_q"] >= 1 for s in (4, 5, 6)) and train[4]["loss/commit"] > 0
+    assert "valid/ae/mel" in valid[3] and "valid/0.6kbps/mel" not in valid[3]
+    assert valid[3]["valid/mel"] is None  # NaN (written as null): no "best" model from the warm-up
+    assert "valid/0.6kbps/mel" in valid[6] and "valid/ae/mel" not in valid[6]
+    assert train[4]["throughput/audio_seconds_per_second"] > 0
+
+    first = Trainer(make_config(speech_root, resumed_dir, *common), show_progress=False)
+    first.fit(stop_after_step=3)  # checkpoint at step 2, inside the warm-up
+    second = Trainer(make_config(speech_root, resumed_dir, *common, "train.resume=true"), show_progress=False)
+    assert second.step == 2 and not second._codebooks_ready()
+    second.fit()
+    a = read_training_checkpoint(straight_dir / "checkpoints" / "step_0000006.pt")
+    b = read_training_checkpoint(resumed_dir / "checkpoints" / "step_0000006.pt")
+    for part in ("codec", "opt_g"):
+        ta, tb = all_tensors(a[part]), all_tensors(b[part])
+        for key in ta:
+            if torch.is_tensor(ta[key]):
+                assert torch.equal(ta[key], tb[key]), f"{part}/{key} differs after resume"
+    assert a["lineage"]["steps"] == b["lineage"]["steps"] == 6
+    assert a["lineage"]["audio_seconds"] == b["lineage"]["audio_seconds"] == 6 * 2 * 0.5
+    assert set(b["lineage"]["minutes"]) == {"cpu"} and b["lineage"]["minutes"]["cpu"] > 0
+    assert Codec.read_checkpoint(resumed_dir / "codec.pt")["meta"]["lineage"]["steps"] == 6
+
+
+def test_training_state_of_the_default_preset_fits_48_mib_and_is_device_free(speech_root, tmp_path):
+    # The state that travels between a CPU and a GPU machine: the default model with its AdamW moments.
+    cfg = load_config(REPO_ROOT / "recipes" / "librispeech" / "convnext.yaml", [
+        f"data.root={speech_root}", f"train.run_dir={tmp_path / 'run'}", "data.extra_train_dirs=[]",
+        "data.batch_size=2", "data.preload=false", "train.steps=1", "train.kmeans_init_seconds=20",
+        "train.ae_warmup_steps=0", "train.valid_pesq=false", "data.max_valid_files=1", "data.max_valid_seconds=1",
+        "train.tensorboard=false", "train.n_samples=0"])
+    trainer = Trainer(cfg, show_progress=False)
+    trainer.fit()
+    path = latest_checkpoint(tmp_path / "run")
+    assert path.stat().st_size < 48 * 2**20
+    state = read_training_checkpoint(path)
+    tensors = [v for v in all_tensors(state).values() if torch.is_tensor(v)]
+    assert all(t.device.type == "cpu" for t in tensors)
+    assert state["opt_g"]["state"]  # the moments are in it
+    assert "cuda" not in state["rng"][0] or torch.cuda.is_available()

@@ -3,6 +3,7 @@
 * :class:`LibriSpeechDataset` reads the LibriSpeech layout ``<root>/LibriSpeech/<subset>/<speaker>/<chapter>/*.flac``
   (or ``<root>/<subset>/...`` when ``root`` is the folder holding the subsets), one or several subsets.
 * :class:`AudioFolderDataset` reads every audio file under a folder (recursively).
+* :class:`AudioFileListDataset` reads a given list of files (e.g. the union of the two above).
 
 Both return float32 tensors ``(1, T)`` at ``sample_rate``: ``T = segment_samples`` in crop mode, the whole
 (resampled) file when ``segment_seconds=None``. Crops are deterministic functions of ``(seed, epoch, index)``,
@@ -184,6 +185,11 @@ class _AudioSegmentDataset(Dataset):
         if segment.shape[1] < self.segment_samples:
             segment = torch.nn.functional.pad(segment, (0, self.segment_samples - segment.shape[1]))
         return segment.contiguous().clone()
+
+
+class AudioFileListDataset(_AudioSegmentDataset):
+    """Crops (or whole files) from an explicit list of audio files, e.g. the union of the files of several
+    datasets. Arguments as :class:`_AudioSegmentDataset`."""
 
 
 class LibriSpeechDataset(_AudioSegmentDataset):

@@ -1,4 +1,8 @@
-"""The codec: SEANet encoder -> residual VQ (rotation trick) -> SEANet decoder, its config and checkpoints.
+"""The codec: encoder -> residual VQ (rotation trick) -> decoder, its config and checkpoints.
+
+Two encoder/decoder families share everything else (quantizer, bitstream, API): ``architecture="seanet"``
+(strided convolutions up to the sample rate, :mod:`rvqcodec.model.seanet`) and ``architecture="convnext"``
+(every layer at the frame rate, STFT stem and inverse-STFT head, :mod:`rvqcodec.model.framerate`).
 
 Shapes: audio ``(B, 1, T)`` float in ``[-1, 1]`` at ``sample_rate``; latents ``(B, latent_dim, F)`` with
 ``F = ceil(T / hop_length)`` frames; codes ``(B, n_q, F)`` int64 in ``[0, codebook_size)``.
@@ -24,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from rvqcodec.fileio import atomic_torch_save
+from rvqcodec.model.framerate import FrameRateDecoder, FrameRateEncoder
 from rvqcodec.model.seanet import SEANetDecoder, SEANetEncoder
 from rvqcodec.quantize import ResidualVQ
 
@@ -34,20 +39,35 @@ DROPPABLE_SUFFIX = "codebook.embed_sum"
 
 CHECKPOINT_FORMAT = "rvqcodec-checkpoint"
 CHECKPOINT_VERSION = 1
-PRESETS = ("tiny", "base")
+PRESETS = ("convnext", "convnext-large", "tiny", "base")
+ARCHITECTURES = ("seanet", "convnext")
+V1_FIELDS = frozenset((
+    "sample_rate", "channels", "strides", "latent_dim", "n_residual_units", "kernel_size", "residual_kernel_size",
+    "compress", "n_q", "codebook_size", "codebook_dim", "estimator", "residual_grad", "quantizer_dropout",
+    "scale_clamp", "commitment_weight", "codebook_weight", "codebook_learning", "ema_decay", "kmeans_init",
+    "kmeans_iters", "dead_code_threshold", "dead_code_interval", "l2_normalize_lookup"))
+"""The config fields of the first checkpoint version. A field added later enters a model's identity (model id)
+only when it differs from its default, so models saved before it existed keep their id."""
 
 
 @dataclass
 class CodecConfig:
     """Everything needed to rebuild a :class:`Codec` (stored inside every checkpoint).
 
-    The defaults are the ``base`` preset. Architecture:
-        sample_rate: Hz. channels: width C of the first encoder block (doubled after each downsampling).
+    The defaults are the ``base`` preset (SEANet). Common:
+        sample_rate: Hz. latent_dim: channels of the latent frames that are quantized.
+        architecture: ``"seanet"`` or ``"convnext"`` (see the module docstring).
+    SEANet (``architecture="seanet"``):
+        channels: width C of the first encoder block (doubled after each downsampling).
         strides: encoder downsampling factors; ``hop_length = prod(strides)``.
-        latent_dim: channels of the latent frames that are quantized.
         n_residual_units: residual units per block, dilations 1, 3, 9, ... (``3 ** i``).
         kernel_size: kernel of the first/last convolutions. residual_kernel_size: kernel of the dilated convs.
         compress: bottleneck factor inside residual units (hidden = channels // compress).
+    Frame-rate ConvNeXt (``architecture="convnext"``; :mod:`rvqcodec.model.framerate`):
+        frame_hop: samples per frame (``hop_length``). frame_dim: width of the ConvNeXt blocks.
+        encoder_blocks, decoder_blocks: ConvNeXt blocks on each side. mlp_ratio: hidden width / frame_dim.
+        frame_kernel: depthwise kernel in frames. stem_n_fft: analysis window of the STFT stem (samples).
+        head_n_fft: window of the inverse-STFT head. causal: no look-ahead anywhere (streaming-ready).
     Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages):
         n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
         (None = latent_dim). estimator, residual_grad, quantizer_dropout, scale_clamp, commitment_weight,
@@ -63,6 +83,16 @@ class CodecConfig:
     kernel_size: int = 7
     residual_kernel_size: int = 7
     compress: int = 2
+    architecture: str = "seanet"
+    frame_hop: int = 320
+    frame_dim: int = 224
+    encoder_blocks: int = 3
+    decoder_blocks: int = 6
+    mlp_ratio: float = 3.0
+    frame_kernel: int = 7
+    stem_n_fft: int = 640
+    head_n_fft: int = 1280
+    causal: bool = False
     n_q: int = 16
     codebook_size: int = 1024
     codebook_dim: int | None = None
@@ -99,26 +129,48 @@ class CodecConfig:
             problems.append(f"codebook_dim must be None or >= 1 (got {self.codebook_dim})")
         if not 0.0 <= self.quantizer_dropout <= 1.0:
             problems.append(f"quantizer_dropout must be in [0, 1] (got {self.quantizer_dropout})")
+        if self.architecture not in ARCHITECTURES:
+            problems.append(f"architecture must be one of {', '.join(ARCHITECTURES)} (got {self.architecture!r})")
+        elif self.architecture == "convnext":
+            if min(self.frame_hop, self.frame_dim, self.frame_kernel) < 1 or min(self.encoder_blocks,
+                                                                               self.decoder_blocks) < 0:
+                problems.append("frame_hop, frame_dim and frame_kernel must be >= 1 and the block counts >= 0")
+            for name in ("stem_n_fft", "head_n_fft"):
+                n_fft = getattr(self, name)
+                if n_fft < self.frame_hop or (n_fft - self.frame_hop) % 2:
+                    problems.append(f"{name} must be >= frame_hop with an even difference (got {n_fft}, "
+                                    f"frame_hop {self.frame_hop})")
+            if not self.causal and self.frame_kernel % 2 == 0:
+                problems.append(f"a non-causal model needs an odd frame_kernel (got {self.frame_kernel})")
         if problems:
             raise ValueError("invalid CodecConfig: " + "; ".join(problems))
 
     @property
     def hop_length(self) -> int:
-        return math.prod(self.strides)
+        return self.frame_hop if self.architecture == "convnext" else math.prod(self.strides)
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "CodecConfig":
         """A named configuration, optionally with some fields overridden.
 
-        ``tiny``: C=8, latent 64, 2 residual units per block (dilations 1, 3), ~0.52 M parameters, meant for
-        CPU training and tests (the third unit would cost ~40 % more CPU time). ``base``: C=32, latent 128,
-        3 residual units (dilations 1, 3, 9), ~8 M parameters (EnCodec-sized without the LSTM), for GPUs.
-        Both keep 16 stages of K=1024 at 50 frames/s, so the bitrates (0.5-8 kbps) are the same.
+        ``convnext`` (the default model's family): frame-rate ConvNeXt, width 224, 3 encoder and 6 decoder blocks,
+        640-sample STFT stem, 1280-sample inverse-STFT head, latent 128, codes factorised to 16 dimensions,
+        ~3.3 M parameters: sized so that encode + decode runs > 100x real time on 2 CPU cores and a training
+        state (weights + AdamW moments) stays under 48 MiB. ``convnext-large``: width 512, 8 + 8 blocks,
+        ~27 M parameters, for GPUs. ``tiny`` (SEANet): C=8, latent 64, 2 residual units per block (dilations
+        1, 3), ~0.52 M parameters, for tests. ``base`` (SEANet): C=32, latent 128, 3 residual units
+        (dilations 1, 3, 9), ~8 M parameters (EnCodec-sized without the LSTM). All keep 16 stages of K=1024 at
+        50 frames/s, so the bitrates (0.5-8 kbps) are the same.
         """
         if name == "base":
             config = cls()
         elif name == "tiny":
             config = cls(channels=8, latent_dim=64, n_residual_units=2)
+        elif name == "convnext":
+            config = cls(architecture="convnext", codebook_dim=16)
+        elif name == "convnext-large":
+            config = cls(architecture="convnext", codebook_dim=16, frame_dim=512, encoder_blocks=8,
+                         decoder_blocks=8)
         else:
             raise ValueError(f"unknown codec preset {name!r}; choose from {', '.join(PRESETS)}")
         return dataclasses.replace(config, **overrides) if overrides else config
@@ -130,6 +182,12 @@ class CodecConfig:
         if self.scale_clamp is not None:
             out["scale_clamp"] = list(self.scale_clamp)
         return out
+
+    def identity_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the fields added after the first checkpoint version that are at their
+        default (see ``V1_FIELDS``): what a model id hashes."""
+        defaults = CodecConfig().to_dict()
+        return {k: v for k, v in self.to_dict().items() if k in V1_FIELDS or v != defaults[k]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CodecConfig":
@@ -162,11 +220,17 @@ class Codec(nn.Module):
         super().__init__()
         self.config = config if config is not None else CodecConfig()
         c = self.config
-        arch = dict(channels=c.channels, strides=c.strides, latent_dim=c.latent_dim,
-                    n_residual_units=c.n_residual_units, kernel_size=c.kernel_size,
-                    residual_kernel_size=c.residual_kernel_size, compress=c.compress)
-        self.encoder = SEANetEncoder(**arch)
-        self.decoder = SEANetDecoder(**arch)
+        if c.architecture == "convnext":
+            arch = dict(hop=c.frame_hop, latent_dim=c.latent_dim, dim=c.frame_dim, mlp_ratio=c.mlp_ratio,
+                        kernel_size=c.frame_kernel, causal=c.causal)
+            self.encoder = FrameRateEncoder(n_blocks=c.encoder_blocks, stem_n_fft=c.stem_n_fft, **arch)
+            self.decoder = FrameRateDecoder(n_blocks=c.decoder_blocks, head_n_fft=c.head_n_fft, **arch)
+        else:
+            arch = dict(channels=c.channels, strides=c.strides, latent_dim=c.latent_dim,
+                        n_residual_units=c.n_residual_units, kernel_size=c.kernel_size,
+                        residual_kernel_size=c.residual_kernel_size, compress=c.compress)
+            self.encoder = SEANetEncoder(**arch)
+            self.decoder = SEANetDecoder(**arch)
         self.quantizer = ResidualVQ(
             dim=c.latent_dim, n_q=c.n_q, codebook_size=c.codebook_size, codebook_dim=c.codebook_dim,
             estimator=c.estimator, residual_grad=c.residual_grad, quantizer_dropout=c.quantizer_dropout,
@@ -233,12 +297,19 @@ class Codec(nn.Module):
         extra = (-wav.shape[-1]) % self.hop_length
         return F.pad(wav, (0, extra)) if extra else wav
 
-    def forward(self, wav: torch.Tensor, n_q: int | None = None) -> CodecOutput:
+    def forward(self, wav: torch.Tensor, n_q: int | None = None, quantize: bool = True) -> CodecOutput:
         """Encode, quantize and decode ``wav`` (B, 1, T). ``n_q`` None: all stages, or a random prefix in
-        training when quantizer dropout is on. The output has exactly the input length."""
+        training when quantizer dropout is on. ``quantize=False`` bypasses the quantizer (the plain autoencoder
+        of a warm-up phase: ``codes`` is empty, ``n_q`` 0, the losses 0). The output has exactly the input
+        length."""
         self._check_audio(wav)
         length = wav.shape[-1]
         latent = self.encoder(self._pad_to_hop(wav))
+        if not quantize:
+            zero = latent.new_zeros((), dtype=torch.float32)
+            codes = torch.zeros(latent.shape[0], 0, latent.shape[-1], dtype=torch.long, device=latent.device)
+            audio = self.decoder(latent)[..., :length]
+            return CodecOutput(audio=audio, codes=codes, commit_loss=zero, codebook_loss=zero, n_q=0, latent=latent)
         q = self.quantizer(latent, n_q=None if n_q is None else self._check_n_q(n_q))
         audio = self.decoder(q.quantized)[..., :length]
         return CodecOutput(audio=audio, codes=q.codes, commit_loss=q.commit_loss,
@@ -308,7 +379,7 @@ class Codec(nn.Module):
 
         Changes whenever any weight or codebook entry changes; identical for a saved and reloaded model."""
         h = hashlib.sha256()
-        h.update(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        h.update(json.dumps(self.config.identity_dict(), sort_keys=True).encode())
         for name, tensor in sorted(self.state_dict().items()):
             if name.endswith(TRAINING_STATE_SUFFIXES):
                 continue

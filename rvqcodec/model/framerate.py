@@ -1,0 +1,62 @@
+"""The frame-rate codec family: every learned layer runs at the latent frame rate (50 frames/s by default).
+
+Encoder ``(B, 1, T) -> (B, latent_dim, ceil(T / hop))``::
+
+    STFTFeatures(stem_n_fft, hop)            # log-magnitude + compressed complex spectrum per frame
+    ConvNeXtStack(3·bins -> dim, n blocks -> latent_dim)
+
+Decoder ``(B, latent_dim, F) -> (B, 1, F·hop)``::
+
+    ConvNeXtStack(latent_dim -> dim, n blocks)
+    ISTFTHead(dim, head_n_fft, hop)          # log-magnitude + phase -> inverse STFT (overlap-add)
+
+Compared with SEANet (strided convolutions up to the sample rate), no layer runs at 16 kHz: the cost per
+second of audio is that of ~50 frames through a few small matrix products, which is what makes the family fast
+on a CPU, and Vocos-style spectral heads converge quickly. ``causal=True`` makes every part causal (left-padded
+convolutions, windows that end with their frame): the decoder then needs ``head_n_fft - hop`` samples of
+overlap-add before a sample is final, so a low-latency configuration also shortens ``head_n_fft``.
+See docs/models.md.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from rvqcodec.model.convnext import ConvNeXtStack
+from rvqcodec.model.spectral import ISTFTHead, STFTFeatures
+
+
+class FrameRateEncoder(nn.Module):
+    """Waveform -> latent frames. ``(B, 1, T) -> (B, latent_dim, ceil(T / hop))``, any ``T >= 1``."""
+
+    def __init__(self, hop: int = 320, latent_dim: int = 128, dim: int = 256, n_blocks: int = 4,
+                 mlp_ratio: float = 3.0, kernel_size: int = 7, stem_n_fft: int = 640, causal: bool = False):
+        super().__init__()
+        self.hop_length = hop
+        self.stem = STFTFeatures(stem_n_fft, hop, causal)
+        self.net = ConvNeXtStack(self.stem.out_dim, dim, n_blocks, out_dim=latent_dim, mlp_ratio=mlp_ratio,
+                                 kernel_size=kernel_size, causal=causal)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        if wav.dim() != 3 or wav.shape[1] != 1:
+            raise ValueError(f"expected mono audio of shape (B, 1, T), got {tuple(wav.shape)}")
+        return self.net(self.stem(wav))
+
+
+class FrameRateDecoder(nn.Module):
+    """Latent frames -> waveform. ``(B, latent_dim, F) -> (B, 1, F·hop)``, linear output (not clamped)."""
+
+    def __init__(self, hop: int = 320, latent_dim: int = 128, dim: int = 256, n_blocks: int = 6,
+                 mlp_ratio: float = 3.0, kernel_size: int = 7, head_n_fft: int = 1280, causal: bool = False,
+                 in_kernel: int = 3):
+        super().__init__()
+        self.hop_length = hop
+        self.latent_dim = latent_dim
+        self.net = ConvNeXtStack(latent_dim, dim, n_blocks, mlp_ratio=mlp_ratio, kernel_size=kernel_size,
+                                 causal=causal, in_kernel=in_kernel)
+        self.head = ISTFTHead(dim, head_n_fft, hop, causal)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        if latent.dim() != 3 or latent.shape[1] != self.latent_dim:
+            raise ValueError(f"expected latents of shape (B, {self.latent_dim}, F), got {tuple(latent.shape)}")
+        return self.head(self.net(latent))

@@ -1,0 +1,112 @@
+"""Frame-rate spectral front end and back end: a short-time Fourier transform on a fixed frame grid and its
+inverse by weighted overlap-add.
+
+**The frame grid.** Audio ``(B, 1, T)`` is padded on the right to ``F·hop`` samples, ``F = ceil(T / hop)``;
+frame ``t`` stands for samples ``[t·hop, (t+1)·hop)`` and its ``n_fft``-sample window is placed
+
+* centred on that block (``causal=False``): ``[t·hop + hop/2 - n_fft/2, …)``, i.e. ``(n_fft - hop) / 2``
+  samples of look-back and of look-ahead;
+* ending with that block (``causal=True``): ``[(t+1)·hop - n_fft, (t+1)·hop)``, no look-ahead.
+
+Samples outside the signal are zeros. So an encoder built on :func:`frame_signal` gives exactly one frame
+per ``hop`` samples for any ``T``, and :class:`ISTFTHead` turns ``F`` frames back into exactly ``F·hop``
+samples on the same grid.
+
+**Inverse.** ``istft_overlap_add`` inverts ``stft_frames`` exactly (up to float rounding) wherever the
+analysis windows cover a sample with non-zero total weight: frames are inverse-FFT'd, multiplied by the
+window, overlap-added and divided by the overlap-added squared window (the least-squares inverse of Griffin &
+Lim, as ``torch.istft`` does). With a Hann window and ``hop <= n_fft / 2`` every sample is covered.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def _padding(n_fft: int, hop: int, causal: bool) -> tuple[int, int]:
+    extra = n_fft - hop
+    left = extra if causal else extra // 2
+    return left, extra - left
+
+
+def check_frame_setup(n_fft: int, hop: int) -> None:
+    """ValueError unless ``hop >= 1`` and ``n_fft >= hop`` and ``n_fft - hop`` is even (centred windows)."""
+    if hop < 1 or n_fft < hop or (n_fft - hop) % 2:
+        raise ValueError(f"need n_fft >= hop >= 1 with n_fft - hop even, got n_fft={n_fft}, hop={hop}")
+
+
+def frame_signal(wav: torch.Tensor, n_fft: int, hop: int, causal: bool = False) -> torch.Tensor:
+    """``(B, 1, T)`` audio -> ``(B, F, n_fft)`` windows of the frame grid (no window function applied)."""
+    if wav.dim() != 3 or wav.shape[1] != 1:
+        raise ValueError(f"expected mono audio of shape (B, 1, T), got {tuple(wav.shape)}")
+    n_frames = -(-wav.shape[-1] // hop)
+    left, right = _padding(n_fft, hop, causal)
+    x = F.pad(wav[:, 0], (left, n_frames * hop - wav.shape[-1] + right))
+    return x.unfold(-1, n_fft, hop)
+
+
+def stft_frames(wav: torch.Tensor, window: torch.Tensor, hop: int, causal: bool = False) -> torch.Tensor:
+    """``(B, 1, T)`` -> complex ``(B, F, n_fft // 2 + 1)`` spectra of the windowed frames of the grid."""
+    return torch.fft.rfft(frame_signal(wav, window.shape[-1], hop, causal) * window, dim=-1)
+
+
+def istft_overlap_add(spec: torch.Tensor, window: torch.Tensor, hop: int, causal: bool = False) -> torch.Tensor:
+    """Complex ``(B, F, n_fft // 2 + 1)`` -> ``(B, 1, F·hop)`` audio on the frame grid (see module docstring)."""
+    n_fft = window.shape[-1]
+    n_frames = spec.shape[1]
+    frames = torch.fft.irfft(spec, n=n_fft, dim=-1) * window  # (B, F, n_fft)
+    total = (n_frames - 1) * hop + n_fft
+    fold = lambda x: F.fold(x, output_size=(1, total), kernel_size=(1, n_fft), stride=(1, hop))  # noqa: E731
+    audio = fold(frames.transpose(1, 2))  # (B, 1, 1, total)
+    envelope = fold((window * window).expand(1, n_frames, n_fft).transpose(1, 2))
+    left, _ = _padding(n_fft, hop, causal)
+    keep = slice(left, left + n_frames * hop)
+    return (audio[..., keep] / envelope[..., keep].clamp_min(1e-8)).reshape(spec.shape[0], 1, -1)
+
+
+class STFTFeatures(nn.Module):
+    """Spectral stem: ``(B, 1, T)`` audio -> ``(B, 3·(n_fft // 2 + 1), F)`` per-frame features.
+
+    Per bin: ``log(|X| + 1e-5)`` and the power-law-compressed complex value ``|X|^0.3 · X / |X|`` (real and
+    imaginary parts): level-robust magnitudes plus phase, as in ESC. Hann window, no parameters.
+    """
+
+    def __init__(self, n_fft: int, hop: int, causal: bool = False, compress: float = 0.3):
+        super().__init__()
+        check_frame_setup(n_fft, hop)
+        self.n_fft, self.hop, self.causal, self.compress = n_fft, hop, causal, compress
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self.out_dim = 3 * (n_fft // 2 + 1)
+
+    def forward(self, wav: torch.Tensor) -> torch.Tensor:
+        spec = stft_frames(wav.float(), self.window, self.hop, self.causal)
+        mag = spec.abs()
+        scale = (mag + 1e-5).pow(self.compress - 1.0)  # |X|^0.3 / |X|, finite at 0
+        feats = torch.cat([torch.log(mag + 1e-5), spec.real * scale, spec.imag * scale], dim=-1)
+        return feats.transpose(1, 2)
+
+
+class ISTFTHead(nn.Module):
+    """Output head: ``(B, dim, F)`` frames -> ``(B, 1, F·hop)`` audio.
+
+    A linear map gives per bin a log-magnitude ``m`` and a phase ``p``; ``X = exp(m) · e^{ip}`` (magnitude
+    capped at ``e^{max_log_mag}``) is inverted by :func:`istft_overlap_add` with a Hann window (Vocos' head).
+    """
+
+    def __init__(self, dim: int, n_fft: int, hop: int, causal: bool = False, max_log_mag: float = 4.6):
+        super().__init__()
+        check_frame_setup(n_fft, hop)
+        self.n_fft, self.hop, self.causal, self.max_log_mag = n_fft, hop, causal, max_log_mag
+        self.n_bins = n_fft // 2 + 1
+        self.proj = nn.Linear(dim, 2 * self.n_bins)
+        self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+
+    def spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, dim, F)`` -> complex ``(B, F, n_bins)`` (float32)."""
+        log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)
+        mag = torch.exp(log_mag.clamp(max=self.max_log_mag))
+        return torch.polar(mag, phase)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return istft_overlap_add(self.spectrum(x), self.window, self.hop, self.causal)

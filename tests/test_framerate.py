@@ -1,0 +1,225 @@
+"""The frame-rate codec family: the STFT frame grid and its inverse, ConvNeXt blocks (causal and not), the
+encoder/decoder shapes for any length, locality, determinism in eval, the convnext presets (speed/size budget
+by parameter count), the compressed complex STFT loss and the model-id rule for configs."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rvqcodec.losses import CompressedSTFTLoss
+from rvqcodec.model import Codec, CodecConfig
+from rvqcodec.model.convnext import ConvNeXtBlock, ConvNeXtStack
+from rvqcodec.model.framerate import FrameRateDecoder, FrameRateEncoder
+from rvqcodec.model.spectral import ISTFTHead, STFTFeatures, frame_signal, istft_overlap_add, stft_frames
+
+HOP = 320
+
+
+def small_convnext(**overrides) -> CodecConfig:
+    base = dict(frame_dim=32, encoder_blocks=1, decoder_blocks=2, n_q=4, codebook_size=32, quantizer_dropout=0.0,
+                latent_dim=16, codebook_dim=8)
+    base.update(overrides)
+    return CodecConfig.preset("convnext", **base)
+
+
+# ------------------------------------------------------------------------------------------ the frame grid
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_frame_grid_places_each_window_on_its_block(causal):
+    wav = torch.arange(1, 3 * HOP + 1, dtype=torch.float32).view(1, 1, -1)  # sample s has value s + 1
+    frames = frame_signal(wav, n_fft=640, hop=HOP, causal=causal)
+    assert frames.shape == (1, 3, 640)
+    # frame t covers [t*hop + hop/2 - 320, ...) centred, or [(t+1)*hop - 640, (t+1)*hop) causal; zeros outside
+    for t in range(3):
+        first = (t + 1) * HOP - 640 if causal else t * HOP + HOP // 2 - 320
+        expected = torch.tensor([s + 1.0 if 0 <= s < 3 * HOP else 0.0 for s in range(first, first + 640)])
+        assert torch.equal(frames[0, t], expected)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n_fft", [640, 1280])
+def test_istft_overlap_add_inverts_a_known_stft(causal, n_fft):
+    torch.manual_seed(1)
+    wav = torch.randn(2, 1, 25 * HOP, dtype=torch.float64)
+    window = torch.hann_window(n_fft, periodic=True, dtype=torch.float64)
+    spec = stft_frames(wav, window, HOP, causal)
+    assert spec.shape == (2, 25, n_fft // 2 + 1)
+    out = istft_overlap_add(spec, window, HOP, causal)
+    assert out.shape == wav.shape
+    # Centred windows cover every sample with enough weight. Causal ones leave the first sample (only Hann's zero
+    # reaches it) and the last few (only the tails of the last window, summed squared weight under the 1e-8 floor:
+    # the frames that would complete them are still to come).
+    keep = slice(1, -8) if causal else slice(None)
+    torch.testing.assert_close(out[..., keep], wav[..., keep], rtol=0, atol=1e-9)
+
+
+def test_istft_head_decodes_the_spectrum_it_is_given():
+    # A head whose linear map outputs log|X| and angle(X) of a known signal's frames reproduces that signal.
+    torch.manual_seed(2)
+    wav = torch.randn(1, 1, 10 * HOP)
+    head = ISTFTHead(dim=4, n_fft=1280, hop=HOP, max_log_mag=20.0)
+    spec = stft_frames(wav, head.window, HOP)
+    bins = spec.shape[-1]
+    target = torch.cat([spec.abs().clamp_min(1e-12).log(), spec.angle()], dim=-1)  # (1, F, 2·bins)
+    with torch.no_grad():  # frames carry a one-hot code; the linear map holds every frame's answer
+        frames = spec.shape[1]
+        head.proj = torch.nn.Linear(frames, 2 * bins, bias=False)
+        head.proj.weight.copy_(target[0].T)
+    out = head(torch.eye(frames).unsqueeze(0))
+    torch.testing.assert_close(out, wav, rtol=0, atol=2e-4)
+
+
+def test_stft_features_are_level_robust_and_keep_phase():
+    stem = STFTFeatures(640, HOP)
+    torch.manual_seed(3)
+    wav = 0.1 * torch.randn(1, 1, 8 * HOP)
+    feats = stem(wav)
+    bins = 321
+    assert feats.shape == (1, 3 * bins, 8) and stem.out_dim == 3 * bins
+    louder = stem(10.0 * wav)
+    # log-magnitude shifts by log(10); the compressed complex part scales by 10^0.3 (phase unchanged)
+    torch.testing.assert_close(louder[:, :bins] - feats[:, :bins], torch.full_like(feats[:, :bins], math.log(10.0)),
+                               atol=1e-3, rtol=0)
+    torch.testing.assert_close(louder[:, bins:], feats[:, bins:] * 10.0 ** 0.3, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(stem(-wav)[:, bins:], feats[:, bins:])  # the sign (phase) is seen
+
+
+# ------------------------------------------------------------------------------------------ ConvNeXt blocks
+
+
+def test_causal_block_and_stack_never_look_ahead():
+    torch.manual_seed(4)
+    stack = ConvNeXtStack(6, 16, n_blocks=3, out_dim=5, causal=True, in_kernel=3).eval()
+    x = torch.randn(1, 6, 40)
+    y = x.clone()
+    y[..., 25:] += torch.randn(1, 6, 15)  # change the future from frame 25 on
+    a, b = stack(x), stack(y)
+    assert torch.equal(a[..., :25], b[..., :25])
+    assert not torch.allclose(a[..., 25:], b[..., 25:])
+    assert stack.receptive_field == 2 + 3 * 6
+
+
+def test_non_causal_stack_sees_exactly_its_receptive_field():
+    torch.manual_seed(5)
+    stack = ConvNeXtStack(4, 8, n_blocks=2, causal=False, in_kernel=3).eval()
+    half = stack.receptive_field // 2  # 1 + 2·3 = 7 frames each side
+    x = torch.randn(1, 4, 60)
+    y = x.clone()
+    y[..., 30] += 1.0
+    diff = (stack(x) - stack(y)).abs().amax(dim=1)[0]
+    changed = torch.nonzero(diff > 0).flatten()
+    assert changed.min() == 30 - half and changed.max() == 30 + half
+
+
+def test_block_rejects_even_kernel_unless_causal():
+    with pytest.raises(ValueError, match="odd kernel_size"):
+        ConvNeXtBlock(8, kernel_size=6)
+    assert ConvNeXtBlock(8, kernel_size=6, causal=True)(torch.randn(1, 8, 5)).shape == (1, 8, 5)
+
+
+# ------------------------------------------------------------------------------------------ encoder / decoder
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("length", [1, 319, 320, 321, 4801, 16001])
+def test_frame_rate_encoder_decoder_shapes_for_any_length(length, causal):
+    enc = FrameRateEncoder(latent_dim=16, dim=32, n_blocks=1, causal=causal)
+    dec = FrameRateDecoder(latent_dim=16, dim=32, n_blocks=1, causal=causal)
+    z = enc(torch.randn(2, 1, length))
+    frames = math.ceil(length / HOP)
+    assert z.shape == (2, 16, frames)
+    assert dec(z).shape == (2, 1, frames * HOP)
+
+
+def test_causal_codec_output_does_not_depend_on_future_audio():
+    # Encoder and decoder both causal: output sample s depends on input up to s + head_n_fft - hop + hop - 1
+    # (the overlap-add of the frames still to come), never further.
+    codec = Codec(small_convnext(causal=True, frame_kernel=4)).eval()
+    with torch.no_grad():
+        codec.quantizer.initialize(codec.encoder(0.1 * torch.randn(8, 1, 40 * HOP)))
+        x = 0.1 * torch.randn(1, 1, 30 * HOP)
+        y = x.clone()
+        y[..., 20 * HOP:] = 0.1 * torch.randn(1, 1, 10 * HOP)
+        a, b = codec.decode(codec.encode(x)), codec.decode(codec.encode(y))
+    lookahead = codec.config.head_n_fft - HOP  # samples of frames after the changed one that reach back
+    assert torch.equal(a[..., : 20 * HOP - lookahead], b[..., : 20 * HOP - lookahead])
+    assert not torch.equal(a[..., 20 * HOP:], b[..., 20 * HOP:])
+
+
+def test_convnext_codec_is_deterministic_in_eval_and_round_trips_through_a_checkpoint(tmp_path):
+    codec = Codec(small_convnext())
+    codec.train()
+    with torch.no_grad():
+        codec(0.1 * torch.randn(8, 1, 50 * HOP))  # k-means init
+    codec.eval()
+    x = 0.1 * torch.randn(2, 1, 7777)
+    codes = codec.encode(x)
+    assert torch.equal(codes, codec.encode(x))
+    audio = codec.decode(codes)
+    assert torch.equal(audio, codec.decode(codes))
+    codec.save(tmp_path / "c.pt")
+    loaded = Codec.load(tmp_path / "c.pt")
+    assert loaded.model_id == codec.model_id
+    assert torch.equal(loaded.encode(x), codes) and torch.equal(loaded.decode(codes), audio)
+
+
+def test_quantizer_bypass_is_a_plain_autoencoder():
+    codec = Codec(small_convnext()).train()
+    x = 0.1 * torch.randn(2, 1, 3000)
+    out = codec(x, quantize=False)
+    assert out.n_q == 0 and out.codes.shape == (2, 0, 10) and float(out.commit_loss) == 0.0
+    assert not any(bool(layer.codebook.initialized) for layer in codec.quantizer.layers)  # untouched
+    torch.testing.assert_close(out.audio, codec.decoder(codec.encoder(torch.nn.functional.pad(x, (0, 200))))[..., :3000])
+
+
+def test_convnext_presets_fit_the_cpu_and_state_budgets():
+    default = Codec(CodecConfig.preset("convnext"))
+    counts = default.parameter_counts()
+    # weights + two AdamW moments in float32, plus the EMA codebooks (embed and embed_sum): under 48 MiB
+    codebook_bytes = sum(b.numel() * b.element_size() for n, b in default.named_buffers() if "codebook" in n)
+    assert 12 * counts["total"] + codebook_bytes < 48 * 2**20
+    assert default.hop_length == HOP and default.bitrates()[-1] == 8.0
+    large = CodecConfig.preset("convnext-large")
+    assert Codec(large).parameter_counts()["total"] > 20e6
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(architecture="lstm"), "architecture"),
+    (dict(architecture="convnext", head_n_fft=300), "head_n_fft"),
+    (dict(architecture="convnext", stem_n_fft=641), "stem_n_fft"),
+    (dict(architecture="convnext", frame_kernel=6), "odd frame_kernel"),
+])
+def test_config_rejects_bad_frame_rate_settings(bad, message):
+    with pytest.raises(ValueError, match=message):
+        CodecConfig(**bad)
+
+
+def test_fields_added_later_change_the_model_id_only_when_set():
+    a = CodecConfig.preset("tiny")
+    assert "frame_dim" not in a.identity_dict()  # SEANet models keep the ids they had before the field existed
+    b = CodecConfig.preset("convnext")
+    assert b.identity_dict()["architecture"] == "convnext"
+    torch.manual_seed(0)
+    one = Codec(b)
+    torch.manual_seed(0)
+    two = Codec(CodecConfig.preset("convnext", frame_kernel=5))
+    assert one.model_id != two.model_id
+
+
+# ------------------------------------------------------------------------------------------ loss
+
+
+def test_compressed_stft_loss_sees_phase_and_level():
+    loss = CompressedSTFTLoss()
+    torch.manual_seed(6)
+    x = 0.1 * torch.randn(2, 1, 8000)
+    assert float(loss(x, x)) == 0.0
+    flipped = float(loss(-x, x))  # same magnitudes, opposite phase: a magnitude loss would say 0
+    assert flipped > 1.0
+    assert 0.0 < float(loss(0.5 * x, x)) < flipped
+    y = x.clone().requires_grad_(True)
+    loss(y * 0.9, x).backward()
+    assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0

@@ -186,7 +186,11 @@ def test_speed_quick_reports_every_section(tiny_model, dev_clean, speech_root, t
     assert memory["file_float32_bytes"] == 3 * 16000 * 4
 
     (train,) = result["training"]
-    assert train["preset"] == "tiny" and train["batch_size"] == 1 and train["segment_seconds"] == pytest.approx(0.3)
+    assert train["preset"] == "convnext" and train["batch_size"] == 1 and train["segment_seconds"] == pytest.approx(0.3)
+    # the default model's recipe: mel + complex STFT losses, no discriminator
+    assert train["discriminator"] is None and train["parameters_discriminator"] == 0
+    assert train["loss_weights"]["complex"] > 0 and train["loss_weights"]["adv"] == 0
+    assert "no discriminator" in train["losses"]
     for name in ("rotation", "ste"):
         t = train[name]
         assert t["steps_per_s"] == pytest.approx(1 / t["step_seconds"])
@@ -227,6 +231,80 @@ def test_speed_user_mistakes_give_one_line_errors(tiny_model, tmp_path, capsys):
     assert "unknown section" in capsys.readouterr().err
     assert speed.main(["--model", str(tiny_model), "--bitrate", "2.25", "--out", str(tmp_path / "s")]) == 2
     assert "valid bitrates" in capsys.readouterr().err
+    assert speed.main(["--model", str(tiny_model), "--train-presets", "tiny,huge", "--out", str(tmp_path / "s")]) == 2
+    assert "unknown preset(s) huge" in capsys.readouterr().err
+    # a missing second --model is named, on one line, before anything is measured or written
+    absent = tmp_path / "absent.pt"
+    assert speed.main(["--model", str(tiny_model), "--model", str(absent), "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: model checkpoint not found: {absent}"
+    assert not (tmp_path / "s").exists()
+
+
+def _small_convnext(path: Path) -> Path:
+    """A random-weight ConvNeXt-architecture checkpoint, narrow and shallow so that it runs in milliseconds."""
+    torch.manual_seed(1)
+    config = CodecConfig.preset("convnext", frame_dim=32, encoder_blocks=1, decoder_blocks=1)
+    return Codec(config).save(path)
+
+
+def test_speed_compares_models_in_one_run(tiny_model, dev_clean, tmp_path):
+    other = _small_convnext(tmp_path / "convnext-small.pt")
+    out = tmp_path / "s"
+    threads = torch.get_num_threads()
+    try:
+        rc = speed.main(["--quick", "--model", str(other), "--model", str(tiny_model), "--data", str(dev_clean),
+                         "--out", str(out), "--skip", "memory,training,opus", "--threads", "1", "--seconds", "1",
+                         "--repeats", "1", "--batch-sizes", "1,2", "--device", "cpu"])
+    finally:
+        torch.set_num_threads(threads)
+    assert rc == 0
+    result = json.loads((out / "speed.json").read_text())
+    first, second = Codec.load(other), Codec.load(tiny_model)
+    labels = ["convnext-small.pt", "tiny.pt"]
+    assert [(m["label"], m["model_id"], m["architecture"], m["parameters"]) for m in result["config"]["models"]] == [
+        (labels[0], first.model_id, "convnext", first.parameter_counts()["total"]),
+        (labels[1], second.model_id, "seanet", second.parameter_counts()["total"])]
+
+    # every measurement is taken for both models, under the same conditions
+    assert [(r["model"], r["threads"]) for r in result["rtf"]] == [(labels[0], 1), (labels[1], 1)]
+    assert [(r["model"], r["batch_size"]) for r in result["batch"]] == [
+        (labels[0], 1), (labels[1], 1), (labels[0], 2), (labels[1], 2)]
+    assert all(r["kbps"] == 8 for r in result["rtf"])
+
+    # the ratio: the first model's audio seconds per second over the other's, per measurement
+    rtf = {r["model"]: r for r in result["rtf"]}
+    comparisons = result["comparisons"]
+    assert [(c["section"], c["model"], c["against"]) for c in comparisons] == [
+        ("rtf", labels[0], labels[1]), ("batch", labels[0], labels[1]), ("batch", labels[0], labels[1])]
+    assert comparisons[0]["ratio"] == pytest.approx(rtf[labels[0]]["x_realtime"] / rtf[labels[1]]["x_realtime"])
+    assert [t["model"] for t in result["targets"]] == labels and result["target"] == result["targets"][0]
+    for t in result["targets"]:
+        assert t["met"] == (rtf[t["model"]]["x_realtime"] >= speed.RTF_TARGET_X)
+
+    md = (out / "speed.md").read_text()
+    assert [row[0] for row in _table_rows(md, "model")[1:]] == [f"`{label}`" for label in labels]  # models table
+    assert first.model_id in md and second.model_id in md
+    rtf_rows = [line for line in md.splitlines() if line.startswith(("| `convnext-small.pt` | cpu | 1 | ",
+                                                                     "| `tiny.pt` | cpu | 1 | "))]
+    assert len(rtf_rows) == 2 + 4  # rtf: one row per model; batch: one per model and batch size
+    (row,) = [r for r in _table_rows(md, "measurement")[1:] if r[0].startswith("streaming")]
+    assert row[1] == f"`{labels[1]}`" and float(row[4]) == pytest.approx(comparisons[0]["ratio"], abs=0.006)
+    assert md.count(f"{speed.RTF_TARGET_X:g}x real time on 2 CPU threads") == 2
+
+
+def test_model_labels_are_file_names_unless_they_clash(tmp_path):
+    a, b, c = tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt", tmp_path / "c.pt"
+    labels = speed.model_labels([a, b, c, c])
+    assert labels[2:] == ["c.pt", "c.pt #2"]
+    assert labels[0].endswith("a/best.pt") and labels[1].endswith("b/best.pt")
+
+
+def test_training_setup_follows_the_architecture():
+    convnext, tiny = speed.training_setup("convnext"), speed.training_setup("tiny")
+    assert convnext.disc is None and convnext.loss.complex > 0 and not convnext.loss.uses_discriminator
+    assert "recipes/librispeech/convnext.yaml" in convnext.description
+    assert tiny.disc is not None and tiny.loss.uses_discriminator and "tiny discriminators" in tiny.description
 
 
 # ------------------------------------------------------------------------------- bitstream parsers

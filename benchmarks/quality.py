@@ -5,8 +5,11 @@
     python benchmarks/quality.py --quick                          # CI: 2 files of 3 s, 3 bitrates
 
 Every file (resampled to 16 kHz, mono) goes through each codec; the decoded signal is delay-aligned to the
-original (cross-correlation, up to 100 ms) and scored with :func:`rvqcodec.metrics.evaluate_pair`: PESQ-WB,
-PESQ-NB, STOI, SI-SDR and mel distance. Bitrates are measured from the bytes actually produced, over the
+original and scored with :func:`rvqcodec.metrics.evaluate_pair` (the same code as ``rvqcodec eval``): PESQ-WB,
+PESQ-NB, STOI, SI-SDR and mel distance. The delay (up to 100 ms) comes from :func:`rvqcodec.metrics.find_delay`:
+the waveform cross-correlation peak when it is significant (waveform codecs: Opus, AMR-WB), else the match of
+log-energy envelopes (phase-free output: Codec2, rvqcodec), else none; the table reports the median delay and
+which method was used for how many files. Bitrates are measured from the bytes actually produced, over the
 duration of the input: for rvqcodec the whole ``.rvq`` file (header and CRCs included); for the external
 codecs see ``benchmarks/external_codecs.py`` (Opus: the Opus packets without Ogg framing; AMR-WB: the speech
 bytes without ToC bytes; Codec2: the bit file).
@@ -61,7 +64,7 @@ QUICK_BITRATES = (1.5, 3.0, 6.0)
 QUICK_EXTERNAL = {"opus": dict(kbps=(6,)), "amr-wb": dict(kbps=(6.6,)), "codec2": dict(modes=("3200",))}
 
 TABLE_COLUMNS = ("codec", "setting", "nominal kbps", "measured kbps", "PESQ-WB", "PESQ-NB", "STOI",
-                 "SI-SDR dB", "mel dist", "delay ms", "files")
+                 "SI-SDR dB", "mel dist", "delay ms", "delay method", "files")
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -199,6 +202,8 @@ def summarise(setting: Setting, n_files: int) -> dict:
         row[name] = _finite_mean([f[name] for f in files])
         row[f"{name}_n"] = sum(1 for f in files if math.isfinite(f[name]))
     row["delay_ms_median"] = (statistics.median(f["delay_seconds"] * 1000 for f in files) if files else math.nan)
+    row["delay_methods"] = {m: sum(1 for f in files if f["delay_method"] == m)
+                            for m in sorted({f["delay_method"] for f in files})}
     return row
 
 
@@ -238,6 +243,7 @@ def markdown_table(rows: list[dict]) -> str:
         cells = [r["codec"], r["setting"], _fmt(r["nominal_kbps"], ".2f"), _fmt(r["measured_kbps"], ".2f"),
                  _fmt(r["pesq_wb"], ".2f"), _fmt(r["pesq_nb"], ".2f"), _fmt(r["stoi"], ".3f"),
                  _fmt(r["si_sdr"], ".1f"), _fmt(r["mel_distance"], ".3f"), _fmt(r["delay_ms_median"], ".1f"),
+                 ", ".join(f"{m} {n}" for m, n in r["delay_methods"].items()) or "–",
                  f"{r['files_scored']}/{r['files_total']}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -249,7 +255,8 @@ def markdown_report(result: dict) -> str:
              f"Model: `{cfg['model']['path']}` (id {cfg['model']['model_id']}, "
              f"{cfg['model']['parameters']:,} parameters). Data: `{cfg['data']}`, {len(cfg['files'])} files, "
              f"{cfg['total_seconds']:.1f} s" + (f" (each cut to {cfg['max_seconds']:g} s)" if cfg["max_seconds"] else "")
-             + f". Scored at {SCORE_RATE} Hz after delay alignment (up to {MAX_SHIFT_SECONDS * 1000:g} ms).", "",
+             + f". Scored at {SCORE_RATE} Hz after delay alignment (up to {MAX_SHIFT_SECONDS * 1000:g} ms; "
+             "`rvqcodec.metrics.find_delay`).", "",
              markdown_table(result["results"]), ""]
     parts += ["Targets:", ""]
     for t in result["targets"]:
@@ -263,7 +270,9 @@ def markdown_report(result: dict) -> str:
     parts += ["", "Columns: measured kbps = counted bytes x 8 / input duration (rvqcodec: whole .rvq file; Opus: "
               "Opus packets without Ogg framing; AMR-WB: speech bytes without ToC bytes; Codec2: bit file). "
               "Metrics are means over files (undefined values left out); delay ms is the median delay removed "
-              "before scoring; files = files scored / files in the set. See benchmarks/README.md.", ""]
+              "before scoring; delay method: how many files were aligned by a significant waveform "
+              "cross-correlation peak, by log-energy envelopes (phase-free output) or not at all (none); "
+              "files = files scored / files in the set. See benchmarks/README.md.", ""]
     return "\n".join(parts)
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rvqcodec.errors import InputError
 from rvqcodec.fileio import atomic_write_bytes, check_output_folder
 
 MAGIC = b"RVQC"
@@ -51,8 +52,8 @@ MAX_BITS_PER_CODE = 32
 _PACK_CHUNK_CODES = 1 << 18
 
 
-class BitstreamError(ValueError):
-    """Base class of every ``.rvq`` reading/writing error (one-line message, never garbage audio)."""
+class BitstreamError(InputError):
+    """Base class of every ``.rvq`` reading/writing error (one-line message, never garbage audio); a ValueError."""
 
 
 class NotRVQFileError(BitstreamError):

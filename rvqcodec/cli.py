@@ -2,13 +2,16 @@
 
 Each subcommand lives in its own module that exposes ``add_arguments(parser)`` and ``run(args) -> int``.
 Modules are imported lazily so ``rvqcodec --help`` stays fast. A user mistake raises ``UserError`` (or
-``FileNotFoundError``/``ValueError`` from argument checking) and is printed as one line, never a traceback.
+``FileNotFoundError``/``ValueError`` from argument checking) and is printed as one line, never a traceback; so is
+a missing optional dependency (``rvqcodec.extras``: the message names the pip extra to install).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from rvqcodec.extras import MissingExtraError, missing_extra_for
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -54,7 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name = argv[0]
-    module = importlib.import_module(SUBCOMMANDS[name][0])
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+    except ModuleNotFoundError as exc:
+        return _missing_dependency(name, exc)
     sub_parser = argparse.ArgumentParser(prog=f"rvqcodec {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub_parser)
     args = sub_parser.parse_intermixed_args(argv[1:])
@@ -66,6 +72,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"rvqcodec {name}: interrupted", file=sys.stderr)
         return 130
+    except MissingExtraError as exc:
+        print(f"rvqcodec {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # an optional dependency imported without rvqcodec.extras.require
+        return _missing_dependency(name, exc)
+
+
+def _missing_dependency(command: str, exc: ModuleNotFoundError) -> int:
+    """One line naming the pip extra for a missing optional dependency (exit 2); other import errors propagate."""
+    message = missing_extra_for(exc)
+    if message is None:
+        raise exc
+    print(f"rvqcodec {command}: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

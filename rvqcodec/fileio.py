@@ -134,6 +134,22 @@ def check_output_folder(path: str | os.PathLike) -> None:
         raise FileNotFoundError(f"output folder does not exist: {parent}")
 
 
+def check_writable_folder(path: str | os.PathLike) -> None:
+    """Raise before any work if ``path`` could not be written: FileNotFoundError if its folder is missing,
+    PermissionError (``cannot write to the output folder <folder>: <reason>``) if no file can be created there.
+
+    Checked by creating and removing an empty temporary file, so a read-only file system or an immutable folder
+    is caught as well as missing permissions (and also when running as root)."""
+    check_output_folder(path)
+    parent = Path(path).parent
+    try:
+        fd, name = tempfile.mkstemp(prefix=".rvqcodec-write-check.", suffix=".tmp", dir=parent)
+    except OSError as exc:
+        raise PermissionError(f"cannot write to the output folder {parent}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(name)
+
+
 def json_safe(value: Any) -> Any:
     """``value`` with what strict JSON cannot hold replaced, recursively: NaN / ±inf -> None, numpy scalars ->
     Python numbers, tuples -> lists, mapping keys -> ``str``."""

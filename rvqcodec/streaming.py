@@ -39,9 +39,16 @@ import torch
 from rvqcodec import bitstream
 from rvqcodec.bitstream import ModelMismatchError, RVQHeader
 from rvqcodec.data import audio_io
-from rvqcodec.fileio import atomic_path, check_output_folder, same_file
+from rvqcodec.errors import InputError
+from rvqcodec.fileio import atomic_path, check_output_folder, check_writable_folder, same_file
 from rvqcodec.model.codec import Codec
 from rvqcodec.pretrained import load_codec
+
+
+MIN_CHUNK_SECONDS = 1.0
+"""Shortest chunk accepted: each chunk is encoded with ``context_seconds`` (1 s) on each side, 5x the receptive
+field of the shipped presets, so a window costs ``(chunk + 2 * context) / chunk`` times the single-pass work
+(3x at 1 s, 2001x at 1 ms)."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ class ChunkConfig:
     """How long inputs are cut for bounded-memory processing.
 
     Attributes:
-        chunk_seconds: audio whose frames are kept from one window (rounded to whole frames, >= 1 frame).
+        chunk_seconds: audio whose frames are kept from one window (rounded to whole frames; at least
+            ``MIN_CHUNK_SECONDS``, else :class:`rvqcodec.errors.InputError`).
         context_seconds: extra real signal on each side of a chunk (rounded up to whole frames); must exceed
             the model's receptive field for chunked output to equal single-pass output.
         read_block_seconds: how much of the file is read per step (at the file's own rate).
@@ -60,9 +68,13 @@ class ChunkConfig:
     read_block_seconds: float = 5.0
 
     def __post_init__(self) -> None:
-        if not self.chunk_seconds > 0 or not self.read_block_seconds > 0 or not self.context_seconds >= 0:
-            raise ValueError(f"chunk_seconds and read_block_seconds must be > 0 and context_seconds >= 0, got "
-                             f"{self.chunk_seconds}, {self.read_block_seconds}, {self.context_seconds}")
+        if not self.read_block_seconds > 0 or not self.context_seconds >= 0:
+            raise ValueError(f"read_block_seconds must be > 0 and context_seconds >= 0, got "
+                             f"{self.read_block_seconds}, {self.context_seconds}")
+        if not (self.chunk_seconds >= MIN_CHUNK_SECONDS and math.isfinite(self.chunk_seconds)):
+            raise InputError(f"chunk length must be at least {MIN_CHUNK_SECONDS:g} s (the default context around "
+                             f"each chunk, which covers the model's receptive field: shorter chunks multiply the "
+                             f"work without changing the result), got {self.chunk_seconds:g} s")
 
     def frames(self, frame_rate: float) -> tuple[int, int]:
         """``(chunk_frames, context_frames)`` at ``frame_rate`` frames/s."""
@@ -170,7 +182,7 @@ def encode_blocks(codec: Codec, blocks: Iterable[torch.Tensor | np.ndarray], n_q
         if block.dim() != 1:
             raise ValueError(f"expected mono blocks of shape (t,) or (1, t), got {tuple(block.shape)}")
         if not torch.isfinite(block).all():
-            raise ValueError("audio contains NaN or infinite samples")
+            raise InputError("audio contains NaN or infinite samples")
         buffer = torch.cat([buffer, block])
         total += block.numel()
         # Encode every chunk whose right context is fully available.
@@ -217,16 +229,65 @@ def decode_chunks(codec: Codec, codes: np.ndarray | torch.Tensor, num_samples: i
 # ------------------------------------------------------------------------------------- bytes API
 
 
-def _as_mono(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
-    """``(T,)`` or ``(C, T)`` -> ``(T,)`` float32 (channels averaged)."""
-    wav = torch.as_tensor(wav).detach().float().cpu()
-    if wav.dim() == 2:
-        wav = wav.mean(dim=0)
-    elif wav.dim() == 3 and wav.shape[0] == 1:
-        wav = wav[0].mean(dim=0)
-    if wav.dim() != 1:
-        raise ValueError(f"audio must have shape (T,) or (channels, T), got {tuple(wav.shape)}")
-    return wav
+MAX_CHANNELS = 64
+"""More than this along an axis means that axis is time, not channels (see :func:`as_mono`)."""
+
+
+def as_mono(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Audio in the layouts people pass -> ``(T,)`` float32 mono (channels averaged). Never truncates.
+
+    Accepted: ``(T,)`` mono; ``(C, T)`` channel-first (torchaudio, rvqcodec); ``(T, C)`` frame-first (what
+    ``soundfile.read`` and most numpy code return); ``(1, C, T)``, a batch of one. A 2-D array's channel axis is
+    the one of length 1, else the shorter one if it has at most ``MAX_CHANNELS`` (64) entries. Shapes that do not
+    say which axis is time (both axes longer than 64, or both between 2 and 64 like ``(20, 30)``, i.e. under
+    4 ms of audio) are refused. Integer PCM (``int16``/``int32``, e.g. ``soundfile.read(dtype="int16")``) is
+    scaled to ``[-1, 1)``; boolean, complex and other non-numeric arrays are refused.
+
+    Raises:
+        InputError: an ambiguous or unsupported shape, or an unsupported dtype (one-line message).
+    """
+    if isinstance(wav, torch.Tensor):
+        wav = wav.detach().cpu()
+        if wav.dtype in (torch.int16, torch.int32):
+            wav = wav.to(torch.float64) / (2.0 ** (8 * wav.element_size() - 1))
+        elif not wav.dtype.is_floating_point:
+            raise InputError(f"audio must be float (or int16/int32 PCM), got dtype {wav.dtype}")
+    else:
+        array = np.asarray(wav)
+        if array.dtype in (np.int16, np.int32):
+            array = array.astype(np.float64) / (2.0 ** (8 * array.dtype.itemsize - 1))
+        elif array.dtype.kind != "f":
+            raise InputError(f"audio must be float (or int16/int32 PCM), got dtype {array.dtype}")
+        wav = torch.from_numpy(np.ascontiguousarray(array))
+    wav = wav.float()
+    shape = tuple(wav.shape)
+    if wav.dim() in (2, 3) and 0 in shape:
+        return torch.zeros(0)  # no samples (e.g. soundfile's (0, C) for an empty file)
+    if wav.dim() == 3:
+        if shape[0] != 1:
+            raise InputError(f"audio of shape {shape} is a batch of {shape[0]} signals; compress one at a time "
+                             "(or use codec.encode for batches)")
+        wav = wav[0]
+        if wav.shape[0] > MAX_CHANNELS:
+            raise InputError(f"audio of shape {shape}: expected (1, channels, samples) with at most "
+                             f"{MAX_CHANNELS} channels")
+        return wav.mean(dim=0)
+    if wav.dim() == 1:
+        return wav
+    if wav.dim() != 2:
+        raise InputError(f"audio must have shape (T,), (C, T) or (T, C), got {shape}")
+    rows, cols = shape
+    if rows == 1:
+        return wav[0]
+    if cols == 1:
+        return wav[:, 0]
+    if rows < cols and rows <= MAX_CHANNELS < cols:
+        return wav.mean(dim=0)  # (C, T)
+    if cols < rows and cols <= MAX_CHANNELS < rows:
+        return wav.mean(dim=1)  # (T, C)
+    raise InputError(f"ambiguous audio shape {shape}: cannot tell the channel axis from the time axis; pass (T,) "
+                     f"mono, or (C, T) / (T, C) with at most {MAX_CHANNELS} channels and more than "
+                     f"{MAX_CHANNELS} samples")
 
 
 def compress(codec: Codec, wav: torch.Tensor | np.ndarray, sr: int, bitrate: float | None = None,
@@ -235,18 +296,20 @@ def compress(codec: Codec, wav: torch.Tensor | np.ndarray, sr: int, bitrate: flo
 
     Args:
         codec: the model.
-        wav: ``(T,)`` mono or ``(channels, T)`` (averaged to mono), float in ``[-1, 1]``, numpy or torch.
+        wav: ``(T,)`` mono, ``(channels, T)`` or ``(T, channels)`` (averaged to mono; see :func:`as_mono`), float
+            in ``[-1, 1]`` (or int16/int32 PCM), numpy or torch.
         sr: sample rate of ``wav`` in Hz (resampled to ``codec.sample_rate`` if different).
         bitrate: kbps, one of ``codec.bitrates()``; or give ``n_q``; neither: all stages.
         n_q: number of RVQ stages.
 
     Raises:
-        ValueError: unsupported bitrate (listing the valid ones), bad shape, NaN/inf, bad sample rate.
+        ValueError: unsupported bitrate (listing the valid ones), bad sample rate.
+        InputError (a ValueError): an ambiguous shape or unsupported dtype, NaN/inf samples.
     """
     n_q = resolve_n_q(codec, bitrate, n_q)
     if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
         raise ValueError(f"sample rate must be a positive integer number of Hz, got {sr!r}")
-    mono = _as_mono(wav)
+    mono = as_mono(wav)
     if mono.numel() and int(sr) != codec.sample_rate:
         mono = audio_io.resample(mono, int(sr), codec.sample_rate)
     codes, num_samples = encode_blocks(codec, [mono], n_q, chunking)
@@ -282,11 +345,12 @@ def _check_output(path: Path, overwrite: bool, protected: Iterable[str | os.Path
     """Refuse to write an input, a folder, or (without ``overwrite``) an existing file."""
     for other in protected:
         if same_file(path, other):
-            raise ValueError(f"refusing to write {path}: it is an input file")
+            raise InputError(f"refusing to write {path}: it is an input file")
     if path.is_dir():
-        raise ValueError(f"output {path} is a folder")
+        raise InputError(f"output {path} is a folder")
     if path.exists() and not overwrite:
         raise FileExistsError(_exists_message(path))
+    check_writable_folder(path)
 
 
 @dataclass
@@ -325,7 +389,8 @@ def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.Path
 
     Raises:
         AudioReadError: unreadable / non-audio input. FileExistsError: output exists and not ``overwrite``.
-        ValueError: output is an input or a folder, NaN/inf samples, bad ``n_q``.
+        PermissionError: the output folder is not writable (checked before encoding).
+        InputError: output is an input or a folder, NaN/inf samples. ValueError: bad ``n_q``.
     """
     source, output = Path(source), Path(output)
     n_q = resolve_n_q(codec, n_q=n_q)
@@ -343,8 +408,8 @@ def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.Path
 
 
 @contextmanager
-def _streamed_audio_file(path: Path, sample_rate: int, subtype: str,
-                         overwrite: bool) -> Iterator[Callable[[torch.Tensor], None]]:
+def streamed_audio_file(path: Path, sample_rate: int, subtype: str | None = None,
+                        overwrite: bool = False) -> Iterator[Callable[[torch.Tensor], None]]:
     """Write mono audio block by block into a temp file beside ``path``; it takes ``path``'s place when the
     ``with`` block ends normally and is removed if it raises. Yields ``write(block)``, ``block`` any shape.
 
@@ -353,7 +418,7 @@ def _streamed_audio_file(path: Path, sample_rate: int, subtype: str,
     """
     file_format, subtype = audio_io.output_format(path, subtype)
     check_output_folder(path)
-    clip = subtype in audio_io.INTEGER_SUBTYPES
+    clip = subtype not in audio_io.FLOAT_SUBTYPES
     with atomic_path(path, overwrite=overwrite, exists_message=_exists_message(path)) as tmp, \
             soundfile.SoundFile(tmp, "w", samplerate=int(sample_rate), channels=1, subtype=subtype,
                                 format=file_format) as handle:
@@ -376,19 +441,21 @@ class DecompressReport:
 
 
 def decompress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike,
-                    sample_rate: int | None = None, overwrite: bool = False, subtype: str = "PCM_16",
+                    sample_rate: int | None = None, overwrite: bool = False, subtype: str | None = None,
                     chunking: ChunkConfig = ChunkConfig(), model_id: str | None = None,
                     protected: Sequence[str | os.PathLike] = ()) -> DecompressReport:
     """Decode a ``.rvq`` file into an audio file (format from the extension), streamed chunk by chunk.
 
     Args:
         sample_rate: write at this rate (streamed sinc resampling); ``None``: the codec rate.
-        subtype: soundfile subtype, e.g. ``PCM_16`` (default), ``PCM_24``, ``FLOAT``.
+        subtype: soundfile subtype, e.g. ``PCM_16``, ``PCM_24``, ``FLOAT``; ``None`` (default): ``PCM_16``, or
+            the format's codec for lossy formats (``.ogg``, ``.opus``, ``.mp3``; see ``audio_io.output_format``).
 
     Raises:
         BitstreamError subclasses (damaged / foreign / newer file, other model), FileNotFoundError (missing
-        input or output folder), FileExistsError (output exists and not ``overwrite``), ValueError (output is
-        an input or a folder, bad extension/subtype/rate).
+        input or output folder), PermissionError (unwritable output folder), FileExistsError (output exists
+        and not ``overwrite``), InputError (output is an input or a folder, bad extension/subtype, impractical
+        resampling ratio), ValueError (bad rate). Every output check happens before any decoding.
     """
     source, output = Path(source), Path(output)
     if not source.is_file():
@@ -397,13 +464,14 @@ def decompress_file(codec: Codec, source: str | os.PathLike, output: str | os.Pa
                                     or sample_rate <= 0):
         raise ValueError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
     _check_output(output, overwrite, [source, *protected])
+    audio_io.output_format(output, subtype)
     header, codes = bitstream.read_rvq(source)
     check_codec_matches(header, codec, model_id)
     out_rate = header.sample_rate if sample_rate is None else int(sample_rate)
     resampler = None
     if out_rate != header.sample_rate:
         resampler = audio_io.StreamingResampler(header.sample_rate, out_rate)  # ValueError for impractical rates
-    with _streamed_audio_file(output, out_rate, subtype, overwrite) as write:
+    with streamed_audio_file(output, out_rate, subtype, overwrite) as write:
         for block in decode_chunks(codec, codes, header.num_samples, chunking):
             write(block if resampler is None else resampler.push(block.view(1, -1)))
         if resampler is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -300,7 +301,7 @@ def test_roundtrip_json_and_table(capsys, tmp_path, model, clips):
     assert code == 1 and len(_errors(err)) == 1 and "bad.wav" in err
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["file", "sec", "kbps"]
-    assert sum(line.startswith("clip") for line in lines) == 3 and lines[-1].startswith("mean (3 files)")
+    assert sum(line.startswith("clip") for line in lines) == 3 and lines[-1].startswith("mean (3 of 4 files)")
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
     assert kept == sorted([f"clip{i}.{ext}" for i in range(3) for ext in ("rvq", "wav")])
     assert bitstream.read_rvq(tmp_path / "kept" / "clip0.rvq")[0].n_q == 2
@@ -332,3 +333,163 @@ def test_shipped_samples_compress_if_present(capsys, tmp_path, model):
     code, _, err = run_cli(capsys, "compress", files[0], tmp_path / "s.rvq", "-b", "3", "--model", model[1])
     assert code == 0, err
     assert bitstream.read_rvq(tmp_path / "s.rvq")[0].num_samples > 0
+
+
+# ------------------------------------------------------------------------------------ hardening (issue 12)
+
+
+def test_python_api_accepts_the_layouts_people_pass_and_never_truncates(model, clips):
+    codec, _ = model
+    mono = read_audio(clips[0]).samples[0].numpy()  # (T,)
+    stereo = np.stack([mono, 0.5 * mono])  # (C, T): torchaudio's layout
+    expected = streaming.compress(codec, stereo, 16000, n_q=4)
+    assert bitstream.decode_bitstream(expected)[0].num_samples == mono.size
+    # (T, C) as soundfile.read returns it: the same stream, not one sample
+    assert codec.compress(np.ascontiguousarray(stereo.T), 16000, n_q=4) == expected
+    assert codec.compress(torch.from_numpy(stereo)[None], 16000, n_q=4) == expected  # (1, C, T)
+    as_read, _ = soundfile.read(clips[0], always_2d=True)  # (T, 1)
+    assert as_read.shape == (mono.size, 1)
+    assert codec.compress(as_read, 16000, n_q=4) == codec.compress(mono, 16000, n_q=4)
+    pcm16, _ = soundfile.read(clips[0], dtype="int16")  # integer PCM is scaled, not clipped to +-1
+    assert codec.compress(pcm16, 16000, n_q=4) == codec.compress(mono, 16000, n_q=4)
+    for bad, message in ((np.zeros((40, 50)), "ambiguous audio shape"), (np.zeros((2, 1, 800)), "batch of 2"),
+                         (np.zeros(800, dtype=bool), "dtype")):
+        with pytest.raises(ValueError, match=message):
+            codec.compress(bad, 16000)
+
+
+def test_unavailable_or_unknown_device_is_named_in_one_line(capsys, tmp_path, clips):
+    """With the shipped model (as a user would run it): a missing GPU is a device error, not a damaged model."""
+    unavailable = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    (tmp_path / "x.rvq").write_bytes(b"RVQC")
+    for command in (["compress", clips[0], tmp_path / "a.rvq"], ["decompress", tmp_path / "x.rvq", tmp_path / "x.wav"],
+                    ["roundtrip", clips[0]]):
+        code, out, err = run_cli(capsys, *command, "--device", unavailable)
+        assert code == 2 and out == "", err
+        errors = _errors(err)
+        assert len(errors) == 1 and f"device {unavailable!r} is not available" in errors[0], err
+        assert "checkpoint" not in err
+    code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "--device", "gpu")
+    assert code == 2 and len(_errors(err)) == 1 and "unknown device 'gpu'" in err
+    assert not (tmp_path / "a.rvq").exists()
+
+
+def test_library_load_on_a_missing_device_is_not_called_a_bad_checkpoint(model):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises((RuntimeError, AssertionError)) as info:  # torch: "Torch not compiled with CUDA enabled"
+        Codec.load(model[1], map_location="cuda")
+    assert "checkpoint" not in str(info.value)
+
+
+def test_programming_errors_keep_their_traceback(capsys, tmp_path, model, clips, monkeypatch):
+    """Only user mistakes (InputError, OSError) become one-line errors; a bug in the library is not one."""
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(streaming, "compress_file", broken)
+    for inputs, output in (([clips[0]], tmp_path / "o.rvq"), (clips, tmp_path / "o")):  # single file and batch
+        with pytest.raises(ValueError, match="an internal bug"):
+            main(["compress", *map(str, inputs), str(output), "--model", model[1]])
+    capsys.readouterr()
+
+
+@pytest.fixture
+def unwritable_folder(tmp_path):
+    """A folder in which no file can be created: chmod for a normal user, the immutable attribute for root
+    (who ignores permissions). Skipped where neither works."""
+    import os
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        undo = lambda: folder.chmod(0o755)  # noqa: E731
+    elif shutil.which("chattr") and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        undo = lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)  # noqa: E731
+    else:
+        pytest.skip("cannot make a folder unwritable here (root without chattr +i)")
+    try:
+        try:
+            (folder / "probe").write_bytes(b"")
+        except OSError:
+            yield folder
+        else:
+            pytest.skip("the folder stayed writable")
+    finally:
+        undo()
+
+
+def test_unwritable_output_folder_is_reported_before_any_work(capsys, tmp_path, model, clips, unwritable_folder,
+                                                              monkeypatch):
+    codec, model_path = model
+    (tmp_path / "a.rvq").write_bytes(streaming.compress(codec, read_audio(clips[0]).samples, 16000, n_q=2))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started before the output folder was checked")
+
+    monkeypatch.setattr(streaming, "encode_blocks", no_work)
+    monkeypatch.setattr(streaming, "decode_chunks", no_work)
+    for command in (["compress", clips[0], unwritable_folder / "a.rvq"],
+                    ["compress", clips[0], clips[1], unwritable_folder / "sub"],
+                    ["decompress", tmp_path / "a.rvq", unwritable_folder / "a.wav"],
+                    ["roundtrip", clips[0], "--output-dir", unwritable_folder / "kept"]):
+        code, out, err = run_cli(capsys, *command, "--model", model_path)
+        assert code == 2, (command, err)
+        assert _errors(err) == [f"rvqcodec {command[0]}: error: cannot write to the output folder "
+                                f"{unwritable_folder}: " + err.split(f"{unwritable_folder}: ")[-1].strip()], err
+        assert ".tmp" not in err and str(clips[0]) not in err  # names the folder, not the input or a temp file
+    assert list(unwritable_folder.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix, subtype", [(".ogg", "VORBIS"), (".opus", "OPUS"), (".mp3", "MPEG_LAYER_III"),
+                                             (".flac", "PCM_16")])
+def test_decompress_writes_lossy_and_lossless_formats(capsys, tmp_path, model, clips, suffix, subtype):
+    _, model_path = model
+    assert run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "-b", "3", "--model", model_path)[0] == 0
+    code, _, err = run_cli(capsys, "decompress", tmp_path / "a.rvq", tmp_path / f"a{suffix}", "--model", model_path)
+    assert code == 0, err
+    info = soundfile.info(tmp_path / f"a{suffix}")
+    assert info.subtype == subtype and info.samplerate == 16000 and abs(info.frames - 3 * 16000) <= 1152
+    code, _, err = run_cli(capsys, "decompress", tmp_path / "a.rvq", tmp_path / f"b{suffix}", "--subtype", "PCM_24",
+                           "--model", model_path)
+    if suffix == ".flac":
+        assert code == 0 and soundfile.info(tmp_path / "b.flac").subtype == "PCM_24"
+    else:  # an explicit subtype the format cannot hold: one line listing the valid ones, nothing written
+        assert code == 2 and len(_errors(err)) == 1 and "subtype PCM_24 is not valid" in err
+        assert not (tmp_path / f"b{suffix}").exists()
+
+
+def test_chunks_shorter_than_the_context_are_refused_at_once(capsys, tmp_path, model, clips):
+    start = time.monotonic()
+    code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "--chunk-seconds", "0.001",
+                           "--model", model[1])
+    assert code == 2 and len(_errors(err)) == 1 and "at least 1 s" in err and time.monotonic() - start < 5
+    assert not (tmp_path / "a.rvq").exists()
+    code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "--chunk-seconds", "1", "--model", model[1])
+    assert code == 0, err
+
+
+def test_threads_option_sets_torch_threads(capsys, tmp_path, model, clips):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "--threads", "1", "--model", model[1])
+        assert code == 0, err
+        assert torch.get_num_threads() == 1
+        code, _, err = run_cli(capsys, "roundtrip", clips[0], "--threads", "0", "--model", model[1])
+        assert code == 2 and "--threads must be at least 1" in err
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_info_names_the_torch_version_that_saved_the_model_once(capsys, tmp_path):
+    torch.manual_seed(3)
+    path = Codec(CodecConfig.preset("tiny")).save(tmp_path / "m.pt", meta={"name": "test model"})
+    code, out, _ = run_cli(capsys, "info", "--model", path)
+    assert code == 0
+    mentions = [line for line in out.splitlines() if torch.__version__ in line]
+    assert mentions == [f"saved with  torch {torch.__version__} (running torch {torch.__version__})"]
+    assert "meta        name=test model" in out

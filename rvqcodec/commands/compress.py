@@ -29,23 +29,43 @@ _GLOB_CHARS = set("*?[")
 # ---------------------------------------------------------------------------------- shared helpers
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: CPU threads for torch."""
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads torch may use (default: torch's choice, one per core); on a busy machine "
+                             "1 is often faster")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU thread count from ``--threads`` (UserError unless it is >= 1)."""
+    if args.threads is None:
+        return
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model`` and ``--device``, common to every codec command."""
+    """``--model``, ``--device`` and ``--threads``, common to every codec command."""
     parser.add_argument("--model", metavar="PATH", default=None,
                         help="codec checkpoint (.pt); default: the shipped model rvqcodec/pretrained/default.pt")
-    parser.add_argument("--device", default="cpu", help="torch device to run the model on (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device to run the model on, e.g. cpu, cuda, cuda:1 "
+                                                        "(default: cpu)")
+    add_threads_argument(parser)
 
 
 def load_model(args: argparse.Namespace):
-    """The codec named by ``--model`` (or the shipped default); one-line UserError if it cannot be loaded."""
+    """The codec named by ``--model`` (or the shipped default) on ``--device``, after applying ``--threads``;
+    one-line UserError if the device is not available or the checkpoint cannot be loaded."""
     from rvqcodec.pretrained import load_codec
 
+    apply_threads(args)
     try:
         return load_codec(args.model, device=args.device)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError) as exc:  # missing file, not a checkpoint, unavailable device
         raise UserError(str(exc)) from None
-    except RuntimeError as exc:  # e.g. an unavailable --device
-        raise UserError(f"cannot load the model on device {args.device!r}: {str(exc).splitlines()[0]}") from None
 
 
 def resolve_stages(codec, bitrate: float | None, n_q: int | None) -> int:
@@ -130,56 +150,89 @@ def plan_outputs(inputs: Sequence[InputFile], output: str, batch: bool, suffix: 
     if batch or out.is_dir() or output.endswith(os.sep):
         if out.exists() and not out.is_dir():
             raise UserError(f"output {out} must be a folder for several inputs, but it is a file")
+        _check_can_create(out)
         return [out / item.relative.with_suffix(suffix) for item in inputs]
     if not out.parent.is_dir():
         raise UserError(f"output folder does not exist: {out.parent}")
+    _check_can_create(out.parent)
     return [out]
+
+
+def _check_can_create(folder: Path) -> None:
+    """UserError before any work unless files can be written in ``folder`` (or, if it does not exist yet, in its
+    nearest existing parent, where it will be created)."""
+    from rvqcodec.fileio import check_writable_folder
+
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        check_writable_folder(existing / "probe")
+    except OSError as exc:
+        raise UserError(str(exc)) from None
 
 
 def run_batch(command: str, inputs: Sequence[InputFile], outputs: Sequence[Path | None], batch: bool,
               work: Callable[[InputFile, Path | None], str | None]) -> int:
     """Run ``work(input, output)`` for every input with a progress bar (batch mode only).
 
-    A failing file (unreadable, damaged, existing output, ...) is reported on one line; in batch mode the rest
-    go on and the return value is 1, for a single input it raises UserError (exit 2). ``work`` returns a line to
-    print (or None). Outputs that two inputs would share are refused for the second one.
+    A failing file is reported on one line: an :class:`rvqcodec.errors.InputError` (unreadable audio, damaged
+    ``.rvq``, NaN samples, an output that is an input, ...), an ``OSError`` (existing output, missing or
+    unwritable folder, full disk) or a missing optional dependency. In batch mode the rest go on and the return
+    value is 1; for a single input it raises UserError (exit 2). Any other exception is a bug and propagates
+    with its traceback. ``work`` returns a line to print (or None). Outputs that two inputs would share are
+    refused for the second one. Ctrl-C stops the batch (KeyboardInterrupt propagates, the bar is closed).
     """
     from tqdm import tqdm
 
-    from rvqcodec.bitstream import BitstreamError
-    from rvqcodec.data.audio_io import AudioReadError
+    from rvqcodec.errors import InputError
+    from rvqcodec.extras import MissingExtraError
 
     failures = 0
     claimed: dict[str, Path] = {}
     progress = tqdm(list(zip(inputs, outputs)), unit="file", disable=not batch, file=sys.stderr,
                     dynamic_ncols=True)
-    for item, out in progress:
-        try:
-            if out is not None:
-                key = os.path.realpath(out)
-                if key in claimed:
-                    raise FileExistsError(f"output {out} would also be written for {claimed[key]}; rename one input")
-                claimed[key] = item.path
-                out.parent.mkdir(parents=True, exist_ok=True)
-            line = work(item, out)
-        except (AudioReadError, BitstreamError, FileExistsError, FileNotFoundError, IsADirectoryError,
-                PermissionError, ValueError) as exc:
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if str(item.path) not in message:
-                message = f"{item.path}: {message}"
-            if not batch:
-                raise UserError(message) from None
-            failures += 1
-            progress.write(f"rvqcodec {command}: error: {message}", file=sys.stderr)
-        else:
-            if line:
-                progress.write(line, file=sys.stdout)
-    progress.close()
+    try:
+        for item, out in progress:
+            try:
+                if out is not None:
+                    key = os.path.realpath(out)
+                    if key in claimed:
+                        raise FileExistsError(f"output {out} would also be written for {claimed[key]}; "
+                                              "rename one input")
+                    claimed[key] = item.path
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                line = work(item, out)
+            except MissingExtraError as exc:
+                raise UserError(str(exc)) from None  # the same for every file: stop at once
+            except (InputError, OSError) as exc:
+                message = _one_line(exc)
+                if str(item.path) not in message:
+                    message = f"{item.path}: {message}"
+                if not batch:
+                    raise UserError(message) from None
+                failures += 1
+                progress.write(f"rvqcodec {command}: error: {message}", file=sys.stderr)
+            else:
+                if line:
+                    progress.write(line, file=sys.stdout)
+                    sys.stdout.flush()
+    finally:
+        progress.close()
     if batch:
         done = len(inputs) - failures
         summary = f"rvqcodec {command}: {done} of {len(inputs)} file(s) done"
         print(summary + (f", {failures} failed" if failures else ""), file=sys.stderr)
     return 1 if failures else 0
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message; for an OSError from the system (``[Errno N] ...``) its reason
+    and file name."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def protected_paths(inputs: Sequence[InputFile]) -> list[Path]:

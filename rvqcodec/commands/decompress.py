@@ -30,11 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IN",
                         help=".rvq file, folder (searched recursively) or quoted glob pattern")
     parser.add_argument("output", metavar="OUT",
-                        help="output audio file (.wav, .flac, ...); a folder for several inputs, a folder or a glob")
+                        help="output audio file (.wav, .flac, .ogg, .opus, .mp3, ...); a folder for several inputs, "
+                             "a folder or a glob")
     parser.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
                         help="resample the decoded audio to this rate (default: the codec's rate, 16000 Hz)")
-    parser.add_argument("--subtype", default="PCM_16", type=str.upper, choices=SUBTYPES,
-                        help="sample format of the written file (default: PCM_16)")
+    parser.add_argument("--subtype", default=None, type=str.upper, choices=SUBTYPES,
+                        help="sample format of a PCM file (.wav, .flac, ...; default: PCM_16); lossy formats "
+                             "(.ogg, .opus, .mp3) use their own codec")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
     add_model_arguments(parser)
 

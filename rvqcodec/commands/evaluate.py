@@ -1,10 +1,13 @@
 """``rvqcodec eval REF DEG``: score a degraded (e.g. decoded) file against its reference.
 
-Both files are read with soundfile and averaged to mono (with a notice on stderr). DEG is resampled to REF's
-rate, or both to ``--sample-rate`` when given. Unless ``--no-align``, the global delay of DEG (up to
-``--max-shift-ms``) is removed by cross-correlation, then both are cropped to their common length. Prints a
-table, or one JSON object with ``--json`` (NaN/inf written as ``null``). Exit codes: 0 scored, 2 user mistake
-(missing/unreadable file, bad option).
+Both files are streamed with soundfile and averaged to mono (with a notice on stderr). DEG is resampled to REF's
+rate, or both to ``--sample-rate`` when given. Unless ``--no-align``, the delay of DEG (up to ``--max-shift-ms``)
+is found on the first 30 s and removed (:func:`rvqcodec.metrics.find_delay`: a significant waveform
+cross-correlation peak, else an envelope match, else none; the table says which), then both are cropped to their
+common length. Files longer than 60 s are scored in equal segments of at most 60 s (length-weighted means; a note
+says so), in bounded memory. Any length is accepted, 0 samples included; metrics undefined for so short a signal
+are n/a. Prints a table, or one JSON object with ``--json`` (NaN/inf written as ``null``). Exit codes: 0 scored,
+2 user mistake (missing/unreadable file, bad option, missing ``eval`` extra).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import math
 import sys
 
 from rvqcodec.cli import UserError
+from rvqcodec.commands.compress import add_threads_argument, apply_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,21 +30,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score at this rate, resampling both files (default: REF's rate)")
     parser.add_argument("--max-shift-ms", type=float, default=100.0, metavar="MS",
                         help="largest delay searched for when aligning, milliseconds (default: 100)")
+    add_threads_argument(parser)
 
 
-def _read(path: str, role: str, target_sr: int | None):
-    from rvqcodec.data.audio_io import AudioReadError, read_audio
+def _notes(path: str, role: str, target_sr: int | None) -> int:
+    """Print the downmix/resampling notices for one input; return its sample rate. UserError if unreadable."""
+    from rvqcodec.data.audio_io import AudioReadError, audio_info
 
     try:
-        audio = read_audio(path, target_sr=target_sr, mono=True)
+        info = audio_info(path)
     except AudioReadError as exc:
         raise UserError(f"{role}: {exc}") from None
-    if audio.was_downmixed:
-        print(f"note: {role} {path} has {audio.source_channels} channels; averaged to mono", file=sys.stderr)
-    if audio.was_resampled:
-        print(f"note: {role} {path} resampled from {audio.source_sample_rate} Hz to {audio.sample_rate} Hz",
-              file=sys.stderr)
-    return audio
+    if info.channels > 1:
+        print(f"note: {role} {path} has {info.channels} channels; averaged to mono", file=sys.stderr)
+    if target_sr is not None and target_sr != info.samplerate:
+        print(f"note: {role} {path} resampled from {info.samplerate} Hz to {target_sr} Hz", file=sys.stderr)
+    return int(info.samplerate)
 
 
 def _json_value(value):
@@ -59,12 +64,15 @@ def _format_table(result: dict, ref_path: str, deg_path: str) -> str:
         return f"{value:{fmt}}{unit}"
 
     sr = result["sample_rate"]
+    segments = f", {result['segments']} segments" if result["segments"] > 1 else ""
+    method = {"waveform": "waveform cross-correlation peak", "envelope": "envelope match (no waveform peak)",
+              "none": "no significant correlation: not aligned", "off": "not aligned (--no-align)"}
     rows = [
         ("reference", ref_path),
         ("degraded", deg_path),
-        ("scored", f"{result['num_samples'] / sr:.2f} s at {sr} Hz"),
-        ("delay", f"{result['delay_samples']:+d} samples ({result['delay_seconds'] * 1000:+.2f} ms)"
-         + ("" if result["aligned"] else ", not aligned")),
+        ("scored", f"{result['num_samples'] / sr:.2f} s at {sr} Hz{segments}"),
+        ("delay", f"{result['delay_samples']:+d} samples ({result['delay_seconds'] * 1000:+.2f} ms), "
+         + method[result["delay_method"]]),
         ("PESQ-WB", number("pesq_wb", ".3f")),
         ("PESQ-NB", number("pesq_nb", ".3f")),
         ("STOI", number("stoi", ".4f")),
@@ -76,17 +84,32 @@ def _format_table(result: dict, ref_path: str, deg_path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rvqcodec.data.audio_io import AudioReadError
+    from rvqcodec.errors import InputError
+    from rvqcodec.extras import require
+    from rvqcodec.scoring import evaluate_files, segments_note, short_signal_note
+
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise UserError(f"--sample-rate must be a positive number of Hz, got {args.sample_rate}")
     if not (args.max_shift_ms >= 0 and math.isfinite(args.max_shift_ms)):
         raise UserError(f"--max-shift-ms must be a non-negative number, got {args.max_shift_ms}")
-    from rvqcodec.metrics import evaluate_pair
-
-    reference = _read(args.reference, "REF", args.sample_rate)
-    degraded = _read(args.degraded, "DEG", reference.sample_rate)
-    result = evaluate_pair(reference.samples[0], degraded.samples[0], reference.sample_rate,
-                           align=args.align, max_shift_seconds=args.max_shift_ms / 1000.0)
+    apply_threads(args)
+    for module in ("pesq", "pystoi"):
+        require(module, "to score audio")
+    ref_rate = _notes(args.reference, "REF", args.sample_rate)
+    rate = args.sample_rate or ref_rate
+    _notes(args.degraded, "DEG", rate)
+    try:
+        result = evaluate_files(args.reference, args.degraded, sample_rate=rate, align=args.align,
+                                max_shift_seconds=args.max_shift_ms / 1000.0)
+    except AudioReadError as exc:
+        raise UserError(str(exc)) from None
+    except InputError as exc:  # NaN samples, an impractical resampling ratio
+        raise UserError(f"{args.reference} vs {args.degraded}: {exc}") from None
     result["aligned"] = bool(args.align)
+    for note in (short_signal_note(result["num_samples"], rate), segments_note(result)):
+        if note:
+            print(f"note: {note}", file=sys.stderr)
     if args.json:
         payload = {"reference": str(args.reference), "degraded": str(args.degraded),
                    **{key: _json_value(value) for key, value in result.items()}}

@@ -52,6 +52,7 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
         "parameters": counts,
         "config": codec.config.to_dict(),
         "meta": meta,
+        "saved_with_torch": meta.get("torch_version"),
     }
 
 
@@ -115,8 +116,14 @@ def _format(info: dict[str, Any]) -> str:
         f"quantizer {params['quantizer']:,}; {params['codebook_entries']:,} codebook values)",
         "config      " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
     ]
-    if info["meta"]:
-        lines.append("meta        " + ", ".join(f"{k}={v}" for k, v in info["meta"].items()))
+    if info.get("saved_with_torch"):
+        import torch
+
+        lines.append(f"saved with  torch {info['saved_with_torch']} (running torch {torch.__version__})")
+    # the id and torch version have their own lines; free-text fields (e.g. how it was trained) follow as written
+    meta = {k: v for k, v in info["meta"].items() if k not in ("model_id", "torch_version")}
+    if meta:
+        lines.append("meta        " + ", ".join(f"{k}={v}" for k, v in meta.items()))
     return "\n".join(lines)
 
 

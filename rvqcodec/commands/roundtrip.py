@@ -1,18 +1,27 @@
 """``rvqcodec roundtrip IN --bitrate B``: compress, decompress and score in one go, per file and on average.
 
-IN is a file, a folder (searched recursively for audio) or a quoted glob. Each file is read at the codec rate
-(resampled, averaged to mono), compressed to a ``.rvq`` bitstream in memory, decoded, and scored against the
-input with PESQ-WB/NB, STOI, SI-SDR and mel distance (``rvqcodec.metrics.evaluate_pair``; no delay search,
-the codec is time-aligned by construction). The table gives the bitrate actually spent (file size including
-the 39-byte header, over the duration). ``--json`` prints the same as one JSON object; ``--output-dir`` also
-keeps the ``.rvq`` and decoded ``.wav`` of every file. Exit codes: 0, 1 (some file failed), 2 (user mistake).
+IN is a file, a folder (searched recursively for audio) or a quoted glob. Each file is streamed at the codec rate
+(resampled, averaged to mono), compressed to a ``.rvq`` bitstream in memory, decoded chunk by chunk and scored
+against the input with PESQ-WB/NB, STOI, SI-SDR and mel distance (``rvqcodec.scoring``; no delay search, the codec
+is time-aligned by construction). Memory is bounded whatever the length: the audio is never held whole, files
+longer than 60 s are scored in equal segments of at most 60 s (the scores are length-weighted means; a note says
+so). Any length is accepted, 0 samples included; a metric that is undefined for so short a signal is n/a.
+
+The table gives the bitrate actually spent (file size including the 39-byte header, over the duration). Each
+file's row is printed as soon as it is done, so Ctrl-C (or a failure) keeps the rows already printed; the mean
+follows at the end (also after Ctrl-C, marked as interrupted). ``--json`` prints one JSON object at the end
+(after Ctrl-C too, with ``"interrupted": true``) and each finished file as one line on stderr. ``--output-dir``
+also keeps the ``.rvq`` and decoded ``.wav`` of every file. Exit codes: 0, 1 (some file failed), 2 (user
+mistake), 130 (interrupted).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,8 @@ _COLUMNS = (  # key, header, format
     ("pesq_nb", "PESQ-NB", ".3f"), ("stoi", "STOI", ".4f"), ("si_sdr", "SI-SDR", ".2f"),
     ("mel_distance", "mel", ".4f"),
 )
+_NUMBER_WIDTH = 9  # wide enough for every column's numbers (e.g. "-123.45", "3600.00")
+PROGRESS_MIN_SECONDS = 60.0  # a single file at least this long gets a progress bar
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,26 +63,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
 
 
-def roundtrip_one(codec, path: Path, n_q: int) -> tuple[dict[str, Any], bytes, Any]:
-    """Compress + decompress + score one file -> (row, bitstream bytes, decoded (1, T) tensor)."""
-    from rvqcodec.data.audio_io import read_audio
-    from rvqcodec.metrics import evaluate_pair
-    from rvqcodec.streaming import compress, decompress
+def _counted(blocks: Iterable, on_samples: Callable[[int], None]) -> Iterator:
+    """``blocks`` unchanged, calling ``on_samples(len)`` for each (progress)."""
+    for block in blocks:
+        on_samples(int(block.shape[-1]))
+        yield block
 
-    audio = read_audio(path, target_sr=codec.sample_rate, mono=True)
-    reference = audio.samples[0]
-    if audio.was_downmixed:
-        from tqdm import tqdm
 
-        tqdm.write(f"note: {path}: {audio.source_channels} channels downmixed to mono", file=sys.stderr)
-    data = compress(codec, reference, codec.sample_rate, n_q=n_q)
-    decoded, sr = decompress(codec, data)
-    scores = evaluate_pair(reference, decoded[0], sr, align=False)
-    seconds = reference.numel() / sr
-    row = {"file": str(path), "seconds": seconds, "bytes": len(data), "kbps": len(data) * 8 / seconds / 1000,
-           "source_sample_rate": audio.source_sample_rate, "source_channels": audio.source_channels,
-           **{key: float(scores[key]) for key in METRICS}}
-    return row, data, decoded
+def _written(blocks: Iterable, write: Callable) -> Iterator:
+    """``blocks`` unchanged, each also passed to ``write`` (the decoded file)."""
+    for block in blocks:
+        write(block)
+        yield block
+
+
+def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overwrite: bool = False,
+                  progress: bool = False) -> dict[str, Any]:
+    """Compress + decompress + score one file in bounded memory -> its row (a JSON-safe dict but for NaN).
+
+    With ``output`` (a ``.wav`` path) the bitstream is also written to ``output.with_suffix(".rvq")`` and the
+    decoded audio, as it is decoded, to ``output`` (both atomically). ``progress`` shows a bar over the audio.
+    Row keys: ``file``, ``seconds``, ``bytes``, ``kbps`` (NaN for 0 samples), ``source_sample_rate``,
+    ``source_channels``, ``segments`` and the metrics (NaN where undefined).
+    """
+    from tqdm import tqdm
+
+    from rvqcodec import bitstream
+    from rvqcodec.data.audio_io import audio_info
+    from rvqcodec.scoring import file_blocks, score_streams
+    from rvqcodec.streaming import decode_chunks, encode_blocks, make_header, streamed_audio_file
+
+    info = audio_info(path)
+    sr = codec.sample_rate
+    seconds_in = info.frames / info.samplerate
+    with tqdm(total=round(2 * seconds_in, 1), unit="s", desc=path.name, leave=False, file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        def advance(samples: int) -> None:
+            bar.update(samples / sr)
+
+        if info.frames == 0:
+            codes, num_samples = np.zeros((n_q, 0), dtype=np.int64), 0
+        else:
+            codes, num_samples = encode_blocks(codec, _counted(file_blocks(path, sr), advance), n_q)
+        data = bitstream.encode_bitstream(make_header(codec, n_q, num_samples), codes)
+        decoded: Iterable = _counted(decode_chunks(codec, codes, num_samples), advance)
+        with contextlib.ExitStack() as stack:
+            if output is not None:
+                bitstream.write_bytes_atomic(output.with_suffix(".rvq"), data, overwrite=overwrite)
+                decoded = _written(decoded, stack.enter_context(streamed_audio_file(output, sr, None, overwrite)))
+            scores = score_streams(file_blocks(path, sr), decoded, sr, num_samples)
+            for _ in decoded:  # let the decoded file be complete even if scoring stopped early
+                pass
+    seconds = num_samples / sr
+    return {"file": str(path), "seconds": seconds, "bytes": len(data),
+            "kbps": len(data) * 8 / seconds / 1000 if num_samples else math.nan,
+            "source_sample_rate": int(info.samplerate), "source_channels": int(info.channels),
+            "segments": scores["segments"], **{key: float(scores[key]) for key in METRICS}}
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -84,28 +131,65 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def format_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
-    def cell(value: Any, fmt: str) -> str:
+class TableWriter:
+    """The text table, printed a line at a time: header first, a row per file as it finishes, the mean last.
+
+    Column widths are fixed up front (file names are known before the work starts), so rows line up whatever
+    order they finish in."""
+
+    def __init__(self, names: list[str]):
+        total = len(names)
+        self.widths = [max(len("file"), len(f"mean ({total} of {total} files)"), *map(len, names))]
+        self.widths += [max(_NUMBER_WIDTH, len(title)) for _, title, _ in _COLUMNS]
+
+    @staticmethod
+    def _cell(value: Any, fmt: str) -> str:
         return "n/a" if isinstance(value, float) and not math.isfinite(value) else f"{value:{fmt}}"
 
-    body = [[Path(row["file"]).name] + [cell(row[k], f) for k, _, f in _COLUMNS] for row in rows]
-    label = f"mean ({mean['files']} file{'s' if mean['files'] != 1 else ''})"
-    body.append([label] + [cell(mean[k], f) for k, _, f in _COLUMNS])
-    header = ["file"] + [title for _, title, _ in _COLUMNS]
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+    def _line(self, cells: list[str]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, self.widths))).rstrip()
 
-    def line(cells: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    def header(self) -> str:
+        line = self._line(["file"] + [title for _, title, _ in _COLUMNS])
+        return line + "\n" + "-" * len(line)
 
-    rule = "-" * len(line(header))
-    return "\n".join([line(header), rule, *map(line, body[:-1]), rule, line(body[-1])])
+    def row(self, row: dict[str, Any]) -> str:
+        return self._line([Path(row["file"]).name] + [self._cell(row[k], f) for k, _, f in _COLUMNS])
+
+    def footer(self, mean: dict[str, Any], total: int) -> str:
+        files = mean["files"]
+        label = f"mean ({files} file{'s' if files != 1 else ''})" if files == total else \
+            f"mean ({files} of {total} files)"
+        line = self._line([label] + [self._cell(mean[k], f) for k, _, f in _COLUMNS])
+        return "-" * len(self._line(["file"] + [t for _, t, _ in _COLUMNS])) + "\n" + line
+
+
+def format_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
+    """The whole table at once (header, rows, mean), as printed line by line by ``rvqcodec roundtrip``."""
+    table = TableWriter([Path(row["file"]).name for row in rows])
+    return "\n".join([table.header(), *map(table.row, rows), table.footer(mean, len(rows))])
+
+
+def _progress_line(row: dict[str, Any]) -> str:
+    """One stderr line per finished file in ``--json`` mode."""
+    def num(key: str, fmt: str) -> str:
+        return "n/a" if not math.isfinite(row[key]) else f"{row[key]:{fmt}}"
+
+    return (f"{row['file']}: {row['seconds']:.2f} s, {num('kbps', '.3f')} kbps, PESQ-WB {num('pesq_wb', '.3f')}, "
+            f"STOI {num('stoi', '.4f')}, mel {num('mel_distance', '.4f')}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from rvqcodec.bitstream import write_bytes_atomic
-    from rvqcodec.data.audio_io import write_audio
-    from rvqcodec.fileio import json_safe, same_file
+    from tqdm import tqdm
 
+    from rvqcodec.errors import InputError
+    from rvqcodec.extras import require
+    from rvqcodec.fileio import json_safe, same_file
+    from rvqcodec.scoring import segments_note, short_signal_note
+
+    for module in ("pesq", "pystoi"):  # before any work: scoring needs the eval extra
+        require(module, "to score the roundtrip")
     inputs, batch = collect_inputs(args.inputs, AUDIO_SUFFIXES)
     outputs: list[Path | None] = [None] * len(inputs)
     if args.output_dir is not None:
@@ -115,31 +199,52 @@ def run(args: argparse.Namespace) -> int:
     model_id = codec.model_id
     protected = protected_paths(inputs)
     rows: list[dict[str, Any]] = []
+    table = TableWriter([item.path.name for item in inputs])
     print(f"roundtrip of {len(inputs)} file(s) at {codec.bitrate(n_q):g} kbps ({n_q} stages, model {model_id})",
           file=sys.stderr)
 
-    def work(item: InputFile, out: Path | None) -> None:
+    def work(item: InputFile, out: Path | None) -> str | None:
+        from rvqcodec.data.audio_io import audio_info
+
         if out is not None:  # refuse early, before the work
             for path in (out, out.with_suffix(".rvq")):
                 if any(same_file(path, p) for p in protected):
-                    raise ValueError(f"refusing to write {path}: it is an input file")
+                    raise InputError(f"refusing to write {path}: it is an input file")
                 if path.exists() and not args.force:
                     raise FileExistsError(f"{path} already exists (use --force to overwrite)")
-        row, data, decoded = roundtrip_one(codec, item.path, n_q)
-        if out is not None:
-            write_bytes_atomic(out.with_suffix(".rvq"), data, overwrite=args.force)
-            write_audio(out, decoded, codec.sample_rate, overwrite=args.force, protected=protected)
+        info = audio_info(item.path)
+        if info.channels > 1:
+            tqdm.write(f"note: {item.path}: {info.channels} channels downmixed to mono", file=sys.stderr)
+        long_file = info.frames / info.samplerate >= PROGRESS_MIN_SECONDS
+        row = roundtrip_one(codec, item.path, n_q, out, overwrite=args.force, progress=long_file and not batch)
         rows.append(row)
+        n = round(row["seconds"] * codec.sample_rate)
+        for note in (short_signal_note(n, codec.sample_rate),
+                     segments_note({"segments": row["segments"], "num_samples": n, "sample_rate": codec.sample_rate})):
+            if note:
+                tqdm.write(f"note: {item.path}: {note}", file=sys.stderr)
+        if args.json:
+            tqdm.write(_progress_line(row), file=sys.stderr)
+            return None
+        return table.row(row)
 
-    status = run_batch("roundtrip", inputs, outputs, batch, work)
-    if not rows:
-        return status
-    mean = mean_row(rows)
-    if args.json:
-        payload = {"model_id": model_id, "n_q": n_q, "bitrate_kbps": codec.bitrate(n_q),
-                   "sample_rate": codec.sample_rate, "files": rows, "mean": mean,
-                   "failed": len(inputs) - len(rows)}
-        print(json.dumps(json_safe(payload), indent=2, allow_nan=False))
-    else:
-        print(format_table(rows, mean))
+    if not args.json:
+        print(table.header(), flush=True)
+    interrupted = False
+    try:
+        status = run_batch("roundtrip", inputs, outputs, batch, work)
+    except KeyboardInterrupt:
+        interrupted, status = True, 130
+    if rows or interrupted:
+        mean = mean_row(rows)
+        if args.json:
+            payload = {"model_id": model_id, "n_q": n_q, "bitrate_kbps": codec.bitrate(n_q),
+                       "sample_rate": codec.sample_rate, "files": rows, "mean": mean,
+                       "failed": len(inputs) - len(rows) if not interrupted else None,
+                       "interrupted": interrupted}
+            print(json.dumps(json_safe(payload), indent=2, allow_nan=False), flush=True)
+        else:
+            print(table.footer(mean, len(inputs)), flush=True)
+    if interrupted:
+        raise KeyboardInterrupt
     return status

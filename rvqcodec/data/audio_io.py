@@ -24,6 +24,7 @@ import soundfile
 import torch
 import torchaudio
 
+from rvqcodec.errors import InputError
 from rvqcodec.fileio import atomic_path, check_output_folder, same_file
 
 # torchaudio's default sinc-resampler settings; used both for whole files and for streamed blocks.
@@ -32,10 +33,14 @@ RESAMPLE_ROLLOFF = 0.99
 
 # Subtypes written as integers: float input is clipped to [-1, 1] first (libsndfile would wrap around).
 INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # every other subtype (integer PCM, Vorbis, Opus, MP3, ...) gets clipped input
+# Extensions whose format name is not the extension itself: (format, default subtype or None for the format's).
+EXTENSION_FORMATS = {".oga": ("OGG", None), ".opus": ("OGG", "OPUS"), ".aif": ("AIFF", None)}
+PCM_DEFAULT_SUBTYPE = "PCM_16"  # for formats that store PCM (wav, flac, aiff, ...) when no subtype is asked for
 
 
-class AudioReadError(ValueError):
-    """An audio file could not be read (missing, a folder, empty, not audio, unsupported format)."""
+class AudioReadError(InputError):
+    """An audio file could not be read (missing, a folder, empty, not audio, unsupported format); a ValueError."""
 
 
 @dataclass
@@ -109,12 +114,12 @@ MAX_RESAMPLE_KERNEL_ELEMENTS = 20_000_000
 
 
 def check_resample_rates(orig_sr: int, target_sr: int) -> None:
-    """Raise ``ValueError`` if resampling ``orig_sr -> target_sr`` Hz would need an impractically large kernel."""
+    """Raise :class:`InputError` (a ``ValueError``) if resampling ``orig_sr -> target_sr`` Hz would need an impractically large kernel."""
     gcd = math.gcd(int(orig_sr), int(target_sr))
     o, n = int(orig_sr) // gcd, int(target_sr) // gcd
     width = math.ceil(RESAMPLE_LOWPASS_WIDTH * o / (min(o, n) * RESAMPLE_ROLLOFF))
     if n * (2 * width + o) > MAX_RESAMPLE_KERNEL_ELEMENTS:
-        raise ValueError(f"cannot resample {orig_sr} Hz to {target_sr} Hz: the rates share too small a "
+        raise InputError(f"cannot resample {orig_sr} Hz to {target_sr} Hz: the rates share too small a "
                          f"common divisor ({gcd}); convert the file to a standard rate first")
 
 
@@ -341,16 +346,18 @@ def _as_frames_by_channels(samples: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sample_rate: int,
-                subtype: str = "PCM_16", overwrite: bool = False,
+                subtype: str | None = None, overwrite: bool = False,
                 protected: Iterable[str | os.PathLike] = ()) -> Path:
     """Write audio atomically: a temporary file in the same folder, then ``os.replace``.
 
     Args:
-        path: output file; the format comes from its extension (``.wav``, ``.flac``, ``.ogg``, ...).
-        samples: ``(C, T)`` or ``(T,)`` float, nominally in ``[-1, 1]``. For integer subtypes
-            (``PCM_16`` etc.) samples are clipped to ``[-1, 1]``.
+        path: output file; the format comes from its extension (``.wav``, ``.flac``, ``.ogg``, ``.opus``,
+            ``.mp3``, ...; see :func:`output_format`).
+        samples: ``(C, T)`` or ``(T,)`` float, nominally in ``[-1, 1]``. Except for the ``FLOAT``/``DOUBLE``
+            subtypes samples are clipped to ``[-1, 1]``.
         sample_rate: Hz.
-        subtype: libsndfile subtype, e.g. ``"PCM_16"``, ``"PCM_24"``, ``"FLOAT"``.
+        subtype: libsndfile subtype, e.g. ``"PCM_16"``, ``"PCM_24"``, ``"FLOAT"``; ``None``: ``PCM_16`` for PCM
+            formats, the format's codec otherwise (Vorbis for ``.ogg``, MP3 for ``.mp3``).
         overwrite: replace an existing file at ``path``.
         protected: paths that must never be written (e.g. the input files); checked even with
             ``overwrite=True``, following symlinks.
@@ -361,15 +368,16 @@ def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sam
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is False.
         FileNotFoundError: the output folder does not exist.
-        ValueError: ``path`` is protected or a folder, unknown extension/subtype, bad shape, NaN/inf.
+        InputError (a ValueError): ``path`` is protected or a folder, unknown extension/subtype.
+        ValueError: bad shape, NaN/inf.
     """
     path = Path(path)
     exists_message = f"{path} already exists (pass overwrite to replace it)"
     for other in protected:
         if same_file(path, other):
-            raise ValueError(f"refusing to write {path}: it is one of the input files")
+            raise InputError(f"refusing to write {path}: it is one of the input files")
     if path.is_dir():
-        raise ValueError(f"cannot write audio to {path}: it is a folder")
+        raise InputError(f"cannot write audio to {path}: it is a folder")
     if path.exists() and not overwrite:
         raise FileExistsError(exists_message)
     check_output_folder(path)
@@ -377,7 +385,7 @@ def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sam
         raise ValueError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
     file_format, subtype = output_format(path, subtype)
     frames = _as_frames_by_channels(samples)
-    if subtype in INTEGER_SUBTYPES:
+    if subtype not in FLOAT_SUBTYPES:
         frames = np.clip(frames, -1.0, 1.0)
     # without overwrite, a file created since the check above survives (see fileio.atomic_path)
     with atomic_path(path, overwrite=overwrite, exists_message=exists_message) as tmp:
@@ -385,16 +393,23 @@ def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sam
     return path
 
 
-def output_format(path: Path, subtype: str) -> tuple[str, str]:
-    """``(format, subtype)`` for writing ``path`` with soundfile: the format from the extension (``WAV``,
-    ``FLAC``, ...) and the upper-cased ``subtype``. ValueError for an unknown extension or a subtype the format
-    cannot hold."""
-    file_format = path.suffix.lstrip(".").upper()
-    if file_format not in soundfile.available_formats():
-        raise ValueError(f"cannot write {path}: unknown audio extension {path.suffix!r} "
-                         f"(use .wav, .flac or .ogg)")
+def output_format(path: Path, subtype: str | None = None) -> tuple[str, str]:
+    """``(format, subtype)`` for writing ``path`` with soundfile.
+
+    The format comes from the extension (``.wav`` -> ``WAV``, ``.flac``, ``.ogg``, ``.mp3``, ...; ``.oga`` and
+    ``.opus`` are Ogg, ``.aif`` is AIFF). ``subtype`` ``None`` picks ``PCM_16`` where the format holds it and the
+    format's own codec otherwise (``VORBIS`` for ``.ogg``, ``OPUS`` for ``.opus``, ``MPEG_LAYER_III`` for ``.mp3``).
+    :class:`InputError` for an unknown extension or a subtype the format cannot hold (listing the valid ones)."""
+    path = Path(path)
+    file_format, default = EXTENSION_FORMATS.get(path.suffix.lower(), (path.suffix.lstrip(".").upper(), None))
+    if not path.suffix or file_format not in soundfile.available_formats():
+        raise InputError(f"cannot write {path}: unknown audio extension {path.suffix!r} "
+                         f"(use .wav, .flac, .ogg, .opus or .mp3)")
+    if subtype is None:
+        subtype = default or (PCM_DEFAULT_SUBTYPE if soundfile.check_format(file_format, PCM_DEFAULT_SUBTYPE)
+                              else soundfile.default_subtype(file_format))
     subtype = subtype.upper()
     if not soundfile.check_format(file_format, subtype):
-        raise ValueError(f"cannot write {path}: subtype {subtype} is not valid for {file_format} "
+        raise InputError(f"cannot write {path}: subtype {subtype} is not valid for {file_format} "
                          f"(valid: {', '.join(soundfile.available_subtypes(file_format))})")
     return file_format, subtype

@@ -1,18 +1,69 @@
 """The shipped default model and how to find/load a codec checkpoint.
 
 The default checkpoint lives next to this file as ``default.pt`` (installed as package data, see
-``pyproject.toml``). Commands use it when no ``--model PATH`` is given.
+``pyproject.toml``). Commands use it when no ``--model PATH`` is given. ``default.json`` beside it records what
+the shipped checkpoint must be (its ``model_id``): replacing the model means replacing ``default.pt`` and that
+one value (the test suite checks that the two agree).
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rvqcodec.errors import InputError
+
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
     from rvqcodec.model.codec import Codec
 
 DEFAULT_CHECKPOINT_NAME = "default.pt"
+DEFAULT_CARD_NAME = "default.json"
+
+
+def default_model_card() -> dict:
+    """``default.json``: what the shipped checkpoint is (``model_id``: the 16 hex characters of its
+    ``Codec.model_id``; ``description``)."""
+    return json.loads((Path(__file__).resolve().parent / DEFAULT_CARD_NAME).read_text(encoding="utf-8"))
+
+
+def expected_default_model_id() -> str:
+    """The model id the shipped ``default.pt`` must have (from ``default.json``)."""
+    return str(default_model_card()["model_id"])
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that exists on this machine.
+
+    Raises:
+        InputError: an unknown device string, or a device this machine does not have (e.g. ``cuda`` without a
+            usable GPU), with a one-line message.
+    """
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise InputError(f"unknown device {str(device)!r} ({str(exc).splitlines()[0]}); use cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+            raise InputError(f"device {str(device)!r} is not available: no usable CUDA GPU on this machine "
+                             f"(torch {torch.__version__}, {build}); use --device cpu")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise InputError(f"device {str(device)!r} is not available: this machine has "
+                             f"{torch.cuda.device_count()} CUDA GPU(s)")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise InputError(f"device {str(device)!r} is not available on this machine; use --device cpu")
+    elif resolved.type != "cpu":
+        try:
+            torch.empty(0, device=resolved)
+        except RuntimeError as exc:
+            raise InputError(f"device {str(device)!r} is not available: {str(exc).splitlines()[0]}") from None
+    return resolved
 
 
 def default_checkpoint_path() -> Path:
@@ -40,13 +91,19 @@ def resolve_checkpoint(path: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def load_codec(path: str | os.PathLike | None = None, device: str = "cpu") -> "Codec":
+def load_codec(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Codec":
     """Load a codec in eval mode from ``path`` (or the shipped default when ``None``) onto ``device``.
+
+    The device is checked first (:func:`resolve_device`) and the weights are read on the CPU, then moved, so a
+    missing GPU is reported as such, never as a damaged checkpoint.
 
     Raises:
         FileNotFoundError: the checkpoint is missing.
+        InputError: ``device`` is unknown or not available here.
         ValueError: the file is not an rvqcodec checkpoint, or is damaged.
     """
     from rvqcodec.model.codec import Codec
 
-    return Codec.load(resolve_checkpoint(path), map_location=device).eval()
+    target = resolve_device(device)
+    checkpoint = resolve_checkpoint(path)
+    return Codec.load(checkpoint, map_location="cpu").to(target).eval()

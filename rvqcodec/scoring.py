@@ -1,0 +1,251 @@
+"""Scoring a reference/degraded pair of any length in bounded memory: align once, then score equal segments.
+
+Used by ``rvqcodec eval`` (:func:`evaluate_files`), ``rvqcodec roundtrip`` (:func:`score_streams` on the decoded
+stream), :func:`rvqcodec.metrics.evaluate_pair` and ``benchmarks/quality.py`` (:func:`evaluate_arrays`), so all
+of them give the same numbers for the same signals.
+
+* **Alignment** (optional): the delay is found on the first ``ALIGN_SECONDS`` (30 s) of both signals with
+  :func:`rvqcodec.metrics.find_delay` (significant waveform peak, else envelope match, else none) and removed
+  from the whole signal.
+* **Segments**: the common length ``T`` is cut into ``ceil(T / 60 s)`` equal segments
+  (:func:`rvqcodec.metrics.equal_segments`); each segment is scored with
+  :func:`rvqcodec.metrics.score_aligned` and every metric is the length-weighted mean over the segments where it
+  is defined. Up to 60 s (all of LibriSpeech) that is one segment: exactly the whole-signal scores. Segments
+  keep the ITU PESQ library below the length at which it crashes the process (~140 s at 16 kHz) and bound the
+  memory: signals are consumed as streams of blocks, so only one segment of each is held (60 s at 16 kHz in
+  float64: 7.7 MB, plus the metrics' working memory), whatever the length.
+
+Result dicts have the keys of :data:`rvqcodec.metrics.METRIC_NAMES` plus ``delay_samples``, ``delay_seconds``,
+``delay_method``, ``delay_correlation``, ``num_samples`` (compared length), ``sample_rate`` and ``segments``.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from rvqcodec import metrics
+from rvqcodec.errors import InputError
+
+SEGMENT_SECONDS = 60.0
+ALIGN_SECONDS = 30.0
+READ_BLOCK_SECONDS = 5.0
+
+
+def segment_lengths(num_samples: int, sample_rate: int) -> list[int]:
+    """Lengths of the equal segments (at most ``SEGMENT_SECONDS`` each) that ``num_samples`` are scored in."""
+    return [b - a for a, b in metrics.equal_segments(num_samples, int(SEGMENT_SECONDS * sample_rate))]
+
+
+def short_signal_note(num_samples: int, sample_rate: int) -> str | None:
+    """A one-line explanation when a compared length is too short for PESQ or STOI (those are reported n/a)."""
+    seconds = num_samples / sample_rate
+    if seconds >= max(metrics.PESQ_MIN_SECONDS, metrics.STOI_MIN_SECONDS):
+        return None
+    undefined = []
+    if seconds < metrics.PESQ_MIN_SECONDS:
+        undefined.append(f"PESQ needs {metrics.PESQ_MIN_SECONDS:g} s")
+    if seconds < metrics.STOI_MIN_SECONDS:
+        undefined.append(f"STOI needs {metrics.STOI_MIN_SECONDS:.2f} s")
+    return f"only {seconds:.3f} s to compare ({', '.join(undefined)}): reported as n/a"
+
+
+def segments_note(result: dict[str, Any]) -> str | None:
+    """A one-line statement that a long signal was scored in segments (None for one segment)."""
+    if result["segments"] <= 1:
+        return None
+    seconds = result["num_samples"] / result["sample_rate"]
+    return (f"{seconds:.1f} s scored in {result['segments']} segments of {seconds / result['segments']:.1f} s "
+            f"(at most {SEGMENT_SECONDS:g} s each); the scores are length-weighted means over the segments")
+
+
+def _as_numpy(block: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(block, torch.Tensor):
+        block = block.detach().cpu().numpy()
+    array = np.asarray(block)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1:
+        raise ValueError(f"expected mono blocks of shape (t,) or (1, t), got {array.shape}")
+    return array
+
+
+def reblock(blocks: Iterable[torch.Tensor | np.ndarray], lengths: Iterable[int], skip: int = 0) -> Iterator[np.ndarray]:
+    """Cut a stream of mono blocks into consecutive float64 pieces of the given ``lengths``, after dropping its first
+    ``skip`` samples. Stops when the stream ends (the last piece may then be shorter; an empty one is not yielded).
+    Holds at most one piece plus one block in memory."""
+    iterator = iter(blocks)
+    pending: list[np.ndarray] = []
+    have = 0
+    exhausted = False
+
+    def fill(target: int) -> None:
+        nonlocal have, exhausted
+        while have < target and not exhausted:
+            try:
+                block = _as_numpy(next(iterator))
+            except StopIteration:
+                exhausted = True
+                return
+            pending.append(block)
+            have += block.size
+
+    def take(count: int) -> np.ndarray:
+        nonlocal have
+        fill(count)
+        if not pending:
+            return np.zeros(0)
+        joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        piece, rest = joined[:count], joined[count:]
+        pending[:] = [rest] if rest.size else []
+        have = rest.size
+        return piece
+
+    while skip > 0:
+        dropped = take(min(skip, 1 << 20)).size
+        if dropped == 0:
+            return
+        skip -= dropped
+    for length in lengths:
+        piece = take(int(length)) if length > 0 else np.zeros(0)
+        if piece.size == 0:
+            return
+        yield piece.astype(np.float64, copy=False)
+
+
+def score_streams(ref_blocks: Iterable[torch.Tensor | np.ndarray], deg_blocks: Iterable[torch.Tensor | np.ndarray],
+                  sample_rate: int, num_samples: int, ref_skip: int = 0, deg_skip: int = 0,
+                  on_segment: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score two mono streams at ``sample_rate`` over ``num_samples`` samples in equal segments (module docstring).
+
+    Args:
+        ref_blocks, deg_blocks: consecutive blocks ``(t,)`` or ``(1, t)`` of each signal (any sizes).
+        num_samples: how many samples to compare (after the skips); a stream that ends earlier shortens it.
+        ref_skip, deg_skip: samples dropped from the start of each stream first (a removed delay).
+        on_segment: called as ``on_segment(done, total)`` after each scored segment (progress).
+
+    Returns:
+        The metrics (length-weighted means; NaN where undefined), ``num_samples`` actually compared,
+        ``sample_rate`` and ``segments``.
+    """
+    lengths = segment_lengths(num_samples, sample_rate)
+    scores: list[dict[str, float]] = []
+    weights: list[int] = []
+    for ref, deg in zip(reblock(ref_blocks, lengths, ref_skip), reblock(deg_blocks, lengths, deg_skip)):
+        n = min(ref.size, deg.size)
+        for name, x in (("reference", ref), ("degraded signal", deg)):
+            if not np.all(np.isfinite(x[:n])):
+                raise InputError(f"the {name} contains NaN or infinite samples")
+        scores.append(metrics.score_aligned(ref[:n], deg[:n], sample_rate))
+        weights.append(n)
+        if on_segment is not None:
+            on_segment(len(scores), len(lengths))
+        if n < lengths[len(scores) - 1]:
+            break  # a stream ended early
+    result: dict[str, Any] = {name: metrics.weighted_mean([s[name] for s in scores], weights)
+                              for name in metrics.METRIC_NAMES}
+    result.update(num_samples=int(sum(weights)), sample_rate=int(sample_rate), segments=len(scores))
+    return result
+
+
+def _delay_fields(estimate: metrics.DelayEstimate | None, sample_rate: int) -> dict[str, Any]:
+    if estimate is None:
+        return {"delay_samples": 0, "delay_seconds": 0.0, "delay_method": "off", "delay_correlation": math.nan}
+    return {"delay_samples": estimate.samples, "delay_seconds": estimate.samples / sample_rate,
+            "delay_method": estimate.method, "delay_correlation": estimate.correlation}
+
+
+def _check_max_shift(max_shift_seconds: float) -> None:
+    if not (max_shift_seconds >= 0 and math.isfinite(max_shift_seconds)):
+        raise ValueError(f"max_shift_seconds must be a finite number >= 0, got {max_shift_seconds!r}")
+
+
+def evaluate_arrays(ref, deg, sample_rate: int, align: bool = True, max_shift_seconds: float = 0.1) -> dict[str, Any]:
+    """:func:`rvqcodec.metrics.evaluate_pair`: two signals in memory (``(T,)`` or ``(1, T)``, numpy or torch, any
+    length including 0), aligned unless ``align=False``, scored in segments. See the module docstring."""
+    sample_rate = metrics._check_sr(sample_rate)
+    _check_max_shift(max_shift_seconds)
+    ref, deg = (_as_numpy(x).astype(np.float64, copy=False) for x in (ref, deg))
+    for name, x in (("reference", ref), ("degraded signal", deg)):
+        if not np.all(np.isfinite(x)):
+            raise InputError(f"the {name} contains NaN or infinite samples")
+    estimate = None
+    if align:
+        window = int(ALIGN_SECONDS * sample_rate)
+        if ref.size and deg.size:
+            estimate = metrics.find_delay(ref[:window], deg[:window], int(round(max_shift_seconds * sample_rate)),
+                                          sample_rate)
+        else:
+            estimate = metrics.DelayEstimate(0, "none", math.nan)
+    delay = estimate.samples if estimate is not None else 0
+    ref_skip, deg_skip = max(0, -delay), max(0, delay)
+    n = max(0, min(ref.size - ref_skip, deg.size - deg_skip))
+    result = score_streams([ref], [deg], sample_rate, n, ref_skip, deg_skip)
+    result.update(_delay_fields(estimate, sample_rate))
+    return result
+
+
+def resampled_length(frames: int, source_rate: int, target_rate: int) -> int:
+    """Samples that ``frames`` samples at ``source_rate`` become at ``target_rate`` (``ceil``, as the resampler)."""
+    return frames if source_rate == target_rate else -(-frames * int(target_rate) // int(source_rate))
+
+
+def file_blocks(path: str | os.PathLike, target_sr: int) -> Iterator[torch.Tensor]:
+    """Mono float32 blocks ``(1, t)`` of an audio file at ``target_sr`` (streamed resampling; nothing for a file
+    with no samples). :class:`rvqcodec.data.audio_io.AudioReadError` for an unreadable file."""
+    from rvqcodec.data import audio_io
+
+    info = audio_io.audio_info(path)
+    if info.frames == 0:
+        return iter(())
+    block_frames = max(1, round(READ_BLOCK_SECONDS * info.samplerate))
+    return audio_io.iter_audio_blocks(path, block_frames, target_sr=target_sr, mono=True)
+
+
+def _head(blocks: Iterable[torch.Tensor], count: int) -> np.ndarray:
+    """The first ``count`` samples of a stream (fewer if it is shorter), float64."""
+    return next(reblock(blocks, [count]), np.zeros(0))
+
+
+def evaluate_files(ref_path: str | os.PathLike, deg_path: str | os.PathLike, sample_rate: int | None = None,
+                   align: bool = True, max_shift_seconds: float = 0.1,
+                   on_segment: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Score an audio file against a reference file, streamed (bounded memory whatever their length).
+
+    Both are averaged to mono; ``deg_path`` is resampled to the reference's rate, or both to ``sample_rate``.
+    The delay is found on the first 30 s (``align=True``) and the common length scored in segments.
+
+    Raises:
+        AudioReadError: a file cannot be read. InputError: NaN/inf samples. ValueError: a bad ``sample_rate`` or
+            ``max_shift_seconds``.
+    """
+    from rvqcodec.data import audio_io
+
+    _check_max_shift(max_shift_seconds)
+    ref_info, deg_info = audio_io.audio_info(ref_path), audio_io.audio_info(deg_path)
+    rate = int(ref_info.samplerate) if sample_rate is None else metrics._check_sr(sample_rate)
+    ref_len = resampled_length(ref_info.frames, ref_info.samplerate, rate)
+    deg_len = resampled_length(deg_info.frames, deg_info.samplerate, rate)
+    estimate = None
+    if align:
+        estimate = metrics.DelayEstimate(0, "none", math.nan)
+        if ref_len and deg_len:
+            window = int(ALIGN_SECONDS * rate)
+            head_ref, head_deg = _head(file_blocks(ref_path, rate), window), _head(file_blocks(deg_path, rate), window)
+            for name, x in (("reference", head_ref), ("degraded signal", head_deg)):
+                if not np.all(np.isfinite(x)):
+                    raise InputError(f"the {name} contains NaN or infinite samples")
+            if head_ref.size and head_deg.size:
+                estimate = metrics.find_delay(head_ref, head_deg, int(round(max_shift_seconds * rate)), rate)
+    delay = estimate.samples if estimate is not None else 0
+    ref_skip, deg_skip = max(0, -delay), max(0, delay)
+    n = max(0, min(ref_len - ref_skip, deg_len - deg_skip))
+    result = score_streams(file_blocks(ref_path, rate), file_blocks(deg_path, rate), rate, n, ref_skip, deg_skip,
+                           on_segment=on_segment)
+    result.update(_delay_fields(estimate, rate))
+    return result
+

@@ -4,7 +4,7 @@ A recipe is a YAML file with up to six sections::
 
     model:  {preset: tiny, n_q: 8}          # a CodecConfig preset plus any CodecConfig field
     disc:   {preset: tiny}                  # a DiscriminatorConfig preset plus any of its fields
-    data:   {root: ../shared/data/speech-dev, segment_seconds: 1.0, batch_size: 8}
+    data:   {root: /path/containing/LibriSpeech, segment_seconds: 1.0, batch_size: 8}
     optim:  {lr: 3.0e-4}
     loss:   {mel: 15.0, disc_start_step: 2000}
     train:  {steps: 20000, run_dir: runs/tiny}
@@ -42,7 +42,7 @@ ADV_KIND_CHOICES = ("hinge", "lsgan")
 class DataConfig:
     """Where the speech is and how training batches are cut from it."""
 
-    root: str = "../shared/data/speech-dev"  # folder that contains LibriSpeech/ (relative to the working dir)
+    root: str = "data"  # folder that contains LibriSpeech/ (relative to the working dir); recipes set their own
     train_subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])
     extra_train_dirs: list[str] = field(default_factory=list)  # more training audio: every file under each folder
     valid_subset: str = "dev-clean"

@@ -129,6 +129,9 @@ def test_default_model_is_used_when_installed(capsys, tmp_path, model, clips, mo
     import rvqcodec.pretrained as pretrained
 
     monkeypatch.setattr(pretrained, "default_checkpoint_path", lambda: Path(model[1]))
+    code, _, err = run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "-b", "1")
+    assert code == 2 and "is damaged or was replaced" in err  # default.json names another model
+    monkeypatch.setattr(pretrained, "expected_default_model_id", lambda: model[0].model_id)
     assert run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "-b", "1")[0] == 0
     assert bitstream.read_rvq(tmp_path / "a.rvq")[0].model_id == model[0].model_id
     assert streaming.load_default_codec().model_id == model[0].model_id

@@ -10,12 +10,13 @@ import yaml
 from rvqcodec.config import (
     TrainConfig,
     codec_config_from_section,
+    discriminator_config_from_section,
     config_to_dict,
     load_config,
     parse_override,
     save_config,
 )
-from rvqcodec.model.codec import CodecConfig
+from rvqcodec.model.codec import Codec, CodecConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPES = REPO_ROOT / "recipes" / "librispeech"
@@ -125,8 +126,22 @@ def test_parse_override_keeps_equals_signs_in_the_value():
     assert parse_override("data.root=/a=b") == ("data.root", "/a=b")
 
 
-@pytest.mark.parametrize("recipe", ["tiny.yaml", "base.yaml"])
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
 def test_shipped_recipes_load(recipe):
-    cfg = load_config(RECIPES / recipe)
-    codec_config_from_section(cfg.model)
-    assert cfg.train.steps > 0
+    """Every recipe in recipes/librispeech (tiny, base, gpu-short, cpu-default, ...) parses, validates and builds
+    its model and discriminator configs; each names its data folder (the library default is only ./data)."""
+    path = RECIPES / recipe
+    cfg = load_config(path)
+    codec = Codec(codec_config_from_section(cfg.model))
+    assert codec.max_n_q >= 1 and codec.bitrates()
+    discriminator_config_from_section(cfg.disc)
+    assert cfg.train.steps > 0 and cfg.train.run_dir
+    assert "root" in (yaml.safe_load(path.read_text()).get("data") or {}), f"{recipe} does not set data.root"
+    assert all(b in codec.bitrates() or any(abs(b - r) < 1e-6 for r in codec.bitrates())
+               for b in cfg.train.valid_bitrates), (recipe, cfg.train.valid_bitrates)
+
+
+def test_the_library_default_data_folder_stays_inside_the_working_folder():
+    """Without a recipe the data is looked for in ./data, not in a folder beside this repository's checkout."""
+    root = Path(load_config(None).data.root)
+    assert not root.is_absolute() and ".." not in root.parts and "shared" not in root.parts

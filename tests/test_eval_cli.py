@@ -81,9 +81,15 @@ def test_user_mistakes_exit_2_with_one_line(capsys, tmp_path, make_args):
     assert len(lines) == 1 and lines[0].startswith("rvqcodec eval: error:")
 
 
-def test_not_audio_file_exits_2(capsys, tmp_path):
+def test_not_audio_file_exits_2_and_inputs_are_never_written(capsys, tmp_path):
+    ref = tmp_path / "ref.wav"
+    ref.write_bytes(SAMPLE_WAV.read_bytes())
     fake = tmp_path / "fake.wav"
     fake.write_text("hello " * 100)
-    assert main(["eval", str(SAMPLE_WAV), str(fake)]) == 2
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (ref, fake)}
+    assert main(["eval", str(ref), str(fake)]) == 2
     assert "not an audio file" in capsys.readouterr().err
-    assert soundfile.info(SAMPLE_WAV).frames == 48000  # inputs untouched
+    assert main(["eval", str(ref), str(ref), "--json"]) == 0
+    capsys.readouterr()
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (ref, fake)} == before  # byte for byte
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.wav", "ref.wav"]  # nothing else written

@@ -102,33 +102,49 @@ def test_ste_and_rotation_give_identical_codebooks_after_a_step():
     assert not torch.allclose(grads[0], grads[1])  # only the encoder gradient differs
 
 
-def test_dropped_stages_give_no_output_loss_gradient_or_statistics():
+@pytest.mark.parametrize("learning", ["ema", "grad"])
+def test_dropped_stages_give_no_output_loss_gradient_or_statistics(learning):
     z = clustered_latents()
-    rvq = ResidualVQ(16, 6, 32, estimator="rotation")
+    rvq = ResidualVQ(16, 6, 32, estimator="rotation", learning=learning)
     rvq(z)  # initialise all stages
     rvq.reset_stats()
-    before = [layer.codebook.embed.clone() for layer in rvq.layers]
+    rvq.zero_grad(set_to_none=True)
+    before = [layer.codebook.embed.detach().clone() for layer in rvq.layers]
     sizes = [layer.codebook.cluster_size.clone() for layer in rvq.layers]
-    zz = z.clone().requires_grad_(True)
+    # a twin whose dropped stages (3..6) hold other codebooks: they must not matter at all
+    twin = copy.deepcopy(rvq)
+    with torch.no_grad():
+        for layer in twin.layers[2:]:
+            layer.codebook.embed.copy_(10 * torch.randn_like(layer.codebook.embed))
+    zz, zt = z.clone().requires_grad_(True), z.clone().requires_grad_(True)
+    torch.manual_seed(5)
     out = rvq(zz, n_q=2)
+    torch.manual_seed(5)
+    twin_out = twin(zt, n_q=2)
     assert out.codes.shape == (4, 2, 200) and out.n_q == 2
-    rvq.eval()
-    expected = rvq.layers[0].decode(out.codes[:, 0]) + rvq.layers[1].decode(out.codes[:, 1])
-    rvq.train()
-    # output is exactly the sum of the two used stages (pre-update codebooks)
-    stage_sum = sum(rvq.layers[k].decode(out.codes[:, k]) for k in range(2))
-    assert out.quantized.shape == expected.shape
-    assert not torch.equal(before[0], rvq.layers[0].codebook.embed)  # used stages were updated
+    # the output is the sum of the two used stages' code vectors (pre-update codebooks; the rotation trick's
+    # forward value is exactly the code vector)
+    expected = sum(before[k][out.codes[:, k]] for k in range(2)).permute(0, 2, 1)
+    assert torch.allclose(out.quantized, expected, rtol=0, atol=1e-6)
+    assert not torch.equal(sizes[0], rvq.layers[0].codebook.cluster_size)  # used stages' usage was updated,
+    if learning == "ema":  # and their EMA codes (gradient codebooks change only in an optimiser step)
+        assert not torch.equal(before[0], rvq.layers[0].codebook.embed)
     for k in range(2, 6):
         assert torch.equal(before[k], rvq.layers[k].codebook.embed)
         assert torch.equal(sizes[k], rvq.layers[k].codebook.cluster_size)
     stats = rvq.stats_dict()
     assert any(key.startswith("vq/s2/") for key in stats)
     assert not any(key.startswith(f"vq/s{k}/") for k in range(3, 7) for key in stats)
-    # losses and gradients only involve the used stages
-    out.commit_loss.backward()
-    assert zz.grad is not None
-    del stage_sum
+    # losses and gradients only involve the used stages: bit-identical with the twin's other dropped codebooks
+    assert torch.equal(out.quantized, twin_out.quantized) and torch.equal(out.codes, twin_out.codes)
+    assert torch.equal(out.commit_loss, twin_out.commit_loss)
+    assert torch.equal(out.codebook_loss, twin_out.codebook_loss)
+    (out.quantized.pow(2).sum() + out.commit_loss + out.codebook_loss).backward()
+    (twin_out.quantized.pow(2).sum() + twin_out.commit_loss + twin_out.codebook_loss).backward()
+    assert zz.grad.abs().sum() > 0 and torch.equal(zz.grad, zt.grad)
+    if learning == "grad":  # codebooks are parameters: the used ones get a gradient, the dropped ones none
+        assert all(layer.codebook.embed.grad is not None for layer in rvq.layers[:2])
+        assert all(layer.codebook.embed.grad is None for layer in rvq.layers[2:])
 
 
 def test_quantizer_dropout_samples_prefixes():

@@ -95,15 +95,24 @@ def load_codec(path: str | os.PathLike | None = None, device: str | torch.device
     """Load a codec in eval mode from ``path`` (or the shipped default when ``None``) onto ``device``.
 
     The device is checked first (:func:`resolve_device`) and the weights are read on the CPU, then moved, so a
-    missing GPU is reported as such, never as a damaged checkpoint.
+    missing GPU is reported as such, never as a damaged checkpoint. The shipped checkpoint must have the model
+    id recorded in ``default.json`` (a damaged or swapped file would otherwise load silently: torch does not
+    checksum the weights).
 
     Raises:
         FileNotFoundError: the checkpoint is missing.
         InputError: ``device`` is unknown or not available here.
-        ValueError: the file is not an rvqcodec checkpoint, or is damaged.
+        ValueError: the file is not an rvqcodec checkpoint, is damaged, or (shipped model) has another model id.
     """
     from rvqcodec.model.codec import Codec
 
     target = resolve_device(device)
     checkpoint = resolve_checkpoint(path)
-    return Codec.load(checkpoint, map_location="cpu").to(target).eval()
+    codec = Codec.load(checkpoint, map_location="cpu")
+    if path is None:
+        expected = expected_default_model_id()
+        if codec.model_id != expected:
+            raise ValueError(f"the shipped model {checkpoint} is damaged or was replaced: its model id is "
+                             f"{codec.model_id}, {DEFAULT_CARD_NAME} expects {expected}; reinstall rvqcodec (or "
+                             "pass --model PATH)")
+    return codec.to(target).eval()

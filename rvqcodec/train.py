@@ -452,6 +452,8 @@ class Trainer:
         self._device_label = device_label(acc.device)
         self._audio_seconds_per_step = (cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes
                                         * cfg.data.segment_seconds)
+        if cfg.train.init_from and latest_checkpoint(self.run_dir) is None:
+            self._init_from(Path(cfg.train.init_from))
         if cfg.train.resume:
             self._resume()
 
@@ -820,6 +822,20 @@ class Trainer:
         return record
 
     # ------------------------------------------------------------------------------------ the loop
+    def _init_from(self, path: Path) -> None:
+        """Start from the weights and codebooks of the codec checkpoint ``path`` (ValueError if its model config
+        differs); its lineage, when it has one, is carried on."""
+        from rvqcodec.model import Codec
+
+        payload = Codec.read_checkpoint(path)
+        if payload["config"] != self.codec_config.to_dict():
+            changed = sorted(k for k, v in self.codec_config.to_dict().items() if payload["config"].get(k) != v)
+            raise ValueError(f"cannot start from {path}: its model config differs in {', '.join(changed)}")
+        self.codec_module.load_state_dict(Codec.load(path).state_dict())
+        self.lineage = Lineage.from_dict(payload["meta"].get("lineage") or {})
+        self._print(f"starting from the weights of {path} ({self.lineage.steps} steps, "
+                    f"{self.lineage.audio_seconds / 3600:.1f} h of audio seen)")
+
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)
         if path is not None:

@@ -213,6 +213,36 @@ def test_dead_code_gets_revived():
     assert (vq.encode(z) == 5).any()  # and it is used again
 
 
+def test_dead_code_patience_replaces_an_idle_code_within_patience_steps():
+    # Code 5 falls out of use (far away) while its EMA usage is still high: the EMA rule (threshold 0.1,
+    # decay 0.99) would need ~230 steps to notice; the patience rule replaces it on the 3rd idle step, and
+    # codes that are used keep their place.
+    from rvqcodec.quantize.codebook import EuclideanCodebook
+
+    def codebook(patience):
+        cb = EuclideanCodebook(4, 8, kmeans_init=False, dead_code_threshold=0.1, decay=0.99,
+                               dead_code_patience=patience)
+        cb.embed.copy_(torch.eye(8, 4) * 10)
+        cb.embed[5] = 1e4
+        cb.cluster_size.fill_(10.0)  # all codes look equally used so far
+        cb.embed_sum.copy_(cb.embed * 10.0)
+        return cb
+
+    x = torch.cat([torch.eye(4).repeat(20, 1) * 10, torch.full((8, 4), 7.0)])  # 88 vectors per step,
+    codes = torch.cat([torch.arange(80) % 4, torch.tensor([6, 7] * 4)])  # assigned to codes 0-3, 6 and 7
+    # (codes 4 and 5 are idle)
+    with_rule, without = codebook(3), codebook(0)
+    assert "idle_steps" not in dict(without.named_buffers())  # no new state for codebooks without the rule
+    for step in range(1, 4):
+        replaced = with_rule.update_(x, codes)
+        assert without.update_(x, codes) == 0
+        assert replaced == (2 if step == 3 else 0)  # codes 4 and 5, once idle for 3 steps
+    assert with_rule.embed[5].abs().max() < 100  # re-seeded from this step's vectors
+    assert int(with_rule.idle_steps[5]) == 0 and int(with_rule.idle_steps[0]) == 0
+    assert torch.equal(with_rule.embed[:4], without.embed[:4])  # codes in use are untouched
+    assert without.embed[5].abs().max() > 100  # the EMA rule has not reacted yet
+
+
 def test_mask_excludes_padded_frames_from_learning_and_statistics():
     z = clustered_latents(b=2, t=100)
     z_pad = torch.cat([z, torch.full((2, 16, 40), 50.0)], dim=2)
@@ -308,3 +338,27 @@ def test_initialize_from_a_large_batch_gives_every_stage_useful_residuals():
     eager_qe = [s["rel_qe"] for s in eager.stage_stats()]
     assert eager_qe[1] < 0.9 and lazy_qe[1] > 0.99  # a zero-initialised stage removes no energy
     assert all(e < l for e, l in zip(eager_qe, lazy_qe))
+
+
+def test_factorised_stages_start_in_their_residuals_principal_subspace():
+    # Latents with most of their energy in a random 4-d subspace of 32 dimensions: a factorised stage (codes of
+    # dimension 4) initialised by PCA + k-means removes most of it, and its projections are an orthonormal
+    # basis of that subspace with the mean added back; random projections would remove nothing.
+    torch.manual_seed(7)
+    basis = torch.linalg.qr(torch.randn(32, 4))[0]  # (32, 4) orthonormal
+    coords = torch.randn(8, 4, 300) * torch.tensor([4.0, 3.0, 2.0, 1.5]).view(1, 4, 1)
+    z = torch.einsum("dk,bkt->bdt", basis, coords) + 0.05 * torch.randn(8, 32, 300) + 0.3
+    rvq = ResidualVQ(32, 2, 64, codebook_dim=4)
+    random_out = rvq.layers[0].project_out(rvq.layers[0].project_in(z.transpose(1, 2))).transpose(1, 2)
+    assert ((z - random_out) ** 2).sum() / (z ** 2).sum() > 0.9
+    rvq.initialize(z)
+    stage = rvq.layers[0]
+    w_in, w_out = stage.project_in.weight, stage.project_out.weight
+    torch.testing.assert_close(w_in @ w_in.T, torch.eye(4), atol=1e-5, rtol=0)  # orthonormal rows
+    torch.testing.assert_close(w_out, w_in.T)
+    assert torch.linalg.matrix_norm(w_in.T @ w_in - basis @ basis.T) < 0.05  # the planted subspace
+    torch.testing.assert_close(stage.project_out.bias, z.mean(dim=(0, 2)), atol=1e-4, rtol=0)
+    rvq.eval()
+    rvq.record_eval_stats = True
+    rvq(z)
+    assert rvq.stage_stats()[0]["rel_qe"] < 0.2

@@ -377,3 +377,22 @@ def test_training_state_of_the_default_preset_fits_48_mib_and_is_device_free(spe
     assert all(t.device.type == "cpu" for t in tensors)
     assert state["opt_g"]["state"]  # the moments are in it
     assert "cuda" not in state["rng"][0] or torch.cuda.is_available()
+
+
+def test_a_new_run_can_start_from_a_trained_codec_and_carry_its_lineage(speech_root, tmp_path):
+    first_dir, tuned_dir = tmp_path / "first", tmp_path / "tuned"
+    Trainer(make_config(speech_root, first_dir, *CONVNEXT, "train.steps=2", "train.kmeans_init_seconds=10"),
+            show_progress=False).fit()
+    start = Codec.load(first_dir / "codec.pt")
+    tuned = Trainer(make_config(speech_root, tuned_dir, *CONVNEXT, "train.steps=1", "loss.adv=1", "loss.fm=2",
+                                "loss.disc_start_step=0", f"train.init_from={first_dir / 'codec.pt'}"),
+                    show_progress=False)
+    for name, value in start.state_dict().items():  # weights and codebooks as trained; no new k-means
+        assert torch.equal(tuned.codec_module.state_dict()[name], value), name
+    assert tuned._codebooks_ready() and tuned.lineage.steps == 2
+    tuned.fit()
+    state = read_training_checkpoint(latest_checkpoint(tuned_dir))
+    assert state["step"] == 1 and state["lineage"]["steps"] == 3 and state["disc"] is not None
+    with pytest.raises(ValueError, match="model config differs in n_q"):
+        Trainer(make_config(speech_root, tmp_path / "other", *CONVNEXT, "model.n_q=2", "train.valid_bitrates=[0.6]",
+                            f"train.init_from={first_dir / 'codec.pt'}"), show_progress=False)

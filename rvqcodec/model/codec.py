@@ -32,7 +32,8 @@ from rvqcodec.model.framerate import FrameRateDecoder, FrameRateEncoder
 from rvqcodec.model.seanet import SEANetDecoder, SEANetEncoder
 from rvqcodec.quantize import ResidualVQ
 
-TRAINING_STATE_SUFFIXES = ("codebook.embed_sum", "codebook.cluster_size", "codebook.steps", "codebook.replaced_total")
+TRAINING_STATE_SUFFIXES = ("codebook.embed_sum", "codebook.cluster_size", "codebook.steps", "codebook.replaced_total",
+                           "codebook.idle_steps")
 """State-dict entries that only the codebook's EMA training reads: not part of the model identity."""
 DROPPABLE_SUFFIX = "codebook.embed_sum"
 """Left out of ``save(inference_only=True)``; rebuilt on load as ``embed · cluster_size`` (EMA sums)."""
@@ -72,7 +73,7 @@ class CodecConfig:
         n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
         (None = latent_dim). estimator, residual_grad, quantizer_dropout, scale_clamp, commitment_weight,
         codebook_weight, codebook_learning (``"ema"``/``"grad"``), ema_decay, kmeans_init, kmeans_iters,
-        dead_code_threshold, dead_code_interval, l2_normalize_lookup: see the quantizer docs.
+        dead_code_threshold, dead_code_interval, dead_code_patience, l2_normalize_lookup: see the quantizer docs.
     """
 
     sample_rate: int = 16000
@@ -108,6 +109,7 @@ class CodecConfig:
     kmeans_iters: int = 10
     dead_code_threshold: float = 0.1
     dead_code_interval: int = 1
+    dead_code_patience: int = 0
     l2_normalize_lookup: bool = False
 
     def __post_init__(self) -> None:
@@ -237,6 +239,7 @@ class Codec(nn.Module):
             scale_clamp=c.scale_clamp, commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
             learning=c.codebook_learning, decay=c.ema_decay, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
             dead_code_threshold=c.dead_code_threshold, dead_code_interval=c.dead_code_interval,
+            dead_code_patience=c.dead_code_patience,
             l2_normalize_lookup=c.l2_normalize_lookup,
         )
 
@@ -385,7 +388,7 @@ class Codec(nn.Module):
                 continue
             t = tensor.detach().to("cpu").contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
         return h.hexdigest()[:16]
 
     def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None, inference_only: bool = False) -> Path:

@@ -28,6 +28,12 @@ class EuclideanCodebook(nn.Module):
         dead_code_threshold: a code is dead when its EMA usage (frames per step) is below this fraction of the mean
             usage (``total / K``). Dead codes are re-seeded from the current batch every
             ``dead_code_interval`` training steps and given the mean usage. 0 disables replacement.
+        dead_code_patience: also dead, and replaced at the same time, is a code that no vector was assigned to in
+            this many consecutive updates (steps in which the stage ran). It reacts within ``patience`` steps,
+            where the EMA rule needs ~ln(1/threshold)/(1 - decay) steps (230 at decay 0.99) to notice a code
+            that fell out of use, e.g. after k-means initialisation while the encoder still moves. Choose it so
+            that a live code is rarely idle that long: with N vectors per step a code of average use is idle
+            in a step with probability ≈ e^(-N/K). 0 (default) disables the rule.
         l2_normalize_lookup: nearest neighbour by cosine similarity (l2-normalised vectors and codes, as DAC);
             the returned codes are the raw vectors.
     """
@@ -43,6 +49,7 @@ class EuclideanCodebook(nn.Module):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.1,
         dead_code_interval: int = 1,
+        dead_code_patience: int = 0,
         l2_normalize_lookup: bool = False,
     ):
         super().__init__()
@@ -59,6 +66,9 @@ class EuclideanCodebook(nn.Module):
         self.kmeans_iters = kmeans_iters
         self.dead_code_threshold = dead_code_threshold
         self.dead_code_interval = max(1, dead_code_interval)
+        if dead_code_patience < 0:
+            raise ValueError(f"dead_code_patience must be >= 0, got {dead_code_patience}")
+        self.dead_code_patience = int(dead_code_patience)
         self.l2_normalize_lookup = l2_normalize_lookup
 
         init = torch.empty(codebook_size, dim).uniform_(-1.0 / codebook_size, 1.0 / codebook_size)
@@ -71,6 +81,8 @@ class EuclideanCodebook(nn.Module):
         self.register_buffer("initialized", torch.tensor(not kmeans_init))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("replaced_total", torch.zeros((), dtype=torch.long))
+        if self.dead_code_patience > 0:  # only then: checkpoints of codebooks without the rule keep their keys
+            self.register_buffer("idle_steps", torch.zeros(codebook_size, dtype=torch.long))
 
     # ------------------------------------------------------------------ lookup
     def lookup(self, x: Tensor) -> Tensor:
@@ -86,9 +98,13 @@ class EuclideanCodebook(nn.Module):
         return F.embedding(codes, self.embed)
 
     def dead_mask(self) -> Tensor:
-        """(K,) bool: codes whose EMA usage is under the dead-code threshold."""
+        """(K,) bool: codes whose EMA usage is under the dead-code threshold, or (with ``dead_code_patience``)
+        that were idle for that many consecutive updates."""
         mean_usage = self.cluster_size.sum() / self.codebook_size
-        return self.cluster_size < self.dead_code_threshold * mean_usage
+        dead = self.cluster_size < self.dead_code_threshold * mean_usage
+        if self.dead_code_patience > 0:
+            dead |= self.idle_steps >= self.dead_code_patience
+        return dead
 
     # ------------------------------------------------------------------ learning
     @torch.no_grad()
@@ -122,6 +138,8 @@ class EuclideanCodebook(nn.Module):
             self.cluster_size.mul_(ratio)
             self.embed_sum.mul_(ratio)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        if self.dead_code_patience > 0:
+            self.idle_steps.add_(1).masked_fill_(counts > 0, 0)
         if self.learning == "ema":
             self.embed_sum.mul_(self.decay).add_(sums, alpha=1 - self.decay)
             n = self.cluster_size.sum()
@@ -129,7 +147,7 @@ class EuclideanCodebook(nn.Module):
             self.embed.data.copy_(self.embed_sum / smoothed.unsqueeze(-1))
         self.steps += 1
         replaced = 0
-        if self.dead_code_threshold > 0 and int(self.steps) % self.dead_code_interval == 0:
+        if (self.dead_code_threshold > 0 or self.dead_code_patience > 0) and int(self.steps) % self.dead_code_interval == 0:
             replaced = self._replace_dead_(x)
         return replaced
 
@@ -146,5 +164,7 @@ class EuclideanCodebook(nn.Module):
         self.embed.data[dead] = new_codes.to(self.embed.dtype)
         self.cluster_size[dead] = mean_usage
         self.embed_sum[dead] = new_codes * mean_usage
+        if self.dead_code_patience > 0:
+            self.idle_steps[dead] = 0
         self.replaced_total += n_dead
         return n_dead

@@ -142,10 +142,10 @@ class ResidualVQ(nn.Module):
         done = 0
         for layer in self.layers:
             if not bool(layer.codebook.initialized):
-                e = layer.project_in(rearrange(residual, "b d t -> (b t) d"))
+                r = rearrange(residual, "b d t -> (b t) d")
                 if mask is not None:
-                    e = e[rearrange(mask, "b t -> (b t)").to(torch.bool)]
-                layer.codebook.initialize_(e)
+                    r = r[rearrange(mask, "b t -> (b t)").to(torch.bool)]
+                layer.initialize_(r)
                 done += 1
             residual = residual - layer.decode(layer.encode(residual))
         return done

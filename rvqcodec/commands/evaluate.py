@@ -99,13 +99,27 @@ def run(args: argparse.Namespace) -> int:
     ref_rate = _notes(args.reference, "REF", args.sample_rate)
     rate = args.sample_rate or ref_rate
     _notes(args.degraded, "DEG", rate)
+    from tqdm import tqdm
+
+    bar = None
+
+    def progress(done: int, total: int) -> None:  # long files: a bar over the segments
+        nonlocal bar
+        if bar is None and total > 1:
+            bar = tqdm(total=total, unit="segment", desc="scoring", leave=False, file=sys.stderr, dynamic_ncols=True)
+        if bar is not None:
+            bar.update(1)
+
     try:
         result = evaluate_files(args.reference, args.degraded, sample_rate=rate, align=args.align,
-                                max_shift_seconds=args.max_shift_ms / 1000.0)
+                                max_shift_seconds=args.max_shift_ms / 1000.0, on_segment=progress)
     except AudioReadError as exc:
         raise UserError(str(exc)) from None
     except InputError as exc:  # NaN samples, an impractical resampling ratio
         raise UserError(f"{args.reference} vs {args.degraded}: {exc}") from None
+    finally:
+        if bar is not None:
+            bar.close()
     result["aligned"] = bool(args.align)
     for note in (short_signal_note(result["num_samples"], rate), segments_note(result)):
         if note:

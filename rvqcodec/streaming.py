@@ -21,7 +21,8 @@ here, whatever the file length (numbers and commands in ``docs/bitstream.md``).
 
 Public API: :func:`compress` / :func:`decompress` (bytes in memory), :func:`compress_file` /
 :func:`decompress_file` (files, atomic writes), :func:`encode_blocks` / :func:`decode_chunks` (the chunked
-engines), :func:`resolve_n_q`, :func:`check_codec_matches`, :func:`load_default_codec`.
+engines), :func:`streamed_audio_file` (write decoded blocks atomically), :func:`as_mono` (the array layouts the
+bytes API accepts), :func:`resolve_n_q`, :func:`check_codec_matches`, :func:`load_default_codec`.
 """
 from __future__ import annotations
 

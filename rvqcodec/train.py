@@ -363,7 +363,7 @@ def _make_accelerator(cfg: TrainConfig, codec: nn.Module):
 @dataclass
 class StepResult:
     ok: bool
-    metrics: dict[str, float]
+    metrics: dict[str, float | torch.Tensor]  # python floats or 0-d device tensors (not read back per step)
 
 
 class Trainer:
@@ -485,7 +485,7 @@ class Trainer:
 
         codec = self.codec_module
         rng = gather_object([_rng_state()])
-        windows = gather_object([{k: list(v) for k, v in self._window.items()}])
+        windows = gather_object([{k: [float(x) for x in v] for k, v in self._window.items()}])
         persistent = set(codec.state_dict())
         local_buffers = gather_object([{k: v.detach().to("cpu").clone() for k, v in codec.named_buffers()
                                         if k not in persistent}])
@@ -708,7 +708,7 @@ class Trainer:
                 sums["grad_norm/discriminator"] = d_norm.to(acc.device)
             self.opt_d.zero_grad(set_to_none=True)
         self.bad_streak = 0
-        metrics = self._to_floats(sums)
+        metrics: dict[str, float | torch.Tensor] = dict(sums)  # device scalars: read at log time, not per step
         metrics["n_q"] = n_q_total
         return StepResult(ok=True, metrics=metrics)
 
@@ -748,8 +748,10 @@ class Trainer:
         generator and discriminator updates, without validation and checkpoints), learning rates, per-stage RVQ
         statistics of the same window (summed over processes). Collective: every process calls it."""
         keys = sorted(k for k, v in self._window.items() if v)  # the same on every process
-        means = torch.tensor([float(np.mean(self._window[k])) for k in keys], dtype=torch.float64,
-                             device=self.accelerator.device)
+        device = self.accelerator.device
+        means = torch.stack([torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(())
+                                          for v in self._window[k]]).mean() for k in keys]) if keys else \
+            torch.zeros(0, dtype=torch.float64, device=device)
         if self.accelerator.num_processes > 1:
             means = self.accelerator.reduce(means, reduction="mean")  # losses averaged over processes
         record: dict[str, float] = dict(zip(keys, means.tolist()))
@@ -864,7 +866,7 @@ class Trainer:
                 self._print(f"note: TensorBoard logging disabled ({type(exc).__name__}: {exc})")
 
     def _codebooks_ready(self) -> bool:
-        return all(bool(layer.codebook.initialized) for layer in self.codec_module.quantizer.layers)
+        return all(layer.codebook.is_initialized() for layer in self.codec_module.quantizer.layers)
 
     def _initialize_codebooks(self) -> None:
         """k-means-initialise every RVQ stage (stage k from its own residuals) from the latents of
@@ -907,6 +909,8 @@ class Trainer:
         """Whether ``train.max_minutes`` has run out; every process gets the main process's answer."""
         if budget is None:
             return False
+        if self.accelerator.num_processes == 1:  # no agreement needed: no device round trip
+            return time.perf_counter() - started > budget
         flag = torch.tensor(float(time.perf_counter() - started > budget), device=self.accelerator.device)
         return bool(self.accelerator.reduce(flag, reduction="max").item() > 0)
 
@@ -951,14 +955,13 @@ class Trainer:
                 self._window["time/step_seconds"].append(seconds)
                 self._window["throughput/audio_seconds_per_second"].append(audio / seconds)
                 bar.update(1)
-                if result.ok:
-                    bar.set_postfix(loss=f"{result.metrics['loss/generator']:.3f}",
-                                    mel=f"{result.metrics.get('loss/mel', float('nan')):.3f}",
-                                    gnorm=f"{result.metrics['grad_norm/generator']:.2f}",
-                                    n_q=int(result.metrics["n_q"]), refresh=False)
                 final = self.step == cfg.train.steps or self._out_of_time(fit_started, budget)
                 if self.step % cfg.train.log_every == 0 or final:
                     last_train = self._log_train()
+                    bar.set_postfix(loss=f"{last_train.get('loss/generator', math.nan):.3f}",
+                                    mel=f"{last_train.get('loss/mel', math.nan):.3f}",
+                                    gnorm=f"{last_train.get('grad_norm/generator', math.nan):.2f}",
+                                    n_q=f"{last_train.get('n_q', math.nan):.1f}", refresh=False)
                 if self.step % cfg.train.valid_every == 0 or final:
                     last_valid = self.validate()
                     last_valid["lineage/audio_hours"] = self.lineage.audio_seconds / 3600.0  # training compute so far

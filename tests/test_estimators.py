@@ -222,6 +222,29 @@ def test_fp32_gradient_is_accurate_just_above_the_antiparallel_guard():
         assert (grad[i].double() - ref).norm() <= 1e-4 * ref.norm(), i
 
 
+def test_near_antiparallel_recompute_is_the_same_with_and_without_reading_the_device():
+    # The accelerator path recomputes every row and keeps the near-antiparallel ones (no host read); the CPU path
+    # gathers those rows only. Same values, and both fix the rows where the dot-product form cancels.
+    from rvqcodec.quantize.estimators import NEAR_ANTIPARALLEL, _recompute_near_antiparallel
+
+    gen = torch.Generator().manual_seed(11)
+    q = torch.randn(64, 32, generator=gen)
+    e = torch.randn(64, 32, generator=gen)
+    e[:8] = -q[:8] * 1.3 + 1e-3 * torch.randn(8, 32, generator=gen)  # nearly antiparallel rows
+    u = 1.0 / e.norm(dim=-1, keepdim=True).double()
+    v = 1.0 / q.norm(dim=-1, keepdim=True).double()
+    cos = torch.nn.functional.cosine_similarity(e.double(), q.double(), dim=-1).unsqueeze(-1)
+    s_sq = (2.0 + 2.0 * cos.float().double()).clamp_min(0)  # as if from rounded dot products
+    rows = _recompute_near_antiparallel(e, q, u, v, s_sq, rows_only=True)
+    masked = _recompute_near_antiparallel(e, q, u, v, s_sq, rows_only=False)
+    assert torch.equal(rows, masked)
+    near = (0.5 * s_sq < NEAR_ANTIPARALLEL).squeeze(-1)
+    assert int(near.sum()) == 8 and torch.equal(rows[~near], s_sq[~near])
+    exact = (e.double() * u + q.double() * v).norm(dim=-1, keepdim=True).square()
+    torch.testing.assert_close(rows[near], exact[near], rtol=1e-3, atol=0)  # float32 vectors: ~1e-4
+    assert ((s_sq[near] - exact[near]).abs() / exact[near]).max() > 1e-2  # the cancelled form was off
+
+
 def test_noscale_jacobian_is_orthogonal_and_clamp_bounds_the_norm():
     e, q = generic_pairs(16, 32)
     for i in range(4):

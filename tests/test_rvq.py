@@ -362,3 +362,27 @@ def test_factorised_stages_start_in_their_residuals_principal_subspace():
     rvq.record_eval_stats = True
     rvq(z)
     assert rvq.stage_stats()[0]["rel_qe"] < 0.2
+
+
+def test_masked_dead_code_replacement_matches_the_counted_one():
+    # The accelerator path (no value read back) and the CPU path replace the same codes, with rows of the batch,
+    # give them the mean usage and leave every live code alone.
+    from rvqcodec.quantize.codebook import EuclideanCodebook
+
+    torch.manual_seed(12)
+    results = []
+    for masked in (False, True):
+        cb = EuclideanCodebook(4, 16, kmeans_init=False, dead_code_threshold=0.5)
+        cb.embed.copy_(torch.randn(16, 4))
+        cb.cluster_size.copy_(torch.arange(16.0))
+        cb.embed_sum.copy_(cb.embed * cb.cluster_size.unsqueeze(-1))
+        before = cb.embed.clone()
+        x = torch.randn(40, 4)
+        dead = cb.dead_mask()
+        n = (cb._replace_dead_masked_ if masked else cb._replace_dead_)(x, dead)
+        assert int(n) == int(dead.sum()) == 4 and int(cb.replaced_total) == 4  # usage 0-3 < 0.5 * 7.5
+        assert torch.equal(cb.embed[~dead], before[~dead])
+        assert all(any(torch.equal(row, xi) for xi in x) for row in cb.embed[dead])
+        results.append(cb.cluster_size.clone())
+    assert torch.equal(results[0], results[1])
+    assert torch.allclose(results[0][:4], torch.full((4,), float(torch.arange(16.0).sum() / 16)))

@@ -84,6 +84,17 @@ class EuclideanCodebook(nn.Module):
         if self.dead_code_patience > 0:  # only then: checkpoints of codebooks without the rule keep their keys
             self.register_buffer("idle_steps", torch.zeros(codebook_size, dtype=torch.long))
 
+    def is_initialized(self) -> bool:
+        """Whether the codes hold data (k-means done, or not wanted). Read from the device once and cached until
+        the ``initialized`` buffer changes (torch's version counter: ``fill_``, ``copy_``, ``load_state_dict``),
+        so a training step does not wait for the GPU to answer it."""
+        version = self.initialized._version
+        cached = getattr(self, "_initialized_cache", None)
+        if cached is None or cached[0] != version or cached[1] is not self.initialized:
+            cached = (version, self.initialized, bool(self.initialized))
+            self._initialized_cache = cached
+        return cached[2]
+
     # ------------------------------------------------------------------ lookup
     def lookup(self, x: Tensor) -> Tensor:
         """Nearest code indices for (N, d) vectors → (N,) int64."""
@@ -119,24 +130,30 @@ class EuclideanCodebook(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def update_(self, x: Tensor, codes: Tensor) -> int:
+    def update_(self, x: Tensor, codes: Tensor) -> Tensor:
         """One training step of codebook bookkeeping for (N, d) vectors ``x`` assigned to ``codes`` (N,).
 
         Updates the EMA usage (both learning modes), the EMA codes (``learning="ema"``), and replaces dead codes.
         Sums are all-reduced first, so every process applies the same update. Returns the number of codes
-        replaced in this step.
+        replaced in this step as a 0-d tensor.
+
+        On an accelerator nothing here waits for the device (no ``.item()``-like reads): the bookkeeping is
+        written with masks (see :meth:`_replace_dead_masked_`). On the CPU, where reading a value costs nothing,
+        the replacement only samples as many rows as there are dead codes (:meth:`_replace_dead_`).
         """
         x = x.detach().float()
         counts = torch.bincount(codes, minlength=self.codebook_size).float()
         sums = torch.zeros(self.codebook_size, self.dim, device=x.device).index_add_(0, codes, x)
         all_reduce_sum_(counts)
         all_reduce_sum_(sums)
-        if int(self.steps) == 0 and float(self.cluster_size.sum()) > 0:
-            # k-means init counts frames of the init batch; rescale them to this step's frame count so that EMA
-            # usage (and the dead-code threshold relative to its mean) is in frames per step from the start.
-            ratio = counts.sum() / self.cluster_size.sum()
-            self.cluster_size.mul_(ratio)
-            self.embed_sum.mul_(ratio)
+        # k-means init counts frames of the init batch; at the first update, rescale them to this step's frame
+        # count so that EMA usage (and the dead-code threshold relative to its mean) is in frames per step from
+        # the start. (A factor of exactly 1 otherwise: written without a branch on device values.)
+        init_total = self.cluster_size.sum()
+        first = (self.steps == 0) & (init_total > 0)
+        ratio = torch.where(first, counts.sum() / init_total.clamp_min(1e-30), torch.ones_like(init_total))
+        self.cluster_size.mul_(ratio)
+        self.embed_sum.mul_(ratio)
         self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
         if self.dead_code_patience > 0:
             self.idle_steps.add_(1).masked_fill_(counts > 0, 0)
@@ -146,17 +163,40 @@ class EuclideanCodebook(nn.Module):
             smoothed = (self.cluster_size + self.epsilon) / (n + self.codebook_size * self.epsilon) * n
             self.embed.data.copy_(self.embed_sum / smoothed.unsqueeze(-1))
         self.steps += 1
-        replaced = 0
-        if (self.dead_code_threshold > 0 or self.dead_code_patience > 0) and int(self.steps) % self.dead_code_interval == 0:
-            replaced = self._replace_dead_(x)
-        return replaced
+        if (self.dead_code_threshold <= 0 and self.dead_code_patience <= 0) or x.shape[0] == 0:
+            return torch.zeros((), dtype=torch.long, device=x.device)
+        dead = self.dead_mask()
+        if self.dead_code_interval > 1:
+            dead &= self.steps % self.dead_code_interval == 0
+        if x.device.type == "cpu":
+            return self._replace_dead_(x, dead)
+        return self._replace_dead_masked_(x, dead)
 
     @torch.no_grad()
-    def _replace_dead_(self, x: Tensor) -> int:
-        dead = self.dead_mask()
+    def _replace_dead_masked_(self, x: Tensor, dead: Tensor) -> Tensor:
+        """Replace the ``dead`` (K,) codes by rows of ``x`` drawn with replacement, without reading any value
+        back from the device: K candidates are drawn and kept only where a code is dead."""
+        candidates = x[torch.randint(0, x.shape[0], (self.codebook_size,), device=x.device)]
+        if is_distributed():
+            broadcast_(candidates)
+        mean_usage = self.cluster_size.sum() / self.codebook_size
+        column = dead.unsqueeze(-1)
+        self.embed.data.copy_(torch.where(column, candidates.to(self.embed.dtype), self.embed))
+        self.cluster_size.copy_(torch.where(dead, mean_usage, self.cluster_size))
+        self.embed_sum.copy_(torch.where(column, candidates * mean_usage, self.embed_sum))
+        if self.dead_code_patience > 0:
+            self.idle_steps.masked_fill_(dead, 0)
+        n_dead = dead.sum()
+        self.replaced_total += n_dead
+        return n_dead
+
+    @torch.no_grad()
+    def _replace_dead_(self, x: Tensor, dead: Tensor) -> Tensor:
+        """Replace the ``dead`` (K,) codes by distinct rows of ``x`` (when there are enough); reads the number
+        of dead codes (free on a CPU)."""
         n_dead = int(dead.sum())  # identical on every rank: cluster_size is all-reduced
-        if n_dead == 0 or x.shape[0] == 0:
-            return 0
+        if n_dead == 0:
+            return torch.zeros((), dtype=torch.long)
         new_codes = sample_rows(x, n_dead).contiguous()
         if is_distributed():
             broadcast_(new_codes)
@@ -167,4 +207,4 @@ class EuclideanCodebook(nn.Module):
         if self.dead_code_patience > 0:
             self.idle_steps[dead] = 0
         self.replaced_total += n_dead
-        return n_dead
+        return torch.tensor(n_dead)

@@ -99,6 +99,24 @@ def straight_through(e: Tensor, q: Tensor) -> Tensor:
     return q.detach() + (e - e.detach()).to(q.dtype)  # e − e.detach() is exactly zero in floating point
 
 
+def _recompute_near_antiparallel(ed: Tensor, qw: Tensor, u: Tensor, v: Tensor, s_sq: Tensor,
+                                 rows_only: bool) -> Tensor:
+    """``s_sq`` (N, 1) = ‖ê + q̂‖² with the rows where it is under ``2·NEAR_ANTIPARALLEL`` recomputed from the
+    vectors (there the dot-product form cancels). ``rows_only``: touch only those rows, which needs to read
+    whether there are any (free on a CPU); otherwise recompute every row and keep it where needed, one more
+    pass over (N, d) instead of waiting for an accelerator to answer. Both give the same values."""
+    near = 0.5 * s_sq < NEAR_ANTIPARALLEL
+    if rows_only:
+        if bool(near.any()):
+            rows = near.squeeze(-1).nonzero().squeeze(-1)
+            s_rows = ed[rows] * u[rows].to(ed.dtype) + qw[rows] * v[rows].to(ed.dtype)
+            s_sq = s_sq.clone()
+            s_sq[rows] = torch.linalg.vector_norm(s_rows, dim=-1, keepdim=True).to(s_sq.dtype).square()
+        return s_sq
+    s_all = torch.linalg.vector_norm(ed * u.to(ed.dtype) + qw * v.to(ed.dtype), dim=-1, keepdim=True)
+    return torch.where(near, s_all.to(s_sq.dtype).square(), s_sq)
+
+
 def rotation_trick(
     e: Tensor,
     q: Tensor,
@@ -140,11 +158,7 @@ def rotation_trick(
         s_sq = (ee * u.square() + 2.0 * eq * u * v + qq * v.square()).clamp_min(0.0)  # ‖ê + q̂‖² = 2(1 + cos θ)
         # near antiparallel that sum cancels (the fp32 dot product is good to ~1e-6 of ‖e‖‖q‖): recompute
         # ‖ê + q̂‖² from the vectors for those rows, as few as they are
-        near = (0.5 * s_sq < NEAR_ANTIPARALLEL).squeeze(-1)
-        if bool(near.any()):
-            rows = near.nonzero().squeeze(-1)
-            s_rows = ed[rows] * u[rows].to(work) + qw[rows] * v[rows].to(work)
-            s_sq[rows] = torch.linalg.vector_norm(s_rows, dim=-1, keepdim=True).to(scalar).square()
+        s_sq = _recompute_near_antiparallel(ed, qw, u, v, s_sq, rows_only=e.device.type == "cpu")
         keep = (e_norm >= GUARD_NORM) & (0.5 * s_sq >= GUARD_COS)  # rows that are rotated; others: STE
         if rescale:
             scale = q_norm * u

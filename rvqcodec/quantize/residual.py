@@ -141,7 +141,7 @@ class ResidualVQ(nn.Module):
         residual = z
         done = 0
         for layer in self.layers:
-            if not bool(layer.codebook.initialized):
+            if not layer.codebook.is_initialized():
                 r = rearrange(residual, "b d t -> (b t) d")
                 if mask is not None:
                     r = r[rearrange(mask, "b t -> (b t)").to(torch.bool)]

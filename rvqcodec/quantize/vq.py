@@ -104,7 +104,7 @@ class VectorQuantizer(nn.Module):
         b, _, t = r.shape
         r_flat = rearrange(r, "b d t -> (b t) d")
         valid = None if mask is None else rearrange(mask, "b t -> (b t)").to(torch.bool)
-        if self.training and not bool(self.codebook.initialized):
+        if self.training and not self.codebook.is_initialized():
             self.initialize_(r_flat if valid is None else r_flat[valid])
         e = self.project_in(r_flat)
         e_valid = e if valid is None else e[valid]

@@ -223,3 +223,20 @@ def test_compressed_stft_loss_sees_phase_and_level():
     y = x.clone().requires_grad_(True)
     loss(y * 0.9, x).backward()
     assert torch.isfinite(y.grad).all() and y.grad.abs().sum() > 0
+
+
+def test_float16_checkpoint_is_half_the_size_and_reloads_as_the_model_its_id_names(tmp_path):
+    codec = Codec(small_convnext(frame_dim=64))
+    codec.train()
+    with torch.no_grad():
+        codec(0.1 * torch.randn(8, 1, 50 * HOP))
+    codec.eval()
+    full = codec.save(tmp_path / "full.pt", inference_only=True)
+    half = codec.save(tmp_path / "half.pt", inference_only=True, float16=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = Codec.load(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    assert loaded.model_id == Codec.read_checkpoint(half)["meta"]["model_id"] != codec.model_id
+    assert Codec.load(half).model_id == loaded.model_id  # the same model every time it is loaded
+    x = 0.1 * torch.randn(1, 1, 8000)
+    torch.testing.assert_close(loaded.decode(codec.encode(x)), codec.decode(codec.encode(x)), atol=1e-2, rtol=0)

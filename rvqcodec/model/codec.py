@@ -12,6 +12,7 @@ K = 1024 -> 10 bits) each stage adds 0.5 kbps and 16 stages give 8 kbps.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -391,11 +392,15 @@ class Codec(nn.Module):
             h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
         return h.hexdigest()[:16]
 
-    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None, inference_only: bool = False) -> Path:
+    def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None, inference_only: bool = False,
+             float16: bool = False) -> Path:
         """Write a checkpoint atomically (temp file in the same folder, then ``os.replace``).
 
         ``inference_only`` leaves out the EMA codebook sums (a third of a tiny checkpoint); :meth:`load` rebuilds
         them from the codes and usage counts, so the file still fine-tunes, just not bit-exactly resumable.
+        ``float16`` stores floating-point tensors in half precision (half the size; what a shipped model needs):
+        the saved model is this one with every weight rounded to float16, :meth:`load` gives it back in float32,
+        and ``meta["model_id"]`` is the rounded model's id, the id the loaded model has.
 
         Contents: ``{"format": "rvqcodec-checkpoint", "version": 1, "config": dict, "state_dict": ...,
         "meta": {"model_id", "parameters", "torch_version", **meta}}``. Returns the path written."""
@@ -404,7 +409,16 @@ class Codec(nn.Module):
             raise IsADirectoryError(f"checkpoint path {path} is a directory")
         state = {k: v.detach().to("cpu") for k, v in self.state_dict().items()
                  if not (inference_only and k.endswith(DROPPABLE_SUFFIX))}
-        info = {"model_id": self.model_id, "parameters": self.parameter_counts(),
+        model_id = self.model_id
+        if float16:
+            state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            rounded = copy.deepcopy(self).cpu()
+            with torch.no_grad():
+                for tensor in rounded.state_dict().values():
+                    if tensor.is_floating_point():
+                        tensor.copy_(tensor.half())
+            model_id = rounded.model_id
+        info = {"model_id": model_id, "parameters": self.parameter_counts(),
                 "torch_version": str(torch.__version__)}
         info.update(meta or {})
         try:  # meta must load back with torch.load(weights_only=True): plain JSON types only

@@ -38,15 +38,15 @@ class ConvNeXtBlock(nn.Module):
             raise ValueError(f"a non-causal block needs an odd kernel_size, got {kernel_size}")
         hidden = max(1, round(dim * mlp_ratio))
         self.causal = causal
-        self.padding = (kernel_size - 1, 0) if causal else ((kernel_size - 1) // 2,) * 2
-        self.dwconv = nn.Conv1d(dim, dim, kernel_size, groups=dim)
+        self.padding = (kernel_size - 1, 0) if causal else (0, 0)  # centred: done by the convolution itself
+        self.dwconv = nn.Conv1d(dim, dim, kernel_size, groups=dim, padding=0 if causal else (kernel_size - 1) // 2)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.pwconv1 = nn.Linear(dim, hidden)
         self.pwconv2 = nn.Linear(hidden, dim)
         self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dwconv(F.pad(x, self.padding)).transpose(1, 2)  # (B, F, C)
+        y = self.dwconv(F.pad(x, self.padding) if self.causal else x).transpose(1, 2)  # (B, F, C)
         y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y)), approximate="tanh"))
         if self.gamma is not None:
             y = y * self.gamma

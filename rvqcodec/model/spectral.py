@@ -51,18 +51,32 @@ def stft_frames(wav: torch.Tensor, window: torch.Tensor, hop: int, causal: bool 
     return torch.fft.rfft(frame_signal(wav, window.shape[-1], hop, causal) * window, dim=-1)
 
 
-def istft_overlap_add(spec: torch.Tensor, window: torch.Tensor, hop: int, causal: bool = False) -> torch.Tensor:
-    """Complex ``(B, F, n_fft // 2 + 1)`` -> ``(B, 1, F·hop)`` audio on the frame grid (see module docstring)."""
+def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+    """``(B, F, n)`` frames -> ``(B, (F - 1)·hop + n)`` sums of the frames placed every ``hop`` samples."""
+    n_frames, n = frames.shape[1], frames.shape[2]
+    total = (n_frames - 1) * hop + n
+    return F.fold(frames.transpose(1, 2), output_size=(1, total), kernel_size=(1, n), stride=(1, hop)).flatten(1)
+
+
+def window_envelope(window: torch.Tensor, hop: int, n_frames: int, causal: bool = False) -> torch.Tensor:
+    """``(n_frames·hop,)`` overlap-added squared window on the frame grid, floored at 1e-8: the normaliser of
+    :func:`istft_overlap_add`."""
+    left, _ = _padding(window.shape[-1], hop, causal)
+    envelope = _overlap_add((window * window).expand(1, n_frames, -1), hop)[0]
+    return envelope[left:left + n_frames * hop].clamp_min(1e-8)
+
+
+def istft_overlap_add(spec: torch.Tensor, window: torch.Tensor, hop: int, causal: bool = False,
+                      envelope: torch.Tensor | None = None) -> torch.Tensor:
+    """Complex ``(B, F, n_fft // 2 + 1)`` -> ``(B, 1, F·hop)`` audio on the frame grid (see module docstring).
+    ``envelope``: :func:`window_envelope` for these ``F`` frames, if already at hand."""
     n_fft = window.shape[-1]
     n_frames = spec.shape[1]
-    frames = torch.fft.irfft(spec, n=n_fft, dim=-1) * window  # (B, F, n_fft)
-    total = (n_frames - 1) * hop + n_fft
-    fold = lambda x: F.fold(x, output_size=(1, total), kernel_size=(1, n_fft), stride=(1, hop))  # noqa: E731
-    audio = fold(frames.transpose(1, 2))  # (B, 1, 1, total)
-    envelope = fold((window * window).expand(1, n_frames, n_fft).transpose(1, 2))
+    audio = _overlap_add(torch.fft.irfft(spec, n=n_fft, dim=-1) * window, hop)  # (B, (F - 1)·hop + n_fft)
+    if envelope is None:
+        envelope = window_envelope(window, hop, n_frames, causal)
     left, _ = _padding(n_fft, hop, causal)
-    keep = slice(left, left + n_frames * hop)
-    return (audio[..., keep] / envelope[..., keep].clamp_min(1e-8)).reshape(spec.shape[0], 1, -1)
+    return (audio[:, left:left + n_frames * hop] / envelope).unsqueeze(1)
 
 
 class STFTFeatures(nn.Module):
@@ -101,6 +115,7 @@ class ISTFTHead(nn.Module):
         self.n_bins = n_fft // 2 + 1
         self.proj = nn.Linear(dim, 2 * self.n_bins)
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
+        self._envelopes: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}  # by frame count
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, dim, F)`` -> complex ``(B, F, n_bins)`` (float32)."""
@@ -109,4 +124,11 @@ class ISTFTHead(nn.Module):
         return torch.polar(mag, phase)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return istft_overlap_add(self.spectrum(x), self.window, self.hop, self.causal)
+        spec = self.spectrum(x)
+        key = (spec.shape[1], self.window.device, self.window.dtype)
+        envelope = self._envelopes.get(key)
+        if envelope is None:  # the same few frame counts recur (training crops, decoding chunks)
+            if len(self._envelopes) >= 16:
+                self._envelopes.clear()
+            envelope = self._envelopes[key] = window_envelope(self.window, self.hop, spec.shape[1], self.causal)
+        return istft_overlap_add(spec, self.window, self.hop, self.causal, envelope)

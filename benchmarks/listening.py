@@ -17,7 +17,7 @@ What it does:
   real ``.rvq`` bytes, as ``benchmarks/quality.py`` does) and with the classical codecs at comparable rates:
   Opus 6 kbps, AMR-WB 6.6 kbps and Codec2 3200, through ``benchmarks/external_codecs.py`` (the code
   ``benchmarks/quality.py`` uses). A codec whose tools are missing is left out and the page says so;
-* scores every decoded version against the reference with ``rvqcodec.metrics.evaluate_pair`` (delay removed
+* scores every decoded version against the reference with ``rvqcodec.scoring.evaluate_pair`` (delay removed
   by cross-correlation up to 100 ms, as in ``benchmarks/quality.py``) and measures its bitrate from the bytes
   produced (rvqcodec: the whole ``.rvq`` file; the others as in ``benchmarks/external_codecs.py``);
 * writes into ``--out`` (default ``samples/listening/``): ``audio/<utterance>_<version>.flac`` (16 kHz 16-bit
@@ -67,7 +67,7 @@ from rvqcodec import streaming  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample, write_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe  # noqa: E402
-from rvqcodec.metrics import evaluate_pair  # noqa: E402
+from rvqcodec.scoring import evaluate_pair  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
 SAMPLE_RATE = listening_clips.SAMPLE_RATE

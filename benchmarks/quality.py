@@ -5,7 +5,7 @@
     python benchmarks/quality.py --quick                          # CI: 2 files of 3 s, 3 bitrates
 
 Every file (resampled to 16 kHz, mono) goes through each codec; the decoded signal is delay-aligned to the
-original and scored with :func:`rvqcodec.metrics.evaluate_pair` (the same code as ``rvqcodec eval``): PESQ-WB,
+original and scored with :func:`rvqcodec.scoring.evaluate_pair` (the same code as ``rvqcodec eval``): PESQ-WB,
 PESQ-NB, STOI, SI-SDR and mel distance. The delay (up to 100 ms) comes from :func:`rvqcodec.metrics.find_delay`:
 the waveform cross-correlation peak when it is significant (waveform codecs: Opus, AMR-WB), else the match of
 log-energy envelopes (phase-free output: Codec2, rvqcodec), else none; the table reports the median delay and
@@ -51,7 +51,8 @@ from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
 from rvqcodec.extras import MissingExtraError, require  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from rvqcodec.metrics import METRIC_NAMES, evaluate_pair  # noqa: E402
+from rvqcodec.metrics import METRIC_NAMES  # noqa: E402
+from rvqcodec.scoring import evaluate_pair  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
 DEFAULT_DATA = SPEECH_ROOT / "dev-clean"

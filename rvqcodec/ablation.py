@@ -786,7 +786,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rvqcodec.cli import UserError
+    from rvqcodec.errors import UserError
 
     try:
         if args.report_only is not None:

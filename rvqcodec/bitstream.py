@@ -28,7 +28,6 @@ message: :class:`NotRVQFileError`, :class:`UnsupportedVersionError`, :class:`Tru
 """
 from __future__ import annotations
 
-import math
 import os
 import struct
 import zlib
@@ -38,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from rvqcodec.errors import InputError
-from rvqcodec.fileio import atomic_write_bytes, check_output_folder
+from rvqcodec.fileio import already_exists_message, atomic_write_bytes
 
 MAGIC = b"RVQC"
 FORMAT_VERSION = 1
@@ -161,13 +160,6 @@ def payload_size(n_q: int, num_frames: int, bits_per_code: int) -> int:
 def file_size(n_q: int, num_samples: int, hop_length: int, bits_per_code: int) -> int:
     """Exact ``.rvq`` file size in bytes: ``39 + ceil(n_q * bits * ceil(num_samples / hop) / 8)``."""
     return OVERHEAD_BYTES + payload_size(n_q, -(-num_samples // hop_length), bits_per_code)
-
-
-def bits_for_codebook(codebook_size: int) -> int:
-    """Bits needed per code for a codebook of ``codebook_size`` entries: ``ceil(log2(K))`` (at least 1)."""
-    if codebook_size < 1:
-        raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
-    return max(1, math.ceil(math.log2(codebook_size)))
 
 
 # --------------------------------------------------------------------------------------------- packing
@@ -305,27 +297,16 @@ def check_model(header: RVQHeader, model_id: str) -> None:
 
 
 def write_rvq(path: str | os.PathLike, header: RVQHeader, codes: np.ndarray, overwrite: bool = False) -> int:
-    """Write a ``.rvq`` file atomically (temp file in the same folder + ``os.replace``). Returns its size.
+    """Write a ``.rvq`` file atomically and flushed to disk (:func:`rvqcodec.fileio.atomic_write_bytes`). Returns
+    its size.
 
     Raises FileExistsError if ``path`` exists and ``overwrite`` is False, FileNotFoundError if its folder is missing.
     """
     data = encode_bitstream(header, codes)
-    write_bytes_atomic(path, data, overwrite=overwrite)
+    atomic_write_bytes(path, data, overwrite=overwrite, exists_message=already_exists_message(path), fsync=True)
     return len(data)
 
 
 def read_rvq(path: str | os.PathLike) -> tuple[RVQHeader, np.ndarray]:
     """Read and check a ``.rvq`` file -> ``(header, codes (n_q, frames) int64)``; BitstreamError if bad."""
     return decode_bitstream(Path(path).read_bytes())
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes, overwrite: bool = False) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
-
-    Raises FileExistsError if ``path`` exists and ``overwrite`` is False, FileNotFoundError if its folder is missing.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (use --force to overwrite)")
-    check_output_folder(path)
-    atomic_write_bytes(path, data, fsync=True)

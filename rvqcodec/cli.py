@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from rvqcodec.errors import UserError
 from rvqcodec.extras import MissingExtraError, missing_extra_for
 
 # name -> (module, one-line help)
@@ -23,10 +24,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ablation": ("rvqcodec.ablation", "run the gradient-estimator ablation and write its report"),
     "info": ("rvqcodec.commands.info", "print a checkpoint's configuration, size and bitrates"),
 }
-
-
-class UserError(Exception):
-    """A mistake in the user's input: printed as one line, exit code 2."""
 
 
 def build_parser(load_subcommands: bool = True) -> argparse.ArgumentParser:

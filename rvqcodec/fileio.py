@@ -1,10 +1,17 @@
-"""Writing files safely: atomic replacement, same-file checks and strict JSON.
+"""Writing output files safely: atomic writes with one guarantee, output-path checks and strict JSON.
 
-Every file rvqcodec writes goes through :func:`atomic_path` (or one of the ``atomic_write_*`` helpers built on
-it): the content is written to a temporary file in the target's folder and moved over the target with
-``os.replace`` only once it is complete, so a reader (or an interrupted run) sees either the old file or the new
-one, never half of one. The temporary file is removed on any failure, and the written file gets the mode a plain
-``open(path, "w")`` would give (``0o666`` minus the umask), not the private ``0o600`` of ``mkstemp``.
+**The guarantee.** Every file rvqcodec writes goes through :func:`atomic_path` (or one of the ``atomic_write_*``
+helpers built on it): the content is written to a temporary file in the target's folder and moved into place only
+once it is complete, so a reader (or an interrupted run) sees either the old file or the new one, never half of one.
+The temporary file is removed on any failure, and the written file gets the mode a plain ``open(path, "w")``
+would give (``0o666`` minus the umask), not the private ``0o600`` of ``mkstemp``. With ``overwrite=True`` the new
+file replaces an existing one (``os.replace``); with ``overwrite=False`` an existing file is never replaced, not
+even one created by someone else while the content was being written (the file is moved in with ``os.link``,
+which refuses an existing name): :class:`FileExistsError`. A missing folder is :class:`FileNotFoundError`
+(``output folder does not exist: <folder>``) unless ``parents=True`` creates it.
+
+The output checks (:func:`same_file`, :func:`check_output_folder`, :func:`check_writable_folder`) let a command
+refuse an output before any work, and :func:`json_safe` makes a value strict JSON.
 """
 from __future__ import annotations
 
@@ -27,14 +34,20 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
+def already_exists_message(path: str | os.PathLike) -> str:
+    """The one-line refusal to replace an existing output of a command: ``<path> already exists (use --force to
+    overwrite)``."""
+    return f"{path} already exists (use --force to overwrite)"
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, parents: bool = False,
                 exists_message: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to; move it over ``path`` when the block ends normally.
+    """Yield a temporary path beside ``path`` to write to; move it into place when the block ends normally.
 
     The temporary file exists (empty) when the block starts, so it can be opened by name. On normal exit it gets
     :func:`default_file_mode` and takes ``path``'s place; on any exception (``KeyboardInterrupt`` included) it
-    is removed and the exception propagates.
+    is removed and the exception propagates. See the module docstring for the guarantee.
 
     Args:
         path: the file to write.
@@ -48,6 +61,8 @@ def atomic_path(path: str | os.PathLike, *, overwrite: bool = True, parents: boo
     path = Path(path)
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
+    else:
+        check_output_folder(path)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
@@ -80,36 +95,37 @@ def _sync(handle: IO) -> None:
     os.fsync(handle.fileno())
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = False, parents: bool = False) -> Path:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, overwrite: bool = True,
+                       exists_message: str | None = None, fsync: bool = False, parents: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically (see :func:`atomic_path`); ``fsync`` flushes it to disk first."""
-    with atomic_path(path, parents=parents) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, overwrite=overwrite, parents=parents, exists_message=exists_message) as tmp, \
+            open(tmp, "wb") as handle:
         handle.write(data)
         if fsync:
             _sync(handle)
     return Path(path)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, fsync: bool = False, parents: bool = False) -> Path:
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = True,
+                      exists_message: str | None = None, fsync: bool = False, parents: bool = False) -> Path:
     """Write ``text`` as UTF-8 to ``path`` atomically (see :func:`atomic_path`)."""
-    with atomic_path(path, parents=parents) as tmp, open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        if fsync:
-            _sync(handle)
-    return Path(path)
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite, exists_message=exists_message,
+                              fsync=fsync, parents=parents)
 
 
 def atomic_write_json(path: str | os.PathLike, payload: Any, *, indent: int = 2, sort_keys: bool = False,
-                      fsync: bool = False, parents: bool = False) -> Path:
+                      overwrite: bool = True, fsync: bool = False, parents: bool = False) -> Path:
     """Write ``payload`` as strict JSON (see :func:`json_safe`) plus a final newline, atomically."""
     text = json.dumps(json_safe(payload), indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n"
-    return atomic_write_text(path, text, fsync=fsync, parents=parents)
+    return atomic_write_text(path, text, overwrite=overwrite, fsync=fsync, parents=parents)
 
 
-def atomic_torch_save(payload: Any, path: str | os.PathLike, *, fsync: bool = False, parents: bool = False) -> Path:
+def atomic_torch_save(payload: Any, path: str | os.PathLike, *, overwrite: bool = True, fsync: bool = False,
+                      parents: bool = False) -> Path:
     """``torch.save(payload)`` to ``path`` atomically (see :func:`atomic_path`)."""
     import torch
 
-    with atomic_path(path, parents=parents) as tmp, open(tmp, "wb") as handle:
+    with atomic_path(path, overwrite=overwrite, parents=parents) as tmp, open(tmp, "wb") as handle:
         torch.save(payload, handle)
         if fsync:
             _sync(handle)

@@ -5,13 +5,14 @@ tensors (``(T,)`` or ``(1, T)``), float, nominally in ``[-1, 1]``, at sample rat
 
 PESQ and STOI are undefined for some inputs (shorter than 0.25 s for PESQ, fewer than 30 speech frames of
 25.6 ms for STOI, i.e. under 0.4 s at all, digital silence). For those they return ``NaN`` quietly (no exception,
-no warning), so a batch evaluation never stops on one odd file; :func:`evaluate_pair` reports them as NaN too.
+no warning), so a batch evaluation never stops on one odd file (:func:`rvqcodec.scoring.evaluate_pair` reports
+them as NaN too).
 SI-SDR returns ``NaN`` for a silent reference and ``+inf`` for a bit-exact copy.
 
 Long signals: the ITU PESQ C library crashes the whole process (SIGSEGV) on buffers of more than about 140 s at
 16 kHz, so :func:`pesq_wb` / :func:`pesq_nb` score longer signals in equal segments of at most
-``PESQ_MAX_SECONDS`` and return the length-weighted mean; :func:`evaluate_pair` scores every metric segment by
-segment (``rvqcodec.scoring``) and says how many segments it used.
+``PESQ_MAX_SECONDS`` and return the length-weighted mean; :mod:`rvqcodec.scoring` scores every metric segment
+by segment and says how many segments it used.
 
 Alignment (:func:`find_delay`): the delay is taken from the waveform cross-correlation only when its peak is
 significant, else from the cross-correlation of log-energy envelopes (robust for phase-free codec output, 1 ms
@@ -370,21 +371,3 @@ def score_aligned(ref: np.ndarray, deg: np.ndarray, sr: int) -> dict[str, float]
     ref, deg = ref[:n], deg[:n]
     return {"pesq_wb": pesq_wb(ref, deg, sr), "pesq_nb": pesq_nb(ref, deg, sr), "stoi": stoi(ref, deg, sr),
             "si_sdr": si_sdr(ref, deg), "mel_distance": mel_distance(ref, deg, sr)}
-
-
-def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: float = 0.1) -> dict[str, float]:
-    """All metrics for one reference/degraded pair at sample rate ``sr`` (signals in memory, any length).
-
-    With ``align=True`` the delay is found on the first ``ALIGN_SECONDS`` (30 s) of both signals
-    (:func:`find_delay`, up to ``max_shift_seconds``) and removed; otherwise the signals are only cropped to
-    their common length. Signals longer than 60 s are scored in equal segments (see
-    :func:`rvqcodec.scoring.score_streams`, which this wraps: the same numbers as ``rvqcodec eval``).
-
-    Returns a dict with keys ``pesq_wb``, ``pesq_nb``, ``stoi``, ``si_sdr`` (dB), ``mel_distance`` (floats,
-    NaN where undefined; length-weighted means over segments), ``delay_samples`` (int), ``delay_seconds``,
-    ``delay_method`` (see :class:`DelayEstimate`; ``"off"`` without alignment), ``delay_correlation``,
-    ``num_samples`` (compared length, int), ``sample_rate`` (int) and ``segments`` (int).
-    """
-    from rvqcodec.scoring import evaluate_arrays
-
-    return evaluate_arrays(ref, deg, sr, align=align, max_shift_seconds=max_shift_seconds)

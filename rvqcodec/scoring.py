@@ -1,8 +1,8 @@
 """Scoring a reference/degraded pair of any length in bounded memory: align once, then score equal segments.
 
 Used by ``rvqcodec eval`` (:func:`evaluate_files`), ``rvqcodec roundtrip`` (:func:`score_streams` on the decoded
-stream), :func:`rvqcodec.metrics.evaluate_pair` and ``benchmarks/quality.py`` (:func:`evaluate_arrays`), so all
-of them give the same numbers for the same signals.
+stream) and, for two signals in memory, :func:`evaluate_pair` (``benchmarks/quality.py``, the listening page), so
+all of them give the same numbers for the same signals.
 
 * **Alignment** (optional): the delay is found on the first ``ALIGN_SECONDS`` (30 s) of both signals with
   :func:`rvqcodec.metrics.find_delay` (significant waveform peak, else envelope match, else none) and removed
@@ -164,9 +164,21 @@ def _check_max_shift(max_shift_seconds: float) -> None:
         raise ValueError(f"max_shift_seconds must be a finite number >= 0, got {max_shift_seconds!r}")
 
 
-def evaluate_arrays(ref, deg, sample_rate: int, align: bool = True, max_shift_seconds: float = 0.1) -> dict[str, Any]:
-    """:func:`rvqcodec.metrics.evaluate_pair`: two signals in memory (``(T,)`` or ``(1, T)``, numpy or torch, any
-    length including 0), aligned unless ``align=False``, scored in segments. See the module docstring."""
+def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: float = 0.1) -> dict[str, Any]:
+    """All metrics for one reference/degraded pair at sample rate ``sr`` (signals in memory, any length).
+
+    ``ref`` and ``deg`` are ``(T,)`` or ``(1, T)``, numpy or torch, any length including 0. With ``align=True``
+    the delay is found on the first ``ALIGN_SECONDS`` (30 s) of both signals (:func:`rvqcodec.metrics.find_delay`,
+    up to ``max_shift_seconds``) and removed; otherwise the signals are only cropped to their common length.
+    Signals longer than 60 s are scored in equal segments (:func:`score_streams`: the same numbers as
+    ``rvqcodec eval``).
+
+    Returns a dict with keys ``pesq_wb``, ``pesq_nb``, ``stoi``, ``si_sdr`` (dB), ``mel_distance`` (floats,
+    NaN where undefined; length-weighted means over segments), ``delay_samples`` (int), ``delay_seconds``,
+    ``delay_method`` (see :class:`rvqcodec.metrics.DelayEstimate`; ``"off"`` without alignment),
+    ``delay_correlation``, ``num_samples`` (compared length, int), ``sample_rate`` (int) and ``segments`` (int).
+    """
+    sample_rate = sr
     sample_rate = metrics._check_sr(sample_rate)
     _check_max_shift(max_shift_seconds)
     ref, deg = (_as_numpy(x).astype(np.float64, copy=False) for x in (ref, deg))

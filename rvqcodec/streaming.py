@@ -41,7 +41,7 @@ from rvqcodec import bitstream
 from rvqcodec.bitstream import ModelMismatchError, RVQHeader
 from rvqcodec.data import audio_io
 from rvqcodec.errors import InputError
-from rvqcodec.fileio import atomic_path, check_output_folder, check_writable_folder, same_file
+from rvqcodec.fileio import already_exists_message, atomic_path, check_output_folder, check_writable_folder, same_file
 from rvqcodec.model.codec import Codec
 from rvqcodec.pretrained import load_codec
 
@@ -338,10 +338,6 @@ def load_default_codec(device: str = "cpu") -> Codec:
 # -------------------------------------------------------------------------------------------- files
 
 
-def _exists_message(path: Path) -> str:
-    return f"{path} already exists (use --force to overwrite)"
-
-
 def _check_output(path: Path, overwrite: bool, protected: Iterable[str | os.PathLike]) -> None:
     """Refuse to write an input, a folder, or (without ``overwrite``) an existing file."""
     for other in protected:
@@ -350,7 +346,7 @@ def _check_output(path: Path, overwrite: bool, protected: Iterable[str | os.Path
     if path.is_dir():
         raise InputError(f"output {path} is a folder")
     if path.exists() and not overwrite:
-        raise FileExistsError(_exists_message(path))
+        raise FileExistsError(already_exists_message(path))
     check_writable_folder(path)
 
 
@@ -372,11 +368,6 @@ class CompressReport:
     @property
     def resampled(self) -> bool:
         return self.source_sample_rate != self.header.sample_rate
-
-    @property
-    def actual_kbps(self) -> float:
-        """File size (header included) * 8 / duration, in kbps (0 for empty audio)."""
-        return self.n_bytes * 8 / self.header.duration_s / 1000 if self.header.num_samples else 0.0
 
 
 def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike, n_q: int,
@@ -420,7 +411,7 @@ def streamed_audio_file(path: Path, sample_rate: int, subtype: str | None = None
     file_format, subtype = audio_io.output_format(path, subtype)
     check_output_folder(path)
     clip = subtype not in audio_io.FLOAT_SUBTYPES
-    with atomic_path(path, overwrite=overwrite, exists_message=_exists_message(path)) as tmp, \
+    with atomic_path(path, overwrite=overwrite, exists_message=already_exists_message(path)) as tmp, \
             soundfile.SoundFile(tmp, "w", samplerate=int(sample_rate), channels=1, subtype=subtype,
                                 format=file_format) as handle:
 

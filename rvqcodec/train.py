@@ -1004,7 +1004,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rvqcodec.cli import UserError
+    from rvqcodec.errors import UserError
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -1027,7 +1027,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m rvqcodec.train`` and ``accelerate launch -m rvqcodec.train``."""
-    from rvqcodec.cli import UserError
+    from rvqcodec.errors import UserError
 
     parser = argparse.ArgumentParser(prog="rvqcodec.train", description="train a codec from a recipe config")
     add_arguments(parser)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rvqcodec import metrics
+from rvqcodec import metrics, scoring
 from rvqcodec.data.audio_io import read_audio, resample
 
 SAMPLE_WAV = Path(__file__).resolve().parents[1] / "samples" / "1272-128104-0000_3s.wav"
@@ -93,21 +93,21 @@ def test_align_recovers_known_delay(speech, delay):
 
 def test_evaluate_pair_keys_delay_and_nan_cases(speech):
     delayed = np.concatenate([np.zeros(40), 0.5 * speech])
-    result = metrics.evaluate_pair(torch.from_numpy(speech).float(), delayed, 16000)
+    result = scoring.evaluate_pair(torch.from_numpy(speech).float(), delayed, 16000)
     assert set(result) == {"pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance", "delay_samples",
                            "delay_seconds", "delay_method", "delay_correlation", "num_samples", "sample_rate",
                            "segments"}
     assert result["delay_samples"] == 40 and result["delay_seconds"] == pytest.approx(40 / 16000)
     assert result["delay_method"] == "waveform" and result["delay_correlation"] > 0.99 and result["segments"] == 1
     assert result["num_samples"] == speech.size and result["pesq_wb"] > 4.4 and result["si_sdr"] > 60
-    unaligned = metrics.evaluate_pair(speech, delayed, 16000, align=False)
+    unaligned = scoring.evaluate_pair(speech, delayed, 16000, align=False)
     assert unaligned["delay_samples"] == 0 and unaligned["si_sdr"] < 0 < result["si_sdr"]
     assert unaligned["delay_method"] == "off"
     # Too short (0.1 s) or silent: NaN, without exceptions or warnings.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        short = metrics.evaluate_pair(speech[8000:9600], speech[8000:9600], 16000)
-        silent = metrics.evaluate_pair(np.zeros(16000), speech[:16000], 16000)
+        short = scoring.evaluate_pair(speech[8000:9600], speech[8000:9600], 16000)
+        silent = scoring.evaluate_pair(np.zeros(16000), speech[:16000], 16000)
     assert math.isnan(short["pesq_wb"]) and math.isnan(short["pesq_nb"]) and math.isnan(short["stoi"])
     assert short["mel_distance"] == 0.0
     assert all(math.isnan(silent[k]) for k in ("pesq_wb", "pesq_nb", "stoi", "si_sdr"))
@@ -143,8 +143,8 @@ def test_a_time_aligned_codec_stays_in_place(speech_root):
         decoded = streaming.decompress(codec, streaming.compress(codec, ref, 16000, bitrate=6))[0][0].double().numpy()
         _, _, delay = metrics.align(ref, decoded, 1600)
         assert abs(delay) <= 16, delay  # within 1 ms (the envelope method's resolution)
-        aligned = metrics.evaluate_pair(ref, decoded, 16000)
-        plain = metrics.evaluate_pair(ref, decoded, 16000, align=False)
+        aligned = scoring.evaluate_pair(ref, decoded, 16000)
+        plain = scoring.evaluate_pair(ref, decoded, 16000, align=False)
         assert aligned["delay_samples"] == delay and aligned["delay_method"] in metrics.DELAY_METHODS
         assert aligned["stoi"] == pytest.approx(plain["stoi"], abs=0.01)
 
@@ -164,8 +164,8 @@ def test_phase_free_codec2_output_is_aligned_by_its_envelope(speech_root):
         estimate = metrics.find_delay(ref, coded, 1600, 16000)
         assert estimate.method == "envelope" and estimate.correlation >= metrics.ENVELOPE_MIN_CORRELATION
         delays.append(estimate.samples)
-        aligned = metrics.evaluate_pair(ref, coded, 16000)
-        assert aligned["stoi"] > metrics.evaluate_pair(ref, coded, 16000, align=False)["stoi"]
+        aligned = scoring.evaluate_pair(ref, coded, 16000)
+        assert aligned["stoi"] > scoring.evaluate_pair(ref, coded, 16000, align=False)["stoi"]
     assert all(160 <= d <= 400 for d in delays), delays  # 10-25 ms; measured 192, 320, 288 samples
 
 

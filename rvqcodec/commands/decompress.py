@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rvqcodec.cli import UserError
+from rvqcodec.errors import UserError
 from rvqcodec.commands.compress import (
     InputFile,
     add_model_arguments,

@@ -16,7 +16,7 @@ import json
 import math
 import sys
 
-from rvqcodec.cli import UserError
+from rvqcodec.errors import UserError
 from rvqcodec.commands.compress import add_threads_argument, apply_threads
 
 
@@ -46,12 +46,6 @@ def _notes(path: str, role: str, target_sr: int | None) -> int:
     if target_sr is not None and target_sr != info.samplerate:
         print(f"note: {role} {path} resampled from {info.samplerate} Hz to {target_sr} Hz", file=sys.stderr)
     return int(info.samplerate)
-
-
-def _json_value(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _format_table(result: dict, ref_path: str, deg_path: str) -> str:
@@ -87,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from rvqcodec.data.audio_io import AudioReadError
     from rvqcodec.errors import InputError
     from rvqcodec.extras import require
+    from rvqcodec.fileio import json_safe
     from rvqcodec.scoring import evaluate_files, segments_note, short_signal_note
 
     if args.sample_rate is not None and args.sample_rate <= 0:
@@ -125,9 +120,8 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(f"note: {note}", file=sys.stderr)
     if args.json:
-        payload = {"reference": str(args.reference), "degraded": str(args.degraded),
-                   **{key: _json_value(value) for key, value in result.items()}}
-        print(json.dumps(payload, allow_nan=False))
+        payload = {"reference": str(args.reference), "degraded": str(args.degraded), **result}
+        print(json.dumps(json_safe(payload), allow_nan=False))
     else:
         print(_format_table(result, args.reference, args.degraded))
     return 0

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rvqcodec.cli import UserError
+from rvqcodec.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -39,7 +39,6 @@ from rvqcodec.commands.compress import (
     run_batch,
 )
 
-METRICS = ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance")
 _COLUMNS = (  # key, header, format
     ("seconds", "sec", ".2f"), ("kbps", "kbps", ".3f"), ("pesq_wb", "PESQ-WB", ".3f"),
     ("pesq_nb", "PESQ-NB", ".3f"), ("stoi", "STOI", ".4f"), ("si_sdr", "SI-SDR", ".2f"),
@@ -90,6 +89,8 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
 
     from rvqcodec import bitstream
     from rvqcodec.data.audio_io import audio_info
+    from rvqcodec.fileio import already_exists_message, atomic_write_bytes
+    from rvqcodec.metrics import METRIC_NAMES
     from rvqcodec.scoring import file_blocks, score_streams
     from rvqcodec.streaming import decode_chunks, encode_blocks, make_header, streamed_audio_file
 
@@ -109,7 +110,9 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
         decoded: Iterable = _counted(decode_chunks(codec, codes, num_samples), advance)
         with contextlib.ExitStack() as stack:
             if output is not None:
-                bitstream.write_bytes_atomic(output.with_suffix(".rvq"), data, overwrite=overwrite)
+                rvq_path = output.with_suffix(".rvq")
+                atomic_write_bytes(rvq_path, data, overwrite=overwrite,
+                                   exists_message=already_exists_message(rvq_path), fsync=True)
                 decoded = _written(decoded, stack.enter_context(streamed_audio_file(output, sr, None, overwrite)))
             scores = score_streams(file_blocks(path, sr), decoded, sr, num_samples)
             for _ in decoded:  # let the decoded file be complete even if scoring stopped early
@@ -118,13 +121,15 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
     return {"file": str(path), "seconds": seconds, "bytes": len(data),
             "kbps": len(data) * 8 / seconds / 1000 if num_samples else math.nan,
             "source_sample_rate": int(info.samplerate), "source_channels": int(info.channels),
-            "segments": scores["segments"], **{key: float(scores[key]) for key in METRICS}}
+            "segments": scores["segments"], **{key: float(scores[key]) for key in METRIC_NAMES}}
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean of every numeric column over files, ignoring NaN (undefined metric); NaN if none is defined."""
+    from rvqcodec.metrics import METRIC_NAMES
+
     out: dict[str, Any] = {"files": len(rows)}
-    for key in ("seconds", "kbps", *METRICS):
+    for key in ("seconds", "kbps", *METRIC_NAMES):
         values = np.array([row[key] for row in rows], dtype=np.float64)
         finite = values[np.isfinite(values)]
         out[key] = float(finite.mean()) if finite.size else float("nan")
@@ -185,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
 
     from rvqcodec.errors import InputError
     from rvqcodec.extras import require
-    from rvqcodec.fileio import json_safe, same_file
+    from rvqcodec.fileio import already_exists_message, json_safe, same_file
     from rvqcodec.scoring import segments_note, short_signal_note
 
     for module in ("pesq", "pystoi"):  # before any work: scoring needs the eval extra
@@ -211,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
                 if any(same_file(path, p) for p in protected):
                     raise InputError(f"refusing to write {path}: it is an input file")
                 if path.exists() and not args.force:
-                    raise FileExistsError(f"{path} already exists (use --force to overwrite)")
+                    raise FileExistsError(already_exists_message(path))
         info = audio_info(item.path)
         if info.channels > 1:
             tqdm.write(f"note: {item.path}: {info.channels} channels downmixed to mono", file=sys.stderr)

@@ -66,10 +66,6 @@ class AudioFile:
         return int(self.samples.shape[-1])
 
     @property
-    def duration_seconds(self) -> float:
-        return self.num_frames / self.sample_rate
-
-    @property
     def was_resampled(self) -> bool:
         return self.sample_rate != self.source_sample_rate
 
@@ -256,9 +252,6 @@ class StreamingResampler:
         out = self.transform(chunk)
         first = left // self.o * self.n
         return out[:, first:first + total_out - already]
-
-
-_StreamingResampler = StreamingResampler  # former private name, kept for callers that use it
 
 
 def iter_audio_blocks(path: str | os.PathLike, block_frames: int, target_sr: int | None = None,

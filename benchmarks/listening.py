@@ -63,7 +63,7 @@ import listening_clips  # noqa: E402
 import listening_page  # noqa: E402
 from common import REPO_ROOT, SPEECH_ROOT, shown_path  # noqa: E402
 from quality import MAX_SHIFT_SECONDS, list_audio_files, parse_bitrates, rvq_streams  # noqa: E402
-from rvqcodec import streaming  # noqa: E402
+from rvqcodec import api  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample, write_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe  # noqa: E402
@@ -123,7 +123,7 @@ def decode_all(codec, clip: listening_clips.Clip, bitrates: list[float], externa
     results: dict[str, tuple[np.ndarray, int] | str] = {}
     streams, _ = rvq_streams(codec, clip.audio, bitrates)
     for kbps, data in streams.items():
-        decoded, sr = streaming.decompress(codec, data)
+        decoded, sr = api.decompress(codec, data)
         decoded = decoded[0]
         if sr != SAMPLE_RATE:
             decoded = resample(decoded, sr, SAMPLE_RATE)

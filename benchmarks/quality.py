@@ -14,10 +14,10 @@ duration of the input: for rvqcodec the whole ``.rvq`` file (header and CRCs inc
 codecs see ``benchmarks/external_codecs.py`` (Opus: the Opus packets without Ogg framing; AMR-WB: the speech
 bytes without ToC bytes; Codec2: the bit file).
 
-rvqcodec encodes each file once through the chunked path of :mod:`rvqcodec.streaming` with the most stages
+rvqcodec encodes each file once through the chunk engine (:mod:`rvqcodec.chunking`) with the most stages
 asked for; the stream at a lower bitrate holds the first ``n_q`` stages of those codes (residual VQ is greedy,
 so this is exactly what compressing at that bitrate produces). Each stream is written as real ``.rvq`` bytes
-and decoded with :func:`rvqcodec.streaming.decompress`.
+and decoded with :func:`rvqcodec.api.decompress`.
 
 Writes ``quality.json`` (settings, per-codec means, per-file scores), ``quality.md`` (the table and the
 targets) and ``quality_pesq_wb.png`` (PESQ-WB against measured kbps, one line per codec) into ``--out``.
@@ -46,7 +46,7 @@ if str(BENCH_DIR) not in sys.path:
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, SPEECH_ROOT, resolved_shown_path, shown_path  # noqa: E402
-from rvqcodec import bitstream, streaming  # noqa: E402
+from rvqcodec import api, bitstream, chunking, codec_header  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
 from rvqcodec.extras import MissingExtraError, require  # noqa: E402
@@ -139,16 +139,16 @@ def rvq_streams(codec, ref: np.ndarray, bitrates: list[float]) -> tuple[dict[flo
     """The ``.rvq`` bytes of ``ref`` (16 kHz ``(T,)``) at every bitrate, from one encode, and its time in seconds.
 
     The codes are computed once with the most stages needed; the stream at ``kbps`` keeps their first
-    ``n_q`` stages, which is byte for byte what ``streaming.compress(codec, ref, 16000, bitrate=kbps)`` gives.
+    ``n_q`` stages, which is byte for byte what ``api.compress(codec, ref, 16000, bitrate=kbps)`` gives.
     """
     n_qs = {kbps: codec.n_q_for_bitrate(kbps) for kbps in bitrates}
     wav = torch.from_numpy(ref)
     if codec.sample_rate != SCORE_RATE:
         wav = resample(wav, SCORE_RATE, codec.sample_rate)
     start = time.perf_counter()
-    codes, num_samples = streaming.encode_blocks(codec, [wav], max(n_qs.values()))
+    codes, num_samples = chunking.encode_blocks(codec, [wav], max(n_qs.values()))
     encode_s = time.perf_counter() - start
-    streams = {kbps: bitstream.encode_bitstream(streaming.make_header(codec, n_q, num_samples), codes[:n_q])
+    streams = {kbps: bitstream.encode_bitstream(codec_header.make_header(codec, n_q, num_samples), codes[:n_q])
                for kbps, n_q in n_qs.items()}
     return streams, encode_s
 
@@ -158,7 +158,7 @@ def run_rvqcodec(codec, ref: np.ndarray, bitrates: list[float], path: Path, sett
     streams, encode_s = rvq_streams(codec, ref, bitrates)
     for kbps, data in streams.items():
         start = time.perf_counter()
-        decoded, sr = streaming.decompress(codec, data)
+        decoded, sr = api.decompress(codec, data)
         decode_s = time.perf_counter() - start
         decoded = decoded[0]
         if sr != SCORE_RATE:

@@ -16,7 +16,7 @@ model only; **training** times presets, not checkpoints. Without ``--model``: th
 
 Sections (each a table in ``speed.md`` and a list in ``speed.json``, written into ``--out``):
 
-* **rtf**: encode (``rvqcodec.streaming.compress``: chunked encoder + bitstream packing) and decode
+* **rtf**: encode (``rvqcodec.api.compress``: chunked encoder + bitstream packing) and decode
   (``decompress``) of ``--seconds`` of real speech at ``--bitrate`` (default: the highest bitrate every model
   has), on the CPU with 1, 2 and all cores' threads, and on the GPU when there is one. Median of ``--repeats``
   runs after one warm-up. ``RTF`` = processing time / audio duration; ``x real time`` = its inverse (audio
@@ -73,7 +73,7 @@ if str(BENCH_DIR) not in sys.path:
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, resolved_shown_path, shown_path  # noqa: E402
-from rvqcodec import streaming  # noqa: E402
+from rvqcodec import api, codec_files  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.config import LossConfig, OptimConfig, discriminator_config_from_section, load_config  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
@@ -269,15 +269,15 @@ def load_models(paths: list[str | None], bitrate: float | None) -> tuple[list[Be
 
 
 def streaming_fns(model: BenchModel, wav: torch.Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
-    """``encode()`` (``streaming.compress`` of ``wav``) and ``decode()`` (``streaming.decompress`` of the bytes of
+    """``encode()`` (``api.compress`` of ``wav``) and ``decode()`` (``api.decompress`` of the bytes of
     the latest ``encode()``) for ``model`` on whatever device its codec is on."""
     holder = {}
 
     def encode():
-        holder["data"] = streaming.compress(model.codec, wav, model.codec.sample_rate, n_q=model.n_q)
+        holder["data"] = api.compress(model.codec, wav, model.codec.sample_rate, n_q=model.n_q)
 
     def decode():
-        streaming.decompress(model.codec, holder["data"])
+        api.decompress(model.codec, holder["data"])
 
     return encode, decode
 
@@ -385,12 +385,12 @@ def memory_child(model: str | None, source: str, n_q: int, device: str, threads:
     with tempfile.TemporaryDirectory(prefix="rvqbench-") as tmp:
         coded, decoded = Path(tmp) / "long.rvq", Path(tmp) / "long_decoded.wav"
         start = time.perf_counter()
-        report = streaming.compress_file(codec, source, coded, n_q=n_q)
+        report = codec_files.compress_file(codec, source, coded, n_q=n_q)
         _sync(dev)
         encode_s = time.perf_counter() - start
         after_encode = _peak_rss_bytes()
         start = time.perf_counter()
-        streaming.decompress_file(codec, coded, decoded)
+        codec_files.decompress_file(codec, coded, decoded)
         _sync(dev)
         decode_s = time.perf_counter() - start
         seconds = report.header.duration_s

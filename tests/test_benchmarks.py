@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from rvqcodec import bitstream, streaming
+from rvqcodec import api, bitstream
 from rvqcodec.data.audio_io import read_audio
 from rvqcodec.model import Codec, CodecConfig
 
@@ -134,7 +134,7 @@ def test_rvq_streams_equal_compressing_at_each_bitrate(tiny_model, dev_clean):
     ref = read_audio(path, target_sr=16000).samples[0, :20000].numpy()
     streams, _ = quality.rvq_streams(codec, ref, [1.5, 4.0, 8.0])
     for kbps, data in streams.items():
-        assert data == streaming.compress(codec, ref, 16000, bitrate=kbps)
+        assert data == api.compress(codec, ref, 16000, bitrate=kbps)
 
 
 @pytest.mark.parametrize("argv, message", [

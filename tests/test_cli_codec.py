@@ -14,7 +14,7 @@ import pytest
 import soundfile
 import torch
 
-from rvqcodec import bitstream, streaming
+from rvqcodec import api, bitstream, chunking, codec_files
 from rvqcodec.cli import main
 from rvqcodec.data.audio_io import read_audio, resample
 from rvqcodec.model.codec import Codec, CodecConfig
@@ -74,13 +74,13 @@ def test_compress_decompress_single_file(capsys, tmp_path, model, clips, bitrate
     assert (tmp_path / "a.rvq").stat().st_size == 39 + math.ceil(n_q * 10 * 150 / 8)
     # the file equals the Python API's bytes
     wav = read_audio(clips[0]).samples
-    assert (tmp_path / "a.rvq").read_bytes() == streaming.compress(codec, wav, 16000, n_q=n_q)
+    assert (tmp_path / "a.rvq").read_bytes() == api.compress(codec, wav, 16000, n_q=n_q)
 
     code, out, err = run_cli(capsys, "decompress", tmp_path / "a.rvq", tmp_path / "a.wav", "--model", model_path)
     assert code == 0, err
     decoded, sr = soundfile.read(tmp_path / "a.wav", dtype="float32")
     assert sr == 16000 and decoded.shape == (3 * 16000,)
-    expected, _ = streaming.decompress(codec, (tmp_path / "a.rvq").read_bytes())
+    expected, _ = api.decompress(codec, (tmp_path / "a.rvq").read_bytes())
     np.testing.assert_allclose(decoded, expected[0].numpy(), atol=1.5 / 32768)  # PCM_16 rounding
 
 
@@ -134,7 +134,7 @@ def test_default_model_is_used_when_installed(capsys, tmp_path, model, clips, mo
     monkeypatch.setattr(pretrained, "expected_default_model_id", lambda: model[0].model_id)
     assert run_cli(capsys, "compress", clips[0], tmp_path / "a.rvq", "-b", "1")[0] == 0
     assert bitstream.read_rvq(tmp_path / "a.rvq")[0].model_id == model[0].model_id
-    assert streaming.load_default_codec().model_id == model[0].model_id
+    assert api.from_pretrained().model_id == model[0].model_id
 
 
 def test_existing_output_needs_force_and_inputs_are_never_written(capsys, tmp_path, model, clips):
@@ -235,7 +235,7 @@ def test_single_bad_input_is_a_user_error(capsys, tmp_path, model):
     soundfile.write(tmp_path / "ok.wav", np.zeros(800, dtype=np.float32), 16000)
     code, _, err = run_cli(capsys, "compress", tmp_path / "ok.wav", tmp_path / "nodir" / "t.rvq", "--model", model_path)
     assert code == 2 and "output folder does not exist" in err and not (tmp_path / "nodir").exists()
-    (tmp_path / "z.rvq").write_bytes(streaming.compress(model[0], np.zeros(800), 16000, n_q=1))
+    (tmp_path / "z.rvq").write_bytes(api.compress(model[0], np.zeros(800), 16000, n_q=1))
     code, _, err = run_cli(capsys, "decompress", tmp_path / "z.rvq", tmp_path / "z.wav", "--sample-rate", "44099",
                            "--model", model_path)
     assert code == 2 and "cannot resample" in err and not (tmp_path / "z.wav").exists()
@@ -251,7 +251,7 @@ def _rewrite_version(data: bytes, version: int) -> bytes:
 
 def test_every_damaged_stream_has_its_own_error(capsys, tmp_path, model, clips):
     codec, model_path = model
-    good = streaming.compress(codec, read_audio(clips[2]).samples, 16000, n_q=4)
+    good = api.compress(codec, read_audio(clips[2]).samples, 16000, n_q=4)
     torch.manual_seed(1)
     other = Codec(CodecConfig.preset("tiny"))
     assert other.model_id != codec.model_id
@@ -319,7 +319,7 @@ def test_info_on_checkpoint_and_stream(capsys, tmp_path, model, clips):
     code, out, _ = run_cli(capsys, "info", "--model", model_path)
     assert code == 0 and "0.5, 1, 1.5" in out and codec.model_id in out
 
-    (tmp_path / "a.rvq").write_bytes(streaming.compress(codec, read_audio(clips[0]).samples, 16000, bitrate=2))
+    (tmp_path / "a.rvq").write_bytes(api.compress(codec, read_audio(clips[0]).samples, 16000, bitrate=2))
     code, out, _ = run_cli(capsys, "info", tmp_path / "a.rvq", "--json", "--model", model_path)
     info = json.loads(out)
     assert code == 0 and info["n_q"] == 4 and info["duration_s"] == 3.0 and info["decodable"] is True
@@ -345,20 +345,20 @@ def test_python_api_accepts_the_layouts_people_pass_and_never_truncates(model, c
     codec, _ = model
     mono = read_audio(clips[0]).samples[0].numpy()  # (T,)
     stereo = np.stack([mono, 0.5 * mono])  # (C, T): torchaudio's layout
-    expected = streaming.compress(codec, stereo, 16000, n_q=4)
+    expected = api.compress(codec, stereo, 16000, n_q=4)
     assert bitstream.decode_bitstream(expected)[0].num_samples == mono.size
     # (T, C) as soundfile.read returns it: the same stream, not one sample
-    assert codec.compress(np.ascontiguousarray(stereo.T), 16000, n_q=4) == expected
-    assert codec.compress(torch.from_numpy(stereo)[None], 16000, n_q=4) == expected  # (1, C, T)
+    assert api.compress(codec, np.ascontiguousarray(stereo.T), 16000, n_q=4) == expected
+    assert api.compress(codec, torch.from_numpy(stereo)[None], 16000, n_q=4) == expected  # (1, C, T)
     as_read, _ = soundfile.read(clips[0], always_2d=True)  # (T, 1)
     assert as_read.shape == (mono.size, 1)
-    assert codec.compress(as_read, 16000, n_q=4) == codec.compress(mono, 16000, n_q=4)
+    assert api.compress(codec, as_read, 16000, n_q=4) == api.compress(codec, mono, 16000, n_q=4)
     pcm16, _ = soundfile.read(clips[0], dtype="int16")  # integer PCM is scaled, not clipped to +-1
-    assert codec.compress(pcm16, 16000, n_q=4) == codec.compress(mono, 16000, n_q=4)
+    assert api.compress(codec, pcm16, 16000, n_q=4) == api.compress(codec, mono, 16000, n_q=4)
     for bad, message in ((np.zeros((40, 50)), "ambiguous audio shape"), (np.zeros((2, 1, 800)), "batch of 2"),
                          (np.zeros(800, dtype=bool), "dtype")):
         with pytest.raises(ValueError, match=message):
-            codec.compress(bad, 16000)
+            api.compress(codec, bad, 16000)
 
 
 def test_unavailable_or_unknown_device_is_named_in_one_line(capsys, tmp_path, clips):
@@ -390,7 +390,7 @@ def test_programming_errors_keep_their_traceback(capsys, tmp_path, model, clips,
     def broken(*args, **kwargs):
         raise ValueError("an internal bug")
 
-    monkeypatch.setattr(streaming, "compress_file", broken)
+    monkeypatch.setattr(codec_files, "compress_file", broken)
     for inputs, output in (([clips[0]], tmp_path / "o.rvq"), (clips, tmp_path / "o")):  # single file and batch
         with pytest.raises(ValueError, match="an internal bug"):
             main(["compress", *map(str, inputs), str(output), "--model", model[1]])
@@ -428,13 +428,14 @@ def unwritable_folder(tmp_path):
 def test_unwritable_output_folder_is_reported_before_any_work(capsys, tmp_path, model, clips, unwritable_folder,
                                                               monkeypatch):
     codec, model_path = model
-    (tmp_path / "a.rvq").write_bytes(streaming.compress(codec, read_audio(clips[0]).samples, 16000, n_q=2))
+    (tmp_path / "a.rvq").write_bytes(api.compress(codec, read_audio(clips[0]).samples, 16000, n_q=2))
 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before the output folder was checked")
 
-    monkeypatch.setattr(streaming, "encode_blocks", no_work)
-    monkeypatch.setattr(streaming, "decode_chunks", no_work)
+    for module in (chunking, codec_files):  # where the file API and roundtrip find the engine
+        monkeypatch.setattr(module, "encode_blocks", no_work)
+        monkeypatch.setattr(module, "decode_chunks", no_work)
     for command in (["compress", clips[0], unwritable_folder / "a.rvq"],
                     ["compress", clips[0], clips[1], unwritable_folder / "sub"],
                     ["decompress", tmp_path / "a.rvq", unwritable_folder / "a.wav"],

@@ -21,7 +21,7 @@ import pytest
 import soundfile
 import torch
 
-from rvqcodec import bitstream, streaming
+from rvqcodec import api, bitstream
 from rvqcodec.cli import main
 from rvqcodec.model.codec import Codec
 
@@ -64,7 +64,7 @@ def test_golden_stream_decodes_to_the_committed_audio(expected, capsys, tmp_path
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            decoded, sample_rate = streaming.decompress(codec, STREAM.read_bytes())
+            decoded, sample_rate = api.decompress(codec, STREAM.read_bytes())
             assert sample_rate == 16000 and tuple(decoded.shape) == (1, reference.size)
             assert np.abs(decoded[0].numpy() - reference).max() <= DECODED_TOLERANCE, n
     finally:

@@ -9,11 +9,11 @@ import pytest
 import soundfile
 import torch
 
-from rvqcodec import bitstream, streaming
+from rvqcodec import api, bitstream, chunking, codec_files, codec_header
 from rvqcodec.bitstream import ModelMismatchError
+from rvqcodec.chunking import ChunkConfig
 from rvqcodec.data.audio_io import AudioReadError, read_audio, resample
 from rvqcodec.model.codec import Codec, CodecConfig
-from rvqcodec.streaming import ChunkConfig
 
 HOP = 320
 
@@ -72,9 +72,9 @@ def test_default_context_exceeds_encoder_and_decoder_receptive_fields(preset):
 
 
 def test_chunked_encode_equals_single_pass_on_60s_speech(codec, speech):
-    chunking = ChunkConfig(chunk_seconds=7.0, context_seconds=1.0)
+    config = ChunkConfig(chunk_seconds=7.0, context_seconds=1.0)
     blocks = torch.split(speech, 12345)  # block sizes unrelated to frames or chunks
-    codes, n = streaming.encode_blocks(codec, blocks, 16, chunking)
+    codes, n = chunking.encode_blocks(codec, blocks, 16, config)
     reference = _single_pass_codes(codec, speech, 16)
     assert n == speech.numel()
     assert codes.shape == reference.shape == (16, math.ceil(n / HOP))
@@ -86,14 +86,14 @@ def test_chunked_encode_equals_single_pass_on_60s_speech(codec, speech):
 def test_chunking_without_context_would_differ(codec, speech):
     """The test above can fail: dropping the context makes chunk edges visibly different."""
     wav = speech[:20 * 16000]
-    codes, _ = streaming.encode_blocks(codec, [wav], 4, ChunkConfig(chunk_seconds=1.0, context_seconds=0.0))
+    codes, _ = chunking.encode_blocks(codec, [wav], 4, ChunkConfig(chunk_seconds=1.0, context_seconds=0.0))
     assert np.mean(codes == _single_pass_codes(codec, wav, 4)) < 0.99
 
 
 def test_chunked_decode_equals_single_pass_within_tolerance(codec, speech):
     wav = speech[:30 * 16000 + 7]
     codes = _single_pass_codes(codec, wav, 8)
-    pieces = list(streaming.decode_chunks(codec, codes, wav.numel(), ChunkConfig(chunk_seconds=4.0)))
+    pieces = list(chunking.decode_chunks(codec, codes, wav.numel(), ChunkConfig(chunk_seconds=4.0)))
     assert len(pieces) == 8
     chunked = torch.cat(pieces)
     with torch.inference_mode():
@@ -111,9 +111,9 @@ def test_windows_stay_bounded_whatever_the_input_length(codec, monkeypatch):
         return real_encode(wav, n_q)
 
     monkeypatch.setattr(codec, "encode", spy)
-    chunking = ChunkConfig(chunk_seconds=2.0, context_seconds=0.5)
+    config = ChunkConfig(chunk_seconds=2.0, context_seconds=0.5)
     blocks = (torch.randn(16000) * 0.05 for _ in range(30))  # a 30 s signal fed as a stream
-    codes, n = streaming.encode_blocks(codec, blocks, 2, chunking)
+    codes, n = chunking.encode_blocks(codec, blocks, 2, config)
     assert n == 30 * 16000 and codes.shape == (2, 1500)
     assert max(lengths) <= (2.0 + 2 * 0.5) * 16000 and len(lengths) == 15
 
@@ -121,70 +121,70 @@ def test_windows_stay_bounded_whatever_the_input_length(codec, monkeypatch):
 @pytest.mark.parametrize("length", [0, 1, 100, 319, 320, 321, 16000 + 5])
 def test_any_length_round_trips_to_the_same_length(codec, length):
     wav = torch.randn(length) * 0.1
-    data = streaming.compress(codec, wav, 16000, n_q=3)
+    data = api.compress(codec, wav, 16000, n_q=3)
     assert len(data) == bitstream.file_size(3, length, HOP, 10)
-    out, sr = streaming.decompress(codec, data)
+    out, sr = api.decompress(codec, data)
     assert sr == 16000 and out.shape == (1, length) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and bool((out.abs() <= 1.0).all())
 
 
 def test_silence_compresses_and_decodes_to_finite_audio(codec):
-    data = streaming.compress(codec, np.zeros(16000, dtype=np.float32), 16000, bitrate=1.5)
+    data = api.compress(codec, np.zeros(16000, dtype=np.float32), 16000, bitrate=1.5)
     header, codes = bitstream.decode_bitstream(data)
     assert header.n_q == 3 and codes.shape == (3, 50)
-    out, _ = streaming.decompress(codec, data)
+    out, _ = api.decompress(codec, data)
     assert torch.isfinite(out).all()
 
 
 def test_bytes_api_agrees_with_single_pass_codec(codec, speech):
     wav = speech[:5 * 16000]
-    _, codes = bitstream.decode_bitstream(streaming.compress(codec, wav, 16000, bitrate=3.0))
+    _, codes = bitstream.decode_bitstream(api.compress(codec, wav, 16000, bitrate=3.0))
     np.testing.assert_array_equal(codes, _single_pass_codes(codec, wav, 6))
 
 
 def test_stereo_is_averaged_and_other_rates_are_resampled(codec, speech):
     left = speech[:3 * 16000]
     stereo = torch.stack([left, 0.5 * left])
-    mono_codes = bitstream.decode_bitstream(streaming.compress(codec, 0.75 * left, 16000, n_q=4))[1]
-    header, stereo_codes = bitstream.decode_bitstream(streaming.compress(codec, stereo.numpy(), 16000, n_q=4))
+    mono_codes = bitstream.decode_bitstream(api.compress(codec, 0.75 * left, 16000, n_q=4))[1]
+    header, stereo_codes = bitstream.decode_bitstream(api.compress(codec, stereo.numpy(), 16000, n_q=4))
     np.testing.assert_array_equal(stereo_codes, mono_codes)
 
     at_44k = resample(left, 16000, 44100)
-    header, codes = bitstream.decode_bitstream(streaming.compress(codec, at_44k, 44100, n_q=4))
+    header, codes = bitstream.decode_bitstream(api.compress(codec, at_44k, 44100, n_q=4))
     assert header.sample_rate == 16000 and header.num_samples == math.ceil(at_44k.numel() * 160 / 441)
     assert abs(header.num_samples - left.numel()) <= 1
     assert np.mean(codes[0] == mono_codes[0]) > 0.5  # same content after the round trip through 44.1 kHz
 
 
 def test_bitrate_choice_and_its_errors(codec):
-    assert streaming.resolve_n_q(codec, bitrate=3) == 6
-    assert streaming.resolve_n_q(codec, n_q=5) == 5
-    assert streaming.resolve_n_q(codec) == codec.max_n_q
+    assert codec_header.resolve_n_q(codec, bitrate=3) == 6
+    assert codec_header.resolve_n_q(codec, n_q=5) == 5
+    assert codec_header.resolve_n_q(codec) == codec.max_n_q
     with pytest.raises(ValueError, match="valid bitrates.*0.5, 1, 1.5"):
-        streaming.compress(codec, np.zeros(100), 16000, bitrate=2.7)
+        api.compress(codec, np.zeros(100), 16000, bitrate=2.7)
     with pytest.raises(ValueError, match="between 1 and 16"):
-        streaming.resolve_n_q(codec, n_q=17)
+        codec_header.resolve_n_q(codec, n_q=17)
     with pytest.raises(ValueError, match="contradicts"):
-        streaming.resolve_n_q(codec, bitrate=3, n_q=4)
+        codec_header.resolve_n_q(codec, bitrate=3, n_q=4)
     with pytest.raises(ValueError, match="NaN"):
-        streaming.compress(codec, np.array([0.0, np.nan]), 16000)
+        api.compress(codec, np.array([0.0, np.nan]), 16000)
     with pytest.raises(ValueError, match="sample rate"):
-        streaming.compress(codec, np.zeros(10), 0)
+        api.compress(codec, np.zeros(10), 0)
 
 
 def test_other_model_is_refused_not_decoded(codec):
-    data = streaming.compress(codec, torch.randn(4000) * 0.1, 16000, n_q=2)
+    data = api.compress(codec, torch.randn(4000) * 0.1, 16000, n_q=2)
     torch.manual_seed(1)
     other = Codec(CodecConfig.preset("tiny")).eval()
     assert other.model_id != codec.model_id
     with pytest.raises(ModelMismatchError, match=codec.model_id):
-        streaming.decompress(other, data)
+        api.decompress(other, data)
 
 
 def test_training_flag_is_restored(codec):
     codec.train()
     try:
-        streaming.compress(codec, torch.randn(2000) * 0.1, 16000, n_q=2)
+        api.compress(codec, torch.randn(2000) * 0.1, 16000, n_q=2)
         assert codec.training
     finally:
         codec.eval()
@@ -198,24 +198,24 @@ def test_files_stereo_44k_round_trip_and_resampled_output(codec, speech, tmp_pat
     left = resample(speech[:4 * 16000], 16000, 44100).numpy()
     soundfile.write(src, np.stack([left, 0.5 * left], axis=1), 44100, subtype="FLOAT")
     before = src.read_bytes()
-    report = streaming.compress_file(codec, src, tmp_path / "a.rvq", n_q=6,
+    report = codec_files.compress_file(codec, src, tmp_path / "a.rvq", n_q=6,
                                      chunking=ChunkConfig(chunk_seconds=1.0, read_block_seconds=0.3))
     assert report.downmixed and report.resampled and report.source_sample_rate == 44100
     assert report.n_bytes == (tmp_path / "a.rvq").stat().st_size == report.header.file_bytes
     # streamed read + chunked encode == whole-array path (streamed resampling differs by <= 1e-4)
-    from_memory = streaming.compress(codec, np.stack([left, 0.5 * left]), 44100, n_q=6)
+    from_memory = api.compress(codec, np.stack([left, 0.5 * left]), 44100, n_q=6)
     assert np.mean(bitstream.read_rvq(tmp_path / "a.rvq")[1] == bitstream.decode_bitstream(from_memory)[1]) >= 0.99
 
-    out = streaming.decompress_file(codec, tmp_path / "a.rvq", tmp_path / "a.wav",
+    out = codec_files.decompress_file(codec, tmp_path / "a.rvq", tmp_path / "a.wav",
                                     chunking=ChunkConfig(chunk_seconds=1.0))
     decoded, sr = soundfile.read(tmp_path / "a.wav", dtype="float32")
     assert sr == out.sample_rate == 16000 and decoded.shape == (report.header.num_samples,)
 
-    streaming.decompress_file(codec, tmp_path / "a.rvq", tmp_path / "a44.wav", sample_rate=44100,
+    codec_files.decompress_file(codec, tmp_path / "a.rvq", tmp_path / "a44.wav", sample_rate=44100,
                               subtype="FLOAT", chunking=ChunkConfig(chunk_seconds=1.0))
     up, sr = soundfile.read(tmp_path / "a44.wav", dtype="float32")
     assert sr == 44100 and len(up) == math.ceil(report.header.num_samples * 441 / 160)
-    whole, _ = streaming.decompress(codec, (tmp_path / "a.rvq").read_bytes())
+    whole, _ = api.decompress(codec, (tmp_path / "a.rvq").read_bytes())
     np.testing.assert_allclose(up, resample(whole[0], 16000, 44100).numpy(), atol=1e-4)
     assert src.read_bytes() == before
 
@@ -223,9 +223,9 @@ def test_files_stereo_44k_round_trip_and_resampled_output(codec, speech, tmp_pat
 def test_empty_audio_file_gives_empty_stream_and_empty_wav(codec, tmp_path):
     src = tmp_path / "empty.wav"
     soundfile.write(src, np.zeros((0, 1), dtype=np.float32), 16000)
-    report = streaming.compress_file(codec, src, tmp_path / "e.rvq", n_q=4)
+    report = codec_files.compress_file(codec, src, tmp_path / "e.rvq", n_q=4)
     assert report.header.num_samples == 0 and report.n_bytes == bitstream.OVERHEAD_BYTES
-    streaming.decompress_file(codec, tmp_path / "e.rvq", tmp_path / "e.wav")
+    codec_files.decompress_file(codec, tmp_path / "e.rvq", tmp_path / "e.wav")
     assert soundfile.info(tmp_path / "e.wav").frames == 0
 
 
@@ -234,28 +234,28 @@ def test_file_outputs_are_never_inputs_and_not_overwritten(codec, tmp_path):
     soundfile.write(src, np.random.default_rng(0).normal(0, 0.1, 4000).astype(np.float32), 16000)
     before = src.read_bytes()
     with pytest.raises(ValueError, match="input"):
-        streaming.compress_file(codec, src, src, n_q=2, overwrite=True)
-    streaming.compress_file(codec, src, tmp_path / "x.rvq", n_q=2)
+        codec_files.compress_file(codec, src, src, n_q=2, overwrite=True)
+    codec_files.compress_file(codec, src, tmp_path / "x.rvq", n_q=2)
     first = (tmp_path / "x.rvq").read_bytes()
     with pytest.raises(FileExistsError, match="--force"):
-        streaming.compress_file(codec, src, tmp_path / "x.rvq", n_q=3)
+        codec_files.compress_file(codec, src, tmp_path / "x.rvq", n_q=3)
     assert (tmp_path / "x.rvq").read_bytes() == first
-    streaming.compress_file(codec, src, tmp_path / "x.rvq", n_q=3, overwrite=True)
+    codec_files.compress_file(codec, src, tmp_path / "x.rvq", n_q=3, overwrite=True)
     assert bitstream.read_rvq(tmp_path / "x.rvq")[0].n_q == 3
     with pytest.raises(ValueError, match="input"):
-        streaming.decompress_file(codec, tmp_path / "x.rvq", src, overwrite=True, protected=[src])
+        codec_files.decompress_file(codec, tmp_path / "x.rvq", src, overwrite=True, protected=[src])
     with pytest.raises(FileExistsError):
-        streaming.decompress_file(codec, tmp_path / "x.rvq", src)
+        codec_files.decompress_file(codec, tmp_path / "x.rvq", src)
     assert src.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.wav", "x.rvq"]  # no temp files left
 
 
 def test_damaged_stream_writes_nothing(codec, tmp_path):
-    data = bytearray(streaming.compress(codec, torch.randn(8000) * 0.1, 16000, n_q=2))
+    data = bytearray(api.compress(codec, torch.randn(8000) * 0.1, 16000, n_q=2))
     data[60] ^= 0x01
     (tmp_path / "bad.rvq").write_bytes(bytes(data))
     with pytest.raises(bitstream.CorruptedBitstreamError):
-        streaming.decompress_file(codec, tmp_path / "bad.rvq", tmp_path / "bad.wav")
+        codec_files.decompress_file(codec, tmp_path / "bad.rvq", tmp_path / "bad.wav")
     assert not (tmp_path / "bad.wav").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.rvq"]
 
@@ -263,7 +263,7 @@ def test_damaged_stream_writes_nothing(codec, tmp_path):
 def test_non_audio_input_is_an_audio_read_error(codec, tmp_path):
     (tmp_path / "notes.wav").write_text("not audio at all\n")
     with pytest.raises(AudioReadError):
-        streaming.compress_file(codec, tmp_path / "notes.wav", tmp_path / "n.rvq", n_q=2)
+        codec_files.compress_file(codec, tmp_path / "notes.wav", tmp_path / "n.rvq", n_q=2)
     assert not (tmp_path / "n.rvq").exists()
 
 
@@ -304,7 +304,7 @@ def test_encoding_across_thread_counts_is_within_the_documented_tolerance(speech
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
-            data[n] = streaming.compress(codec, speech[:5 * 16000], 16000, bitrate=6)
+            data[n] = api.compress(codec, speech[:5 * 16000], 16000, bitrate=6)
     finally:
         torch.set_num_threads(threads)
     (h1, c1), (h2, c2) = bitstream.decode_bitstream(data[1]), bitstream.decode_bitstream(data[2])

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from rvqcodec.errors import UserError
-from rvqcodec.commands.compress import (
+from rvqcodec.commands.common import (
     InputFile,
     add_model_arguments,
     collect_inputs,
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from rvqcodec.streaming import decompress_file
+    from rvqcodec.codec_files import decompress_file
 
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise UserError(f"--sample-rate must be a positive number of Hz, got {args.sample_rate}")

@@ -17,7 +17,7 @@ import math
 import sys
 
 from rvqcodec.errors import UserError
-from rvqcodec.commands.compress import add_threads_argument, apply_threads
+from rvqcodec.commands.common import add_threads_argument, apply_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -60,7 +60,7 @@ def stream_info(path: Path, model_path: str | None) -> dict[str, Any]:
     """The header of a ``.rvq`` file (fully checked: checksums, length), plus compatibility with a model."""
     from rvqcodec.bitstream import read_rvq
     from rvqcodec.pretrained import load_codec
-    from rvqcodec.streaming import check_codec_matches
+    from rvqcodec.codec_header import check_codec_matches
 
     header, _ = read_rvq(path)
     info: dict[str, Any] = {

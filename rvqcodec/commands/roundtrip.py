@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rvqcodec.commands.compress import (
+from rvqcodec.commands.common import (
     AUDIO_SUFFIXES,
     InputFile,
     add_model_arguments,
@@ -88,11 +88,12 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
     from tqdm import tqdm
 
     from rvqcodec import bitstream
-    from rvqcodec.data.audio_io import audio_info
+    from rvqcodec.chunking import decode_chunks, encode_blocks
+    from rvqcodec.codec_header import make_header
+    from rvqcodec.data.audio_io import audio_info, streamed_audio_file
     from rvqcodec.fileio import already_exists_message, atomic_write_bytes
     from rvqcodec.metrics import METRIC_NAMES
     from rvqcodec.scoring import file_blocks, score_streams
-    from rvqcodec.streaming import decode_chunks, encode_blocks, make_header, streamed_audio_file
 
     info = audio_info(path)
     sr = codec.sample_rate

@@ -7,7 +7,8 @@ All samples are float32, channel-first ``(C, T)``, nominally in ``[-1, 1]``.
   the whole-file :func:`read_audio` output sample for sample (same length; values equal up to float32
   rounding in the convolution, ``<= 1e-4`` absolute for full-scale input; see :class:`StreamingResampler`).
 * :func:`write_audio` writes atomically (temporary file in the same folder + ``os.replace``) and never
-  overwrites an existing file unless asked to, nor any path listed as ``protected`` (the inputs).
+  overwrites an existing file unless asked to, nor any path listed as ``protected`` (the inputs);
+  :func:`streamed_audio_file` writes the same way block by block (a decoded stream never held whole).
 
 A file that cannot be read raises :class:`AudioReadError` (a ``ValueError``) with a one-line message.
 """
@@ -15,7 +16,8 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import torch
 import torchaudio
 
 from rvqcodec.errors import InputError
-from rvqcodec.fileio import atomic_path, check_output_folder, same_file
+from rvqcodec.fileio import already_exists_message, atomic_path, check_output_folder, same_file
 
 # torchaudio's default sinc-resampler settings; used both for whole files and for streamed blocks.
 RESAMPLE_LOWPASS_WIDTH = 6
@@ -384,6 +386,29 @@ def write_audio(path: str | os.PathLike, samples: torch.Tensor | np.ndarray, sam
     with atomic_path(path, overwrite=overwrite, exists_message=exists_message) as tmp:
         soundfile.write(tmp, frames, int(sample_rate), subtype=subtype, format=file_format)
     return path
+
+
+@contextmanager
+def streamed_audio_file(path: Path, sample_rate: int, subtype: str | None = None,
+                        overwrite: bool = False) -> Iterator[Callable[[torch.Tensor], None]]:
+    """Write mono audio block by block into a temp file beside ``path``; it takes ``path``'s place when the
+    ``with`` block ends normally and is removed if it raises. Yields ``write(block)``, ``block`` any shape.
+
+    Same guarantees as :func:`write_audio` (atomic, never replaces an existing file unless ``overwrite``), but
+    the signal never has to be in memory at once.
+    """
+    file_format, subtype = output_format(path, subtype)
+    clip = subtype not in FLOAT_SUBTYPES
+    with atomic_path(path, overwrite=overwrite, exists_message=already_exists_message(path)) as tmp, \
+            soundfile.SoundFile(tmp, "w", samplerate=int(sample_rate), channels=1, subtype=subtype,
+                                format=file_format) as handle:
+
+        def write(block: torch.Tensor) -> None:
+            samples = block.reshape(-1).numpy().astype(np.float32, copy=False)
+            handle.write(np.clip(samples, -1.0, 1.0) if clip else samples)
+
+        yield write
+
 
 
 def output_format(path: Path, subtype: str | None = None) -> tuple[str, str]:

@@ -9,6 +9,9 @@ Shapes: audio ``(B, 1, T)`` float in ``[-1, 1]`` at ``sample_rate``; latents ``(
 
 Bitrate: ``n_q * bits_per_code * frame_rate`` bit/s. With the defaults (16 kHz, hop 320 -> 50 frames/s,
 K = 1024 -> 10 bits) each stage adds 0.5 kbps and 16 stages give 8 kbps.
+
+The model maps tensors to tensors and saves/loads its own checkpoints; it knows nothing of ``.rvq`` bitstreams,
+chunking or where the shipped model lives (that is :mod:`rvqcodec.api`, above it).
 """
 from __future__ import annotations
 
@@ -318,26 +321,6 @@ class Codec(nn.Module):
         audio = self.decoder(q.quantized)[..., :length]
         return CodecOutput(audio=audio, codes=q.codes, commit_loss=q.commit_loss,
                            codebook_loss=q.codebook_loss, n_q=q.n_q, latent=latent)
-
-    # ------------------------------------------------------------------ bytes API (see rvqcodec.streaming)
-    @classmethod
-    def from_pretrained(cls, device: str | torch.device = "cpu") -> "Codec":
-        """The default speech model shipped inside the package (``rvqcodec/pretrained/default.pt``)."""
-        from rvqcodec.streaming import load_default_codec
-
-        return load_default_codec(device)
-
-    def compress(self, wav, sr: int, bitrate: float | None = None, n_q: int | None = None) -> bytes:
-        """Audio (T,) or (C, T) at ``sr`` Hz → a ``.rvq`` bitstream (resampled, downmixed, chunked)."""
-        from rvqcodec.streaming import compress
-
-        return compress(self, wav, sr, bitrate=bitrate, n_q=n_q)
-
-    def decompress(self, data: bytes) -> tuple[torch.Tensor, int]:
-        """A ``.rvq`` bitstream → ``(wav (1, T) float32, sample_rate)``."""
-        from rvqcodec.streaming import decompress
-
-        return decompress(self, data)
 
     @torch.no_grad()
     def initialize_codebooks(self, wav: torch.Tensor) -> int:

@@ -1,0 +1,138 @@
+"""Compressing audio files into ``.rvq`` files and decoding them back into audio files, in bounded memory.
+
+The input is streamed block by block (:func:`rvqcodec.data.audio_io.iter_audio_blocks`, resampled to the codec
+rate and averaged to mono), encoded by the chunk engine (:mod:`rvqcodec.chunking`) and written atomically
+(:mod:`rvqcodec.fileio`); decoding streams the decoded chunks into the output file
+(:func:`rvqcodec.data.audio_io.streamed_audio_file`). Every output check (an input file, a folder, an existing
+file without ``overwrite``, an unwritable folder) happens before any work.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rvqcodec import bitstream
+from rvqcodec.bitstream import RVQHeader
+from rvqcodec.chunking import ChunkConfig, decode_chunks, encode_blocks
+from rvqcodec.codec_header import check_codec_matches, make_header, resolve_n_q
+from rvqcodec.data import audio_io
+from rvqcodec.errors import InputError
+from rvqcodec.fileio import already_exists_message, check_writable_folder, same_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rvqcodec.model.codec import Codec
+
+
+def _check_output(path: Path, overwrite: bool, protected: Iterable[str | os.PathLike]) -> None:
+    """Refuse to write an input, a folder, or (without ``overwrite``) an existing file."""
+    for other in protected:
+        if same_file(path, other):
+            raise InputError(f"refusing to write {path}: it is an input file")
+    if path.is_dir():
+        raise InputError(f"output {path} is a folder")
+    if path.exists() and not overwrite:
+        raise FileExistsError(already_exists_message(path))
+    check_writable_folder(path)
+
+
+@dataclass
+class CompressReport:
+    """What :func:`compress_file` did."""
+
+    source: Path
+    output: Path
+    header: RVQHeader
+    n_bytes: int
+    source_sample_rate: int
+    source_channels: int
+
+    @property
+    def downmixed(self) -> bool:
+        return self.source_channels > 1
+
+    @property
+    def resampled(self) -> bool:
+        return self.source_sample_rate != self.header.sample_rate
+
+
+def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike, n_q: int,
+                  overwrite: bool = False, chunking: ChunkConfig = ChunkConfig(),
+                  model_id: str | None = None, protected: Sequence[str | os.PathLike] = ()) -> CompressReport:
+    """Compress an audio file (any format/rate/channels soundfile reads) into a ``.rvq`` file, in bounded memory.
+
+    The input is read block by block, resampled to the codec rate and averaged to mono. An audio file with
+    zero samples gives a valid empty stream. The output is written atomically and never over ``source`` or a
+    ``protected`` path.
+
+    Raises:
+        AudioReadError: unreadable / non-audio input. FileExistsError: output exists and not ``overwrite``.
+        PermissionError: the output folder is not writable (checked before encoding).
+        InputError: output is an input or a folder, NaN/inf samples. ValueError: bad ``n_q``.
+    """
+    source, output = Path(source), Path(output)
+    n_q = resolve_n_q(codec, n_q=n_q)
+    info = audio_io.audio_info(source)
+    _check_output(output, overwrite, [source, *protected])
+    if info.frames == 0:
+        codes, num_samples = np.zeros((n_q, 0), dtype=np.int64), 0
+    else:
+        block_frames = max(1, round(chunking.read_block_seconds * info.samplerate))
+        blocks = audio_io.iter_audio_blocks(source, block_frames, target_sr=codec.sample_rate, mono=True)
+        codes, num_samples = encode_blocks(codec, blocks, n_q, chunking)
+    header = make_header(codec, n_q, num_samples, model_id)
+    n_bytes = bitstream.write_rvq(output, header, codes, overwrite=overwrite)
+    return CompressReport(source, output, header, n_bytes, int(info.samplerate), int(info.channels))
+
+
+@dataclass
+class DecompressReport:
+    """What :func:`decompress_file` did."""
+
+    source: Path
+    output: Path
+    header: RVQHeader
+    sample_rate: int  # rate of the written file
+
+
+def decompress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike,
+                    sample_rate: int | None = None, overwrite: bool = False, subtype: str | None = None,
+                    chunking: ChunkConfig = ChunkConfig(), model_id: str | None = None,
+                    protected: Sequence[str | os.PathLike] = ()) -> DecompressReport:
+    """Decode a ``.rvq`` file into an audio file (format from the extension), streamed chunk by chunk.
+
+    Args:
+        sample_rate: write at this rate (streamed sinc resampling); ``None``: the codec rate.
+        subtype: soundfile subtype, e.g. ``PCM_16``, ``PCM_24``, ``FLOAT``; ``None`` (default): ``PCM_16``, or
+            the format's codec for lossy formats (``.ogg``, ``.opus``, ``.mp3``; see ``audio_io.output_format``).
+
+    Raises:
+        BitstreamError subclasses (damaged / foreign / newer file, other model), FileNotFoundError (missing
+        input or output folder), PermissionError (unwritable output folder), FileExistsError (output exists
+        and not ``overwrite``), InputError (output is an input or a folder, bad extension/subtype, impractical
+        resampling ratio), ValueError (bad rate). Every output check happens before any decoding.
+    """
+    source, output = Path(source), Path(output)
+    if not source.is_file():
+        raise FileNotFoundError(f"input not found: {source}" if not source.exists() else f"not a file: {source}")
+    if sample_rate is not None and (isinstance(sample_rate, bool) or int(sample_rate) != sample_rate
+                                    or sample_rate <= 0):
+        raise ValueError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
+    _check_output(output, overwrite, [source, *protected])
+    audio_io.output_format(output, subtype)
+    header, codes = bitstream.read_rvq(source)
+    check_codec_matches(header, codec, model_id)
+    out_rate = header.sample_rate if sample_rate is None else int(sample_rate)
+    resampler = None
+    if out_rate != header.sample_rate:
+        resampler = audio_io.StreamingResampler(header.sample_rate, out_rate)  # ValueError for impractical rates
+    with audio_io.streamed_audio_file(output, out_rate, subtype, overwrite) as write:
+        for block in decode_chunks(codec, codes, header.num_samples, chunking):
+            write(block if resampler is None else resampler.push(block.view(1, -1)))
+        if resampler is not None:
+            write(resampler.flush())
+    return DecompressReport(source, output, header, out_rate)

@@ -33,7 +33,7 @@ Sections (each a table in ``speed.md`` and a list in ``speed.json``, written int
   ``tiny``, ``base``; ``--quick``: ``convnext``, the cheapest) on ``--device``: AdamW, fp32, all RVQ stages,
   one fixed batch of random crops of ``--train-data``, once with the rotation-trick estimator and once with the
   straight-through estimator (same initial weights, steps interleaved). What a step computes depends on the
-  preset's architecture (:func:`training_setup`): SEANet presets (``tiny``, ``base``) use ``rvqcodec.train``'s
+  preset's architecture (:func:`training_setup`): SEANet presets (``tiny``, ``base``) use ``rvqcodec train``'s
   default ``LossConfig`` (mel 15 + MR-STFT 1, adversarial 1 + feature matching 2) with the preset's
   discriminators, so a step is a generator step plus a discriminator step; ConvNeXt presets use the losses of
   ``recipes/librispeech/convnext.yaml`` (mel 15 + complex STFT 10, no discriminator), as the default model is
@@ -75,12 +75,17 @@ import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import api, codec_files  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
-from rvqcodec.config import LossConfig, OptimConfig, discriminator_config_from_section, load_config  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.model import Codec, CodecConfig, DiscriminatorConfig, Discriminators  # noqa: E402
 from rvqcodec.model.codec import PRESETS  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
+from rvqcodec.training.config import (  # noqa: E402
+    LossConfig,
+    OptimConfig,
+    discriminator_config_from_section,
+    load_config,
+)
 
 DEFAULT_DATA = SPEECH_ROOT / "dev-clean"
 DEFAULT_TRAIN_DATA = SPEECH_ROOT / "train-clean-100"
@@ -450,14 +455,14 @@ def _loss_terms(loss: LossConfig) -> str:
 
 
 def training_setup(preset: str) -> TrainingSetup:
-    """The training step timed for a codec preset. SEANet presets (``tiny``, ``base``): ``rvqcodec.train``'s
+    """The training step timed for a codec preset. SEANet presets (``tiny``, ``base``): ``rvqcodec train``'s
     default ``LossConfig`` (mel + MR-STFT, adversarial + feature matching) with the preset's discriminators.
     ConvNeXt presets: the losses (and discriminators, if any) of ``recipes/librispeech/convnext.yaml``, the
     default model's recipe (mel + complex STFT, no discriminator). ``UserError`` if that recipe is unreadable."""
     if CodecConfig.preset(preset).architecture == "seanet":
         loss = LossConfig()
         return TrainingSetup(loss, DiscriminatorConfig.preset(preset),
-                             f"{_loss_terms(loss)}, {preset} discriminators (rvqcodec.train defaults)")
+                             f"{_loss_terms(loss)}, {preset} discriminators (rvqcodec train defaults)")
     try:
         recipe = load_config(CONVNEXT_RECIPE)
     except (FileNotFoundError, ValueError) as exc:
@@ -469,7 +474,7 @@ def training_setup(preset: str) -> TrainingSetup:
 
 
 class TrainingBench:
-    """One training setup (as in ``rvqcodec.train``: codec, optional discriminators, losses, AdamW) for timing
+    """One training setup (as in ``rvqcodec train``: codec, optional discriminators, losses, AdamW) for timing
     steps of a freshly initialised ``preset`` codec with the given gradient ``estimator``."""
 
     def __init__(self, preset: str, estimator: str, setup: TrainingSetup, device: torch.device, seed: int = 0):

@@ -20,8 +20,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "decompress": ("rvqcodec.commands.decompress", "decode .rvq bitstreams back into wav files"),
     "eval": ("rvqcodec.commands.evaluate", "score a degraded file against a reference (PESQ, STOI, SI-SDR, mel)"),
     "roundtrip": ("rvqcodec.commands.roundtrip", "compress + decompress + eval in one go, over a file or folder"),
-    "train": ("rvqcodec.train", "train a codec from a recipe config (runs under Accelerate)"),
-    "ablation": ("rvqcodec.ablation", "run the gradient-estimator ablation and write its report"),
+    "train": ("rvqcodec.commands.train", "train a codec from a recipe config (runs under Accelerate)"),
+    "ablation": ("rvqcodec.commands.ablation", "run the gradient-estimator ablation and write its report"),
     "info": ("rvqcodec.commands.info", "print a checkpoint's configuration, size and bitrates"),
 }
 

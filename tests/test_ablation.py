@@ -12,11 +12,13 @@ import torch
 import yaml
 
 from rvqcodec import cli
-from rvqcodec.ablation import load_spec, prepare_run_dir, read_saved_spec, read_snapshots, spec_from_dict
-from rvqcodec.config import config_from_dict, flat_dict
 from rvqcodec.model import Codec
-from rvqcodec.report import format_stat, load_results, mean_std, pca_2d, render_report
-from rvqcodec.train import Trainer
+from rvqcodec.training.ablation.report import format_stat, load_results, mean_std, pca_2d, render_report
+from rvqcodec.training.ablation.results import read_snapshots
+from rvqcodec.training.ablation.runner import prepare_run_dir
+from rvqcodec.training.ablation.spec import load_spec, read_saved_spec, spec_from_dict
+from rvqcodec.training.config import config_from_dict, flat_dict
+from rvqcodec.training.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RECIPE = REPO_ROOT / "recipes" / "ablation" / "estimators.yaml"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rvqcodec.config import (
+from rvqcodec.training.config import (
     TrainConfig,
     codec_config_from_section,
     discriminator_config_from_section,

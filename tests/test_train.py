@@ -12,17 +12,11 @@ import torch
 import yaml
 
 from rvqcodec import cli
-from rvqcodec.config import config_to_dict, load_config
 from rvqcodec.model import Codec
-from rvqcodec.train import (
-    StepBatchSampler,
-    Trainer,
-    TrainingDiverged,
-    latest_checkpoint,
-    lr_factor,
-    read_training_checkpoint,
-    step_checkpoints,
-)
+from rvqcodec.training.config import config_to_dict, load_config
+from rvqcodec.training.run_folder import latest_checkpoint, read_training_checkpoint, step_checkpoints
+from rvqcodec.training.sampling import StepBatchSampler
+from rvqcodec.training.trainer import Trainer, TrainingDiverged, lr_factor
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO_ROOT / "recipes" / "librispeech" / "tiny.yaml"

@@ -1,7 +1,9 @@
 """The training loop: a codec (generator) and its discriminators trained through HuggingFace Accelerate.
 
-Run it as ``rvqcodec train CONFIG [key=value ...]``, ``python -m rvqcodec.train CONFIG ...`` or, on several
-GPUs / nodes, ``accelerate launch --multi_gpu -m rvqcodec.train CONFIG ...``. The same code runs on a CPU.
+:class:`Trainer` builds a run from a :class:`rvqcodec.training.config.TrainConfig` and trains it; the command that
+starts it is ``rvqcodec train CONFIG [key=value ...]`` (:mod:`rvqcodec.commands.train`), also run as
+``python -m rvqcodec.training CONFIG ...`` or, on several GPUs / nodes, ``accelerate launch --multi_gpu -m
+rvqcodec.training CONFIG ...``. The same code runs on a CPU.
 
 **One step** (``train.grad_accum`` micro-batches of ``data.batch_size`` clips per process):
 
@@ -16,20 +18,9 @@ A non-finite loss (or gradient) on any process skips the whole step: gradients a
 buffer (EMA codebooks, statistics) is restored to its value before the step. After ``train.max_bad_steps``
 consecutive skips training stops with :class:`TrainingDiverged`; no checkpoint is written from a bad state.
 
-**Data order** is a pure function of ``(train.seed, step)``: micro-batch ``m`` of process ``r`` holds the sample
-positions ``((m·world + r)·B … +B)`` of an endless stream of per-epoch permutations (see
-:class:`StepBatchSampler`); each clip's random crop is fixed by the dataset from its seed, epoch and index.
-So a run resumed at step ``s`` sees exactly the batches an uninterrupted run would.
-
-**Run folder** (``train.run_dir``)::
-
-    config.yaml                 resolved configuration (every model field written out)
-    log.jsonl                   one JSON object per log / validation event
-    tensorboard/                Accelerate TensorBoard tracker (when tensorboard is installed)
-    checkpoints/step_XXXXXXX.pt last train.keep_last full training states
-    checkpoints/best.pt         full training state with the best validation mel distance
-    codec.pt, codec_best.pt     plain Codec checkpoints (Codec.load) of the latest / best state
-    samples/step_XXXXXXX/       example validation audio: <utt>_ref.wav, <utt>_<kbps>kbps.wav
+**Data order** is a pure function of ``(train.seed, step)`` (:mod:`rvqcodec.training.sampling`), so a run resumed
+at step ``s`` sees exactly the batches an uninterrupted run would. What a run writes:
+:mod:`rvqcodec.training.run_folder`.
 
 **Exact resume** (``train.resume=true``): a training checkpoint holds the codec (every buffer, including the
 EMA codebooks and, per process, the non-persistent codebook-statistics windows), discriminators, optimisers,
@@ -40,9 +31,7 @@ count.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -58,110 +47,33 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
-from rvqcodec.config import (
+from rvqcodec.fileio import atomic_torch_save
+from rvqcodec.training.config import (
     TrainConfig,
     codec_config_from_section,
     config_to_dict,
-    config_to_yaml,
     discriminator_config_from_section,
     flat_dict,
-    load_config,
     save_config,
 )
-from rvqcodec.fileio import atomic_torch_save, atomic_write_text
-
-CHECKPOINT_FORMAT = "rvqcodec-train-state"
-CHECKPOINT_VERSION = 1
-CHECKPOINT_DIR = "checkpoints"
+from rvqcodec.training.run_folder import (
+    CHECKPOINT_DIR,
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    JsonlLog,
+    Lineage,
+    device_label,
+    latest_checkpoint,
+    read_training_checkpoint,
+    step_checkpoints,
+)
+from rvqcodec.training.sampling import EpochIndexedClips, StepBatchSampler, as_clip, collate_clips
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
-
-
-# ============================================================================================ data order
-
-
-class StepBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Endless index batches that depend only on ``(seed, micro-batch number, rank)``.
-
-    The sample stream is the concatenation of per-epoch permutations of ``range(n_items)`` (epoch ``e``
-    permuted by a generator seeded from ``(seed, e)``). Micro-batch ``m`` of process ``rank`` takes stream
-    positions ``(m * world_size + rank) * batch_size + [0, batch_size)``. Starting at ``start_batch`` gives the
-    same batches an iteration from 0 would give from that point on.
-    """
-
-    def __init__(self, n_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 start_batch: int = 0):
-        if n_items < 1:
-            raise ValueError("cannot sample batches from an empty dataset")
-        self.n_items = n_items
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.start_batch = start_batch
-        self._perms: dict[int, torch.Tensor] = {}
-
-    def permutation(self, epoch: int) -> torch.Tensor:
-        if epoch not in self._perms:
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1, dtype=np.uint64)[0] >> 1)
-            self._perms[epoch] = torch.randperm(self.n_items, generator=torch.Generator().manual_seed(seed))
-        return self._perms[epoch]
-
-    def positions(self, batch: int) -> list[int]:
-        first = (batch * self.world_size + self.rank) * self.batch_size
-        return list(range(first, first + self.batch_size))
-
-    def epoch_and_index(self, position: int) -> tuple[int, int]:
-        epoch, offset = divmod(position, self.n_items)
-        return epoch, int(self.permutation(epoch)[offset])
-
-    def batch(self, batch: int) -> list[tuple[int, int]]:
-        """``(epoch, dataset index)`` of every clip of micro-batch ``batch``."""
-        return [self.epoch_and_index(p) for p in self.positions(batch)]
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        batch = self.start_batch
-        while True:
-            yield self.batch(batch)
-            batch += 1
-
-
-class EpochIndexedClips(torch.utils.data.Dataset):
-    """Wraps a cropping dataset so that a clip is addressed by ``(epoch, index)``.
-
-    The wrapped dataset's crop of item ``index`` depends on its seed and current epoch; setting the epoch here,
-    per item, keeps that true inside DataLoader worker processes (which hold their own copy of the dataset).
-    Returns ``(1, T)`` float tensors.
-    """
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
-        epoch, index = key
-        if getattr(self.dataset, "epoch", None) != epoch:
-            self.dataset.set_epoch(epoch)
-        return _as_clip(self.dataset[index])
-
-
-def _as_clip(item: torch.Tensor) -> torch.Tensor:
-    """A dataset item -> float32 ``(1, T)`` (the datasets return mono ``(1, T)`` tensors)."""
-    if item.dim() != 2 or item.shape[0] != 1:
-        raise ValueError(f"expected a mono (1, T) clip from the dataset, got shape {tuple(item.shape)}")
-    return item.float()
-
-
-def _collate(items: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(items, dim=0)
 
 
 # ============================================================================================ schedules
@@ -191,106 +103,6 @@ def _lr_lambda(cfg: TrainConfig):
         return lr_factor(step, cfg)
 
     return factor
-
-
-# ============================================================================================ files
-
-
-def step_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``[(step, path), ...]`` of the step checkpoints in ``run_dir``, oldest first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    found = []
-    for path in folder.glob("step_*.pt"):
-        try:
-            found.append((int(path.stem.split("_", 1)[1]), path))
-        except ValueError:
-            continue
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The step checkpoint with the highest step in ``run_dir`` (None if there is none)."""
-    found = step_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
-def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a training checkpoint written by :class:`Trainer` (CPU tensors), with a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable training checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an rvqcodec training checkpoint")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported training checkpoint version {payload.get('version')!r}")
-    return payload
-
-
-class JsonlLog:
-    """Appends one JSON object per line (main process only); non-finite floats are written as null."""
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path = path
-        self.enabled = enabled
-
-    def truncate_after(self, step: int) -> None:
-        """Drop records of steps after ``step`` (left by an interrupted run), atomically."""
-        if not self.enabled or not self.path.is_file():
-            return
-        kept = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by the interruption
-            if int(record.get("step", 0)) <= step:
-                kept.append(line)
-        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        clean = {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(clean) + "\n")
-
-
-@dataclass
-class Lineage:
-    """What a model has been through, carried from checkpoint to checkpoint (and into the codec's meta, the model
-    card): optimiser steps, seconds of training audio seen (crops × length, all processes) and wall-clock
-    minutes of training per device kind (e.g. ``{"cpu": 50.0, "cuda NVIDIA H200": 3.3}``), summed over runs that
-    resumed one another, whichever machine each ran on."""
-
-    steps: int = 0
-    audio_seconds: float = 0.0
-    minutes: dict[str, float] | None = None
-
-    def add(self, audio_seconds: float, seconds: float, device: str) -> None:
-        self.steps += 1
-        self.audio_seconds += audio_seconds
-        self.minutes = dict(self.minutes or {})
-        self.minutes[device] = self.minutes.get(device, 0.0) + seconds / 60.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "audio_hours": self.audio_seconds / 3600.0, "audio_seconds": self.audio_seconds,
-                "minutes": dict(self.minutes or {})}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Lineage":
-        return cls(steps=int(data.get("steps", 0)), audio_seconds=float(data.get("audio_seconds", 0.0)),
-                   minutes={k: float(v) for k, v in (data.get("minutes") or {}).items()})
-
-
-def device_label(device: torch.device) -> str:
-    """``"cpu"`` or e.g. ``"cuda NVIDIA H200"``: the key of :class:`Lineage` minutes."""
-    if device.type == "cuda":
-        return f"cuda {torch.cuda.get_device_name(device)}"
-    return device.type
 
 
 # ============================================================================================ trainer
@@ -584,7 +396,7 @@ class Trainer:
         sampler = StepBatchSampler(len(self.train_set), self.cfg.data.batch_size, self.cfg.train.seed,
                                    rank=acc.process_index, world_size=acc.num_processes,
                                    start_batch=self.step * self.cfg.train.grad_accum)
-        loader = DataLoader(EpochIndexedClips(self.train_set), batch_sampler=sampler, collate_fn=_collate,
+        loader = DataLoader(EpochIndexedClips(self.train_set), batch_sampler=sampler, collate_fn=collate_clips,
                             num_workers=self.cfg.data.num_workers, pin_memory=acc.device.type == "cuda",
                             generator=torch.Generator().manual_seed(self.cfg.train.seed))
         for batch in loader:
@@ -598,7 +410,7 @@ class Trainer:
             if self.cfg.data.max_valid_seconds is not None:
                 max_len = int(self.cfg.data.max_valid_seconds * self.codec_config.sample_rate)
             for i in range(limit):
-                wav = _as_clip(self.valid_set[i])
+                wav = as_clip(self.valid_set[i])
                 if max_len is not None:
                     wav = wav[..., :max_len]
                 items.append((Path(self.valid_set.files[i]).stem, wav))
@@ -985,62 +797,3 @@ class Trainer:
             self.accelerator.trackers = []  # a later fit() starts fresh ones (closed writers would reopen)
         return {"step": self.step, "last_train": last_train, "last_valid": last_valid,
                 "best_valid_mel": self.best_valid_mel, "skipped": self.bad_total}
-
-
-# ============================================================================================ command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = (
-        "Config sections: model, disc, data, optim, loss, train (see rvqcodec/config.py and "
-        "recipes/librispeech/README.md). Continue a run: train.resume=true. Several GPUs: "
-        "accelerate launch --multi_gpu --num_processes N -m rvqcodec.train CONFIG [KEY=VALUE ...].")
-    parser.add_argument("config", help="recipe YAML file, e.g. recipes/librispeech/tiny.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides with dotted keys, e.g. data.root=/data train.steps=100 model.n_q=8")
-    parser.add_argument("--print-config", action="store_true",
-                        help="print the resolved configuration as YAML and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from rvqcodec.errors import UserError
-
-    try:
-        cfg = load_config(args.config, args.overrides)
-        if args.print_config:
-            print(config_to_yaml(cfg), end="")
-            return 0
-        trainer = Trainer(cfg, show_progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as exc:
-        raise UserError(str(exc)) from None
-    try:
-        summary = trainer.fit()
-    except TrainingDiverged as exc:
-        raise UserError(str(exc)) from None
-    if trainer.is_main:
-        best = summary["best_valid_mel"]
-        print(f"done: {summary['step']} steps in {cfg.train.run_dir} (best valid mel {best:.4f}, "
-              f"{summary['skipped']} skipped steps); codec: {Path(cfg.train.run_dir) / 'codec.pt'}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m rvqcodec.train`` and ``accelerate launch -m rvqcodec.train``."""
-    from rvqcodec.errors import UserError
-
-    parser = argparse.ArgumentParser(prog="rvqcodec.train", description="train a codec from a recipe config")
-    add_arguments(parser)
-    args = parser.parse_intermixed_args(argv)  # flags may sit between the KEY=VALUE overrides
-    try:
-        return run(args)
-    except UserError as exc:
-        print(f"rvqcodec train: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("rvqcodec train: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

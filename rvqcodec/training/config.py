@@ -1,4 +1,4 @@
-"""Training configuration: dataclasses, YAML loading and ``key=value`` command-line overrides.
+"""Training configuration (recipes): dataclasses, YAML loading and ``key=value`` command-line overrides.
 
 A recipe is a YAML file with up to six sections::
 
@@ -326,7 +326,9 @@ def parse_override(text: str) -> tuple[str, str]:
     return key, value.strip()
 
 
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``tree["a"]["b"]["c"] = value`` for ``key = "a.b.c"``, creating missing sections; ValueError naming the
+    key if a prefix of it is a value, not a section (used by overrides and by the ablation's arms)."""
     parts = key.split(".")
     node = tree
     for i, part in enumerate(parts[:-1]):
@@ -335,7 +337,7 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
             child = node[part] = {}
         if not isinstance(child, dict):
             parent = ".".join(parts[: i + 1])
-            raise ValueError(f"config key '{parent}': is a value, not a section (bad override '{key}')")
+            raise ValueError(f"config key '{parent}': is a value, not a section (bad key '{key}')")
         node = child
     node[parts[-1]] = value
 
@@ -444,7 +446,7 @@ def config_from_dict(raw: dict[str, Any] | None, overrides: list[str] | None = N
     cli_keys: set[str] = set()
     for text in overrides or []:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
+        set_dotted(tree, key, value)
         cli_keys.add(key)
 
     valid_sections = [*PRESET_SECTIONS, *SECTIONS]

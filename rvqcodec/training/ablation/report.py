@@ -18,15 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rvqcodec.ablation import (
-    EVAL_FILE,
-    STATUS_FILE,
-    AblationSpec,
-    read_json,
-    read_saved_spec,
-    read_snapshots,
-)
 from rvqcodec.fileio import atomic_path, atomic_write_text
+from rvqcodec.training.ablation.results import EVAL_FILE, STATUS_FILE, read_json, read_snapshots
+from rvqcodec.training.ablation.spec import AblationSpec, read_saved_spec
 
 REPORT_FILE = "report.md"
 PLOTS_DIR = "plots"
@@ -76,7 +70,7 @@ class RunResult:
     status: dict[str, Any] | None = None
     eval: dict[str, Any] | None = None
     log: list[dict[str, Any]] = field(default_factory=list)
-    snapshots: list[dict[str, Any]] = field(default_factory=list)  # see rvqcodec.ablation.codebook_snapshot
+    snapshots: list[dict[str, Any]] = field(default_factory=list)  # see results.codebook_snapshot
 
     @property
     def finished(self) -> bool:
@@ -718,4 +712,4 @@ def write_report(run_dir: str | os.PathLike) -> Path:
         if run is not None:
             add(f"Codebook evolution: {arm} (seed {run.seed})",
                 plot_codebook_evolution(spec, arm, run, plots_dir / f"codebooks_{arm}.png"))
-    return atomic_write_text(run_dir / "report.md", render_report(spec, results, plots), parents=True)
+    return atomic_write_text(run_dir / REPORT_FILE, render_report(spec, results, plots), parents=True)

@@ -18,15 +18,16 @@ counts the same whatever its activation magnitude.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import ClassVar, Sequence
 
 import auraloss
 import torch
 import torchaudio
 from torch import nn
 from torch.nn import functional as F
+
+from rvqcodec.dicts import DictConfig
 
 DiscriminatorOutputs = Sequence[tuple[torch.Tensor, Sequence[torch.Tensor]]]
 ADVERSARIAL_KINDS = ("hinge", "lsgan")
@@ -155,8 +156,10 @@ class CompressedSTFTLoss(nn.Module):
 
 
 @dataclass
-class ReconstructionLossConfig:
+class ReconstructionLossConfig(DictConfig):
     """Weights and settings of :class:`ReconstructionLoss`. A weight of 0 skips the term entirely."""
+
+    dict_name: ClassVar[str] = "reconstruction loss"
 
     l1_weight: float = 0.1
     mrstft_weight: float = 1.0
@@ -181,17 +184,6 @@ class ReconstructionLossConfig:
         if not any(weights.values()):
             raise ValueError("at least one reconstruction loss weight must be > 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ReconstructionLossConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown reconstruction loss key(s): {', '.join(unknown)}; "
-                             f"valid keys: {', '.join(sorted(known))}")
-        return cls(**data)
 
 
 class ReconstructionLoss(nn.Module):

@@ -25,16 +25,18 @@ import pickle
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from rvqcodec.dicts import DictConfig
 from rvqcodec.fileio import atomic_torch_save
 from rvqcodec.model.framerate import FrameRateDecoder, FrameRateEncoder
 from rvqcodec.model.seanet import SEANetDecoder, SEANetEncoder
-from rvqcodec.quantize import ResidualVQ
+from rvqcodec.quantize import QUANTIZER_DEFAULTS, ResidualVQ
 
 TRAINING_STATE_SUFFIXES = ("codebook.embed_sum", "codebook.cluster_size", "codebook.steps", "codebook.replaced_total",
                            "codebook.idle_steps")
@@ -53,10 +55,25 @@ V1_FIELDS = frozenset((
     "kmeans_iters", "dead_code_threshold", "dead_code_interval", "l2_normalize_lookup"))
 """The config fields of the first checkpoint version. A field added later enters a model's identity (model id)
 only when it differs from its default, so models saved before it existed keep their id."""
+QUANTIZER_FIELDS = MappingProxyType({
+    "codebook_dim": "codebook_dim", "estimator": "estimator", "residual_grad": "residual_grad",
+    "quantizer_dropout": "quantizer_dropout", "scale_clamp": "scale_clamp", "commitment_weight": "commitment_weight",
+    "codebook_weight": "codebook_weight", "codebook_learning": "learning", "ema_decay": "decay",
+    "kmeans_init": "kmeans_init", "kmeans_iters": "kmeans_iters", "dead_code_threshold": "dead_code_threshold",
+    "dead_code_interval": "dead_code_interval", "dead_code_patience": "dead_code_patience",
+    "l2_normalize_lookup": "l2_normalize_lookup"})
+"""The :class:`CodecConfig` fields that configure the quantizer -> the :class:`rvqcodec.quantize.ResidualVQ` option
+each one sets. Their defaults are the quantizer's own (:data:`rvqcodec.quantize.QUANTIZER_DEFAULTS`), except
+``quantizer_dropout``."""
+
+
+def _quantizer_default(name: str) -> Any:
+    """The default of the config field ``name``: the default of the quantizer option it sets."""
+    return QUANTIZER_DEFAULTS[QUANTIZER_FIELDS[name]]
 
 
 @dataclass
-class CodecConfig:
+class CodecConfig(DictConfig):
     """Everything needed to rebuild a :class:`Codec` (stored inside every checkpoint).
 
     The defaults are the ``base`` preset (SEANet). Common:
@@ -73,12 +90,16 @@ class CodecConfig:
         encoder_blocks, decoder_blocks: ConvNeXt blocks on each side. mlp_ratio: hidden width / frame_dim.
         frame_kernel: depthwise kernel in frames. stem_n_fft: analysis window of the STFT stem (samples).
         head_n_fft: window of the inverse-STFT head. causal: no look-ahead anywhere (streaming-ready).
-    Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages):
+    Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages, see ``QUANTIZER_FIELDS``):
         n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
         (None = latent_dim). estimator, residual_grad, quantizer_dropout, scale_clamp, commitment_weight,
         codebook_weight, codebook_learning (``"ema"``/``"grad"``), ema_decay, kmeans_init, kmeans_iters,
-        dead_code_threshold, dead_code_interval, dead_code_patience, l2_normalize_lookup: see the quantizer docs.
+        dead_code_threshold, dead_code_interval, dead_code_patience, l2_normalize_lookup: documented, with their
+        defaults, where the quantizer uses them. ``quantizer_dropout`` defaults to 0.5 here (one model for every
+        bitrate), not to the quantizer's 0.
     """
+
+    dict_name: ClassVar[str] = "codec config"
 
     sample_rate: int = 16000
     channels: int = 32
@@ -100,21 +121,21 @@ class CodecConfig:
     causal: bool = False
     n_q: int = 16
     codebook_size: int = 1024
-    codebook_dim: int | None = None
-    estimator: str = "rotation"
-    residual_grad: str = "live"
+    codebook_dim: int | None = _quantizer_default("codebook_dim")
+    estimator: str = _quantizer_default("estimator")
+    residual_grad: str = _quantizer_default("residual_grad")
     quantizer_dropout: float = 0.5
-    scale_clamp: tuple[float, float] | None = None
-    commitment_weight: float = 1.0
-    codebook_weight: float = 1.0
-    codebook_learning: str = "ema"
-    ema_decay: float = 0.99
-    kmeans_init: bool = True
-    kmeans_iters: int = 10
-    dead_code_threshold: float = 0.1
-    dead_code_interval: int = 1
-    dead_code_patience: int = 0
-    l2_normalize_lookup: bool = False
+    scale_clamp: tuple[float, float] | None = _quantizer_default("scale_clamp")
+    commitment_weight: float = _quantizer_default("commitment_weight")
+    codebook_weight: float = _quantizer_default("codebook_weight")
+    codebook_learning: str = _quantizer_default("codebook_learning")
+    ema_decay: float = _quantizer_default("ema_decay")
+    kmeans_init: bool = _quantizer_default("kmeans_init")
+    kmeans_iters: int = _quantizer_default("kmeans_iters")
+    dead_code_threshold: float = _quantizer_default("dead_code_threshold")
+    dead_code_interval: int = _quantizer_default("dead_code_interval")
+    dead_code_patience: int = _quantizer_default("dead_code_patience")
+    l2_normalize_lookup: bool = _quantizer_default("l2_normalize_lookup")
 
     def __post_init__(self) -> None:
         self.strides = tuple(int(s) for s in self.strides)
@@ -181,30 +202,11 @@ class CodecConfig:
             raise ValueError(f"unknown codec preset {name!r}; choose from {', '.join(PRESETS)}")
         return dataclasses.replace(config, **overrides) if overrides else config
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe dict (tuples become lists)."""
-        out = dataclasses.asdict(self)
-        out["strides"] = list(self.strides)
-        if self.scale_clamp is not None:
-            out["scale_clamp"] = list(self.scale_clamp)
-        return out
-
     def identity_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the fields added after the first checkpoint version that are at their
         default (see ``V1_FIELDS``): what a model id hashes."""
         defaults = CodecConfig().to_dict()
         return {k: v for k, v in self.to_dict().items() if k in V1_FIELDS or v != defaults[k]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CodecConfig":
-        """Inverse of :meth:`to_dict`. Unknown keys raise ``ValueError`` naming them; missing keys take defaults."""
-        if not isinstance(data, dict):
-            raise ValueError(f"codec config must be a dict, got {type(data).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown codec config key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
-        return cls(**data)
 
 
 @dataclass
@@ -237,15 +239,8 @@ class Codec(nn.Module):
                         residual_kernel_size=c.residual_kernel_size, compress=c.compress)
             self.encoder = SEANetEncoder(**arch)
             self.decoder = SEANetDecoder(**arch)
-        self.quantizer = ResidualVQ(
-            dim=c.latent_dim, n_q=c.n_q, codebook_size=c.codebook_size, codebook_dim=c.codebook_dim,
-            estimator=c.estimator, residual_grad=c.residual_grad, quantizer_dropout=c.quantizer_dropout,
-            scale_clamp=c.scale_clamp, commitment_weight=c.commitment_weight, codebook_weight=c.codebook_weight,
-            learning=c.codebook_learning, decay=c.ema_decay, kmeans_init=c.kmeans_init, kmeans_iters=c.kmeans_iters,
-            dead_code_threshold=c.dead_code_threshold, dead_code_interval=c.dead_code_interval,
-            dead_code_patience=c.dead_code_patience,
-            l2_normalize_lookup=c.l2_normalize_lookup,
-        )
+        self.quantizer = ResidualVQ(dim=c.latent_dim, n_q=c.n_q, codebook_size=c.codebook_size,
+                                    **{option: getattr(c, name) for name, option in QUANTIZER_FIELDS.items()})
 
     # ------------------------------------------------------------------ properties
     @property

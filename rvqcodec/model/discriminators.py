@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
 from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.parametrizations import weight_norm
+
+from rvqcodec.dicts import DictConfig
 
 DiscriminatorOutput = tuple[torch.Tensor, list[torch.Tensor]]
 """``(logits (B, 1, H, W), [feature map (B, C_i, H_i, W_i), ...])`` of one sub-discriminator."""
@@ -144,12 +146,14 @@ class MultiPeriodDiscriminator(nn.Module):
 
 
 @dataclass
-class DiscriminatorConfig:
+class DiscriminatorConfig(DictConfig):
     """Which discriminators to use and their sizes. Defaults are the ``base`` preset.
 
     kinds: any of ``"stft"`` (:class:`MultiScaleSTFTDiscriminator`) and ``"period"``
     (:class:`MultiPeriodDiscriminator`), run in that order.
     """
+
+    dict_name: ClassVar[str] = "discriminator config"
 
     kinds: tuple[str, ...] = ("stft", "period")
     stft_n_ffts: tuple[int, ...] = (2048, 1024, 512)
@@ -186,18 +190,6 @@ class DiscriminatorConfig:
             raise ValueError(f"unknown discriminator preset {name!r}; choose from {', '.join(PRESETS)}")
         return dataclasses.replace(config, **overrides) if overrides else config
 
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DiscriminatorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown discriminator config key(s): {', '.join(unknown)}; "
-                             f"valid keys: {', '.join(sorted(known))}")
-        return cls(**data)
 
 
 class Discriminators(nn.Module):

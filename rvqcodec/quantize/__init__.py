@@ -1,5 +1,6 @@
 """Vector quantization with the rotation trick: estimators, codebooks, residual VQ and statistics."""
 from .codebook import EuclideanCodebook
+from .defaults import QUANTIZER_DEFAULTS
 from .estimators import ESTIMATORS, apply_estimator, rotation_trick, straight_through
 from .kmeans import kmeans, nearest_code
 from .residual import QuantizerOutput, ResidualVQ
@@ -8,6 +9,7 @@ from .vq import VectorQuantizer, VQStageOutput
 
 __all__ = [
     "ESTIMATORS",
+    "QUANTIZER_DEFAULTS",
     "CodebookStats",
     "EuclideanCodebook",
     "QuantizerOutput",

@@ -48,13 +48,13 @@ class ResidualVQ(nn.Module):
         dim: channels D.
         n_q: number of stages.
         codebook_size: codes per stage K (log2 K bits per code).
-        codebook_dim: factorised code dimension per stage (None: no projection).
-        estimator: gradient estimator of every stage (``"rotation"``, ``"rotation_noscale"``,
-            ``"rotation_clamped"``, ``"ste"``).
         residual_grad: ``"live"`` or ``"detached"`` (see module docstring).
         quantizer_dropout: probability that a training batch uses a random prefix of the stages.
-        **stage_kwargs: forwarded to every :class:`VectorQuantizer` (``scale_clamp``, ``commitment_weight``,
-            ``learning``, ``decay``, ``kmeans_init``, ``dead_code_threshold``, ``l2_normalize_lookup`` ...).
+        **stage_options: forwarded to every :class:`VectorQuantizer`, which documents them and their defaults
+            (``codebook_dim``, ``estimator``, ``scale_clamp``, ``commitment_weight``, ``codebook_weight``) or
+            passes them on to :class:`EuclideanCodebook` (``learning``, ``decay``, ``kmeans_init``,
+            ``dead_code_threshold``, ``l2_normalize_lookup`` ...). Every option is documented, with its default,
+            once, in the constructor that uses it (:data:`rvqcodec.quantize.QUANTIZER_DEFAULTS` collects them).
     """
 
     def __init__(
@@ -62,11 +62,9 @@ class ResidualVQ(nn.Module):
         dim: int,
         n_q: int,
         codebook_size: int,
-        codebook_dim: int | None = None,
-        estimator: str = "rotation",
         residual_grad: str = "live",
         quantizer_dropout: float = 0.0,
-        **stage_kwargs,
+        **stage_options,
     ):
         super().__init__()
         if residual_grad not in RESIDUAL_GRAD:
@@ -81,8 +79,7 @@ class ResidualVQ(nn.Module):
         self.residual_grad = residual_grad
         self.quantizer_dropout = quantizer_dropout
         self.layers = nn.ModuleList(
-            VectorQuantizer(dim, codebook_size, codebook_dim=codebook_dim, estimator=estimator, **stage_kwargs)
-            for _ in range(n_q)
+            VectorQuantizer(dim, codebook_size, **stage_options) for _ in range(n_q)
         )
         self.record_eval_stats = False
         """Also accumulate statistics in eval mode (training mode always does)."""

@@ -42,8 +42,9 @@ class VectorQuantizer(nn.Module):
         scale_clamp: bounds on ‖q‖/‖e‖ for the rotation estimators (see :func:`rotation_trick`).
         commitment_weight: weight of the commitment loss.
         codebook_weight: weight of the codebook loss (``learning="grad"`` only).
-        learning, decay, epsilon, kmeans_init, kmeans_iters, dead_code_threshold, dead_code_interval,
-        dead_code_patience, l2_normalize_lookup: see :class:`EuclideanCodebook`.
+        **codebook_options: forwarded to :class:`EuclideanCodebook`, which documents them and their defaults
+            (``learning``, ``decay``, ``epsilon``, ``kmeans_init``, ``kmeans_iters``, ``dead_code_threshold``,
+            ``dead_code_interval``, ``dead_code_patience``, ``l2_normalize_lookup``).
     """
 
     def __init__(
@@ -55,15 +56,7 @@ class VectorQuantizer(nn.Module):
         scale_clamp: tuple[float, float] | None = None,
         commitment_weight: float = 1.0,
         codebook_weight: float = 1.0,
-        learning: str = "ema",
-        decay: float = 0.99,
-        epsilon: float = 1e-5,
-        kmeans_init: bool = True,
-        kmeans_iters: int = 10,
-        dead_code_threshold: float = 0.1,
-        dead_code_interval: int = 1,
-        dead_code_patience: int = 0,
-        l2_normalize_lookup: bool = False,
+        **codebook_options,
     ):
         super().__init__()
         if estimator not in ESTIMATORS:
@@ -79,19 +72,7 @@ class VectorQuantizer(nn.Module):
         factorised = codebook_dim != dim
         self.project_in = nn.Linear(dim, codebook_dim) if factorised else nn.Identity()
         self.project_out = nn.Linear(codebook_dim, dim) if factorised else nn.Identity()
-        self.codebook = EuclideanCodebook(
-            codebook_dim,
-            codebook_size,
-            learning=learning,
-            decay=decay,
-            epsilon=epsilon,
-            kmeans_init=kmeans_init,
-            kmeans_iters=kmeans_iters,
-            dead_code_threshold=dead_code_threshold,
-            dead_code_interval=dead_code_interval,
-            dead_code_patience=dead_code_patience,
-            l2_normalize_lookup=l2_normalize_lookup,
-        )
+        self.codebook = EuclideanCodebook(codebook_dim, codebook_size, **codebook_options)
         self.stats = CodebookStats(codebook_size)
 
     def forward(self, r: Tensor, mask: Tensor | None = None, track_stats: bool = True) -> VQStageOutput:

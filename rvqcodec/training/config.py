@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from rvqcodec.dicts import plain
 from rvqcodec.fileio import atomic_write_text
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
@@ -514,7 +515,7 @@ def config_to_dict(cfg: TrainConfig, resolve_model: bool = True) -> dict[str, An
             out[name] = {"preset": section.preset, **_deep_copy(section.fields)}
     for name in SECTIONS:
         out[name] = dataclasses.asdict(getattr(cfg, name))
-    return _plain(out)
+    return plain(out)
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:
@@ -552,13 +553,4 @@ def _deep_copy(tree: Any) -> Any:
         return {k: _deep_copy(v) for k, v in tree.items()}
     if isinstance(tree, list):
         return [_deep_copy(v) for v in tree]
-    return tree
-
-
-def _plain(tree: Any) -> Any:
-    """Tuples -> lists so safe_dump writes plain YAML."""
-    if isinstance(tree, dict):
-        return {k: _plain(v) for k, v in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return [_plain(v) for v in tree]
     return tree

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from rvqcodec.dicts import DictConfig
 from rvqcodec.fileio import atomic_write_text
 
 CHECKPOINT_FORMAT = "rvqcodec-train-state"
@@ -96,30 +97,28 @@ class JsonlLog:
 
 
 @dataclass
-class Lineage:
+class Lineage(DictConfig):
     """What a model has been through, carried from checkpoint to checkpoint (and into the codec's meta, the model
     card): optimiser steps, seconds of training audio seen (crops × length, all processes) and wall-clock
     minutes of training per device kind (e.g. ``{"cpu": 50.0, "cuda NVIDIA H200": 3.3}``), summed over runs that
-    resumed one another, whichever machine each ran on."""
+    resumed one another, whichever machine each ran on. Its dict also shows ``audio_hours`` (derived, ignored when
+    read back, as is any key a later version may add)."""
+
+    dict_name: ClassVar[str] = "lineage"
+    ignore_unknown_keys: ClassVar[bool] = True
 
     steps: int = 0
     audio_seconds: float = 0.0
-    minutes: dict[str, float] | None = None
+    minutes: dict[str, float] = field(default_factory=dict)
 
     def add(self, audio_seconds: float, seconds: float, device: str) -> None:
         self.steps += 1
         self.audio_seconds += audio_seconds
-        self.minutes = dict(self.minutes or {})
         self.minutes[device] = self.minutes.get(device, 0.0) + seconds / 60.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "audio_hours": self.audio_seconds / 3600.0, "audio_seconds": self.audio_seconds,
-                "minutes": dict(self.minutes or {})}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Lineage":
-        return cls(steps=int(data.get("steps", 0)), audio_seconds=float(data.get("audio_seconds", 0.0)),
-                   minutes={k: float(v) for k, v in (data.get("minutes") or {}).items()})
+        fields = super().to_dict()
+        return {"steps": fields.pop("steps"), "audio_hours": self.audio_seconds / 3600.0, **fields}
 
 
 def device_label(device: torch.device) -> str:

@@ -1,9 +1,11 @@
-"""The ``rvqcodec`` command line.
+"""The ``rvqcodec`` command line: dispatches ``rvqcodec COMMAND`` to its module and turns user mistakes into one line.
 
-Each subcommand lives in its own module that exposes ``add_arguments(parser)`` and ``run(args) -> int``.
-Modules are imported lazily so ``rvqcodec --help`` stays fast. A user mistake raises ``UserError`` (or
-``FileNotFoundError``/``ValueError`` from argument checking) and is printed as one line, never a traceback; so is
-a missing optional dependency (``rvqcodec.extras``: the message names the pip extra to install).
+Each subcommand lives in its own module of :mod:`rvqcodec.commands` that exposes ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported lazily (by name, from :data:`SUBCOMMANDS`) so ``rvqcodec --help`` stays
+fast and ``rvqcodec compress`` never imports the training code. A user mistake raises
+:class:`rvqcodec.errors.UserError` (or ``FileNotFoundError``/``ValueError`` from argument checking) and is printed
+as one line, never a traceback; so is a missing optional dependency (``rvqcodec.extras``: the message names the
+pip extra to install).
 """
 from __future__ import annotations
 

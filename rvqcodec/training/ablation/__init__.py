@@ -14,9 +14,9 @@ An ablation file (e.g. ``recipes/ablation/estimators.yaml``) has three sections:
       - ...
 
 Every run is ``training`` + the arm's ``set`` (dotted training keys) + ``train.seed = seed`` +
-``train.run_dir = <run_dir>/runs/<arm>/seed<seed>``, trained by :class:`rvqcodec.training.trainer.Trainer`. Runs of the same
-seed therefore share the initial weights, the data order, the quantizer-dropout draws and the forward pass; they
-differ only in what their arm declares. ``key=value`` overrides on the command line go to ``training`` (same keys
+``train.run_dir = <run_dir>/runs/<arm>/seed<seed>``, trained by :class:`rvqcodec.training.trainer.Trainer`. Runs
+of the same seed therefore share the initial weights, the data order, the quantizer-dropout draws and the forward
+pass; they differ only in what their arm declares. ``key=value`` overrides on the command line go to ``training`` (same keys
 as ``rvqcodec train``) or, with an ``ablation.`` prefix, to the ``ablation`` section; a key that an arm declares,
 and ``train.seed`` / ``train.run_dir`` / ``train.resume`` (set per run), cannot be overridden.
 

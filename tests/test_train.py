@@ -387,6 +387,10 @@ def test_a_new_run_can_start_from_a_trained_codec_and_carry_its_lineage(speech_r
     tuned.fit()
     state = read_training_checkpoint(latest_checkpoint(tuned_dir))
     assert state["step"] == 1 and state["lineage"]["steps"] == 3 and state["disc"] is not None
+    from_state = Trainer(make_config(speech_root, tmp_path / "from-state", *CONVNEXT, "train.steps=1",
+                                     f"train.init_from={latest_checkpoint(first_dir)}"), show_progress=False)
+    for name, value in start.state_dict().items():  # a training checkpoint works too
+        assert torch.equal(from_state.codec_module.state_dict()[name], value), name
     with pytest.raises(ValueError, match="model config differs in n_q"):
         Trainer(make_config(speech_root, tmp_path / "other", *CONVNEXT, "model.n_q=2", "train.valid_bitrates=[0.6]",
                             f"train.init_from={first_dir / 'codec.pt'}"), show_progress=False)

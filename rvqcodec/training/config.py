@@ -104,8 +104,9 @@ class TrainSection:
     keep_last: int = 3  # step checkpoints kept (best.pt is kept in addition)
     run_dir: str = "runs/default"
     resume: bool = False  # continue from the latest checkpoint in run_dir
-    init_from: str | None = None  # a codec checkpoint (codec.pt) whose weights and codebooks a new run starts from
-    # (fine-tuning, e.g. adding the discriminators); the model config must match; optimisers start fresh
+    init_from: str | None = None  # a codec (codec.pt) or training checkpoint whose weights and codebooks a new
+    # run starts from (fine-tuning, e.g. adding the discriminators); the model config must match; optimisers start
+    # fresh
     valid_bitrates: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0])  # kbps
     valid_pesq: bool = True  # PESQ-WB at validation (slowest metric; off for quick CPU runs)
     n_samples: int = 2  # validation files written as example audio

@@ -637,16 +637,25 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ the loop
     def _init_from(self, path: Path) -> None:
-        """Start from the weights and codebooks of the codec checkpoint ``path`` (ValueError if its model config
-        differs); its lineage, when it has one, is carried on."""
+        """Start from the weights and codebooks of ``path``: a codec checkpoint (``codec.pt``) or a training
+        checkpoint (``checkpoints/step_*.pt``, whose optimiser state is not used). ValueError if its model config
+        differs. Its lineage, when it has one, is carried on."""
         from rvqcodec.model import Codec
 
-        payload = Codec.read_checkpoint(path)
-        if payload["config"] != self.codec_config.to_dict():
-            changed = sorted(k for k, v in self.codec_config.to_dict().items() if payload["config"].get(k) != v)
+        try:
+            payload = Codec.read_checkpoint(path)
+            config, state, lineage = payload["config"], Codec.load(path).state_dict(), payload["meta"].get("lineage")
+        except ValueError:
+            try:
+                payload = read_training_checkpoint(path)
+            except ValueError:
+                raise ValueError(f"train.init_from={path} is neither a codec nor a training checkpoint") from None
+            config, state, lineage = payload["codec_config"], payload["codec"], payload.get("lineage")
+        if config != self.codec_config.to_dict():
+            changed = sorted(k for k, v in self.codec_config.to_dict().items() if config.get(k) != v)
             raise ValueError(f"cannot start from {path}: its model config differs in {', '.join(changed)}")
-        self.codec_module.load_state_dict(Codec.load(path).state_dict())
-        self.lineage = Lineage.from_dict(payload["meta"].get("lineage") or {})
+        self.codec_module.load_state_dict(state)
+        self.lineage = Lineage.from_dict(lineage or {})
         self._print(f"starting from the weights of {path} ({self.lineage.steps} steps, "
                     f"{self.lineage.audio_seconds / 3600:.1f} h of audio seen)")
 

@@ -62,7 +62,14 @@ import external_codecs as ext  # noqa: E402
 import listening_clips  # noqa: E402
 import listening_page  # noqa: E402
 from common import REPO_ROOT, SPEECH_ROOT, shown_path  # noqa: E402
-from quality import MAX_SHIFT_SECONDS, list_audio_files, parse_bitrates, rvq_streams  # noqa: E402
+from quality import (  # noqa: E402
+    COMPARABLE_EXTERNAL,
+    MAX_SHIFT_SECONDS,
+    list_audio_files,
+    parse_bitrates,
+    rvq_streams,
+    selected_external_codecs,
+)
 from rvqcodec import api  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample, write_audio  # noqa: E402
@@ -78,7 +85,6 @@ DEFAULT_CLIPS = 4
 MAX_CLIPS = 8
 DEFAULT_MIN_SECONDS, DEFAULT_MAX_SECONDS = 3.0, 4.0
 # The classical codecs at rates comparable with rvqcodec's 1.5-6 kbps (keyword arguments of their classes).
-EXTERNAL_SETTINGS = {"opus": dict(kbps=(6,)), "amr-wb": dict(kbps=(6.6,)), "codec2": dict(modes=("3200",))}
 EXTERNAL_LABELS = {"opus": "Opus", "amr-wb": "AMR-WB", "codec2": "Codec2"}
 SIZE_WARNING_BYTES = 3_000_000
 MANIFEST = "listening.json"
@@ -161,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"longest clip (default {DEFAULT_MAX_SECONDS:g}; keeps the page small)")
     p.add_argument("--bitrates", metavar="KBPS", default=DEFAULT_BITRATES,
                    help=f"rvqcodec bitrates in kbps, comma-separated (default {DEFAULT_BITRATES})")
-    p.add_argument("--codecs", metavar="NAMES", default=",".join(EXTERNAL_SETTINGS),
+    p.add_argument("--codecs", metavar="NAMES", default=",".join(COMPARABLE_EXTERNAL),
                    help="classical codecs beside rvqcodec, comma-separated (default: opus,amr-wb,codec2 at "
                         "6, 6.6 and 3.2 kbps)")
     p.add_argument("--no-external", action="store_true", help="rvqcodec only")
@@ -199,17 +205,6 @@ def _check_args(args) -> tuple[Path, Path]:
     if out.resolve() == data.resolve() or data.resolve() in out.resolve().parents:
         raise UserError(f"--out {out} is inside the data folder {data}; outputs never go beside the inputs")
     return data, out
-
-
-def _external_codecs(args, tools: ext.Tools) -> tuple[list[ext.ExternalCodec], list[str]]:
-    if args.no_external:
-        return [], []
-    names = [n.strip() for n in args.codecs.split(",") if n.strip()]
-    try:
-        available, notes = ext.external_codecs(names, tools)
-    except ValueError as exc:
-        raise UserError(f"--codecs: {exc}") from None
-    return [type(c)(tools, **EXTERNAL_SETTINGS[c.name]) for c in available], notes
 
 
 def _read_16k(path: Path) -> np.ndarray:
@@ -298,7 +293,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
     bitrates = parse_bitrates(args.bitrates, codec)
     tools = ext.Tools(ffmpeg=args.ffmpeg, c2enc=args.c2enc, c2dec=args.c2dec,
                       amrwbenc_library=args.amrwbenc_library)
-    externals, notes = _external_codecs(args, tools)
+    externals, notes = ([], []) if args.no_external else selected_external_codecs(args.codecs, tools,
+                                                                                   COMPARABLE_EXTERNAL)
     if args.browser_check and browser_check.find_chromium(args.chromium) is None:
         raise UserError(f"--browser-check: chromium not found ({args.chromium or 'chromium on PATH'}); "
                         "install: apt-get install -y chromium")

@@ -63,7 +63,8 @@ MAX_SHIFT_SECONDS = 0.1
 QUICK_FILES = 2
 QUICK_SECONDS = 3.0
 QUICK_BITRATES = (1.5, 3.0, 6.0)
-QUICK_EXTERNAL = {"opus": dict(kbps=(6,)), "amr-wb": dict(kbps=(6.6,)), "codec2": dict(modes=("3200",))}
+COMPARABLE_EXTERNAL = {"opus": dict(kbps=(6,)), "amr-wb": dict(kbps=(6.6,)), "codec2": dict(modes=("3200",))}
+"""One setting per classical codec, at rates comparable to rvqcodec's (``--quick`` and the listening page)."""
 
 TABLE_COLUMNS = ("codec", "setting", "nominal kbps", "measured kbps", "PESQ-WB", "PESQ-NB", "STOI",
                  "SI-SDR dB", "mel dist", "delay ms", "delay method", "files")
@@ -341,16 +342,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _external_codecs(args, tools: ext.Tools) -> tuple[list[ext.ExternalCodec], list[str]]:
-    if args.no_external:
-        return [], []
-    names = [n.strip() for n in args.codecs.split(",") if n.strip()]
+def selected_external_codecs(names: str, tools: ext.Tools, settings: dict[str, dict] | None = None
+                             ) -> tuple[list[ext.ExternalCodec], list[str]]:
+    """The classical codecs named in ``names`` (comma-separated, as ``--codecs``) that this machine has, each with
+    its settings from ``settings`` (None: every setting the codec has), and notes on the missing ones.
+    ``UserError`` for an unknown name."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
     try:
-        codecs, notes = ext.external_codecs(names, tools)
+        codecs, notes = ext.external_codecs(wanted, tools)
     except ValueError as exc:
         raise UserError(f"--codecs: {exc}") from None
-    if args.quick:
-        codecs = [type(c)(tools, **QUICK_EXTERNAL[c.name]) for c in codecs]
+    if settings is not None:
+        codecs = [type(c)(tools, **settings[c.name]) for c in codecs]
     return codecs, notes
 
 
@@ -387,7 +390,8 @@ def run(args: argparse.Namespace) -> dict:
     files = list_audio_files(args.data or DEFAULT_DATA)[:max_files]
     tools = ext.Tools(ffmpeg=args.ffmpeg, c2enc=args.c2enc, c2dec=args.c2dec,
                       amrwbenc_library=args.amrwbenc_library)
-    externals, notes = _external_codecs(args, tools)
+    externals, notes = ([], []) if args.no_external else selected_external_codecs(
+        args.codecs, tools, COMPARABLE_EXTERNAL if args.quick else None)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 

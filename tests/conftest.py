@@ -27,3 +27,12 @@ def speech_root() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A random-weight ``tiny`` SEANet checkpoint (seed 0): a fast stand-in model for command-line tests."""
+    from rvqcodec.model import Codec, CodecConfig
+
+    torch.manual_seed(0)
+    return Codec(CodecConfig.preset("tiny")).save(tmp_path_factory.mktemp("model") / "tiny.pt")

@@ -32,12 +32,6 @@ MISSING = "/nonexistent/tool"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return Codec(CodecConfig.preset("tiny")).save(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
 def dev_clean(speech_root) -> Path:
     return speech_root / "LibriSpeech" / "dev-clean"
 

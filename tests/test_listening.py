@@ -16,9 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
-from rvqcodec.model import Codec, CodecConfig
+from rvqcodec.model import Codec
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCH_DIR) not in sys.path:
@@ -36,20 +35,14 @@ SHORT = ["--clips", "1", "--min-seconds", "1", "--max-seconds", "1.5", "--no-pro
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return Codec(CodecConfig.preset("tiny")).save(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
-@pytest.fixture(scope="module")
 def dev_clean(speech_root) -> Path:
     return speech_root / "LibriSpeech" / "dev-clean"
 
 
 def _installed_external_settings() -> list[str]:
     """Names of the classical settings this machine can run (asked of external_codecs, not of listening)."""
-    available, _ = ext.external_codecs(list(listening.EXTERNAL_SETTINGS))
-    return [s.name for c in available for s in type(c)(c.tools, **listening.EXTERNAL_SETTINGS[c.name]).settings()]
+    available, _ = ext.external_codecs(list(listening.COMPARABLE_EXTERNAL))
+    return [s.name for c in available for s in type(c)(c.tools, **listening.COMPARABLE_EXTERNAL[c.name]).settings()]
 
 
 @pytest.fixture(scope="module")

@@ -210,20 +210,32 @@ def summarise(setting: Setting, n_files: int) -> dict:
     return row
 
 
+ABSOLUTE_TARGETS = (("rvqcodec-6k", 2.9), ("rvqcodec-3k", 2.4), ("rvqcodec-1.5k", 2.0))
+"""PESQ-WB the quality issue asks of rvqcodec at 6, 3 and 1.5 kbps (above AMR-WB 6.6 kbps, ..., Opus 6 kbps)."""
+RISING_SETTINGS = ("rvqcodec-1.5k", "rvqcodec-3k", "rvqcodec-4.5k", "rvqcodec-6k", "rvqcodec-7.5k")
+
+
 def targets(rows: list[dict]) -> list[dict]:
-    """The issue's quality targets: rvqcodec 6 kbps PESQ-WB > Opus 6 kbps and >= AMR-WB 6.6 kbps."""
+    """The quality targets, each ``{"target", "rvqcodec", "reference", "met"}`` (None where not measured):
+    rvqcodec 6 kbps PESQ-WB > Opus 6 kbps and >= AMR-WB 6.6 kbps; PESQ-WB >= 2.9 / 2.4 / 2.0 at 6 / 3 / 1.5 kbps;
+    PESQ-WB rising with every added 1.5 kbps (``rvqcodec``: the smallest rise, ``reference``: 0)."""
     by_name = {r["setting"]: r for r in rows}
-    ours = by_name.get("rvqcodec-6k")
-    checks = []
-    for other, relation in (("opus-6k", ">"), ("amr-wb-6.6k", ">=")):
-        theirs = by_name.get(other)
-        check = {"target": f"PESQ-WB rvqcodec-6k {relation} {other}", "rvqcodec": None, "reference": None,
-                 "met": None}
-        if ours is not None and theirs is not None and math.isfinite(ours["pesq_wb"]) \
-                and math.isfinite(theirs["pesq_wb"]):
-            a, b = ours["pesq_wb"], theirs["pesq_wb"]
-            check.update(rvqcodec=a, reference=b, met=bool(a > b if relation == ">" else a >= b))
-        checks.append(check)
+
+    def pesq(name: str) -> float | None:
+        row = by_name.get(name)
+        return row["pesq_wb"] if row is not None and math.isfinite(row["pesq_wb"]) else None
+
+    def check(target: str, ours: float | None, reference: float | None, strict: bool) -> dict:
+        met = None if ours is None or reference is None else bool(ours > reference if strict else ours >= reference)
+        return {"target": target, "rvqcodec": ours, "reference": reference, "met": met}
+
+    checks = [check(f"PESQ-WB rvqcodec-6k {'>' if strict else '>='} {other}", pesq("rvqcodec-6k"), pesq(other), strict)
+              for other, strict in (("opus-6k", True), ("amr-wb-6.6k", False))]
+    checks += [check(f"PESQ-WB {name} >= {value:g}", pesq(name), value, False) for name, value in ABSOLUTE_TARGETS]
+    rising = [pesq(name) for name in RISING_SETTINGS]
+    smallest = None if None in rising else min(b - a for a, b in zip(rising, rising[1:]))
+    checks.append(check("PESQ-WB rises with every added 1.5 kbps (1.5 to 7.5 kbps; smallest rise)", smallest,
+                        None if smallest is None else 0.0, True))
     return checks
 
 

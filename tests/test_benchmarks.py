@@ -90,8 +90,13 @@ def test_quality_quick_writes_consistent_table_json_and_plot(tiny_model, dev_cle
         assert target["met"] is (target["rvqcodec"] > target["reference"])
     else:
         assert any("Opus skipped" in n for n in result["notes"])
-    assert [t["target"] for t in result["targets"]] == ["PESQ-WB rvqcodec-6k > opus-6k",
-                                                        "PESQ-WB rvqcodec-6k >= amr-wb-6.6k"]
+    assert [t["target"] for t in result["targets"]][:5] == [
+        "PESQ-WB rvqcodec-6k > opus-6k", "PESQ-WB rvqcodec-6k >= amr-wb-6.6k", "PESQ-WB rvqcodec-6k >= 2.9",
+        "PESQ-WB rvqcodec-3k >= 2.4", "PESQ-WB rvqcodec-1.5k >= 2"]
+    absolute = result["targets"][2]
+    assert absolute["rvqcodec"] == pytest.approx(rows["rvqcodec-6k"]["pesq_wb"]) and absolute["reference"] == 2.9
+    assert absolute["met"] is (absolute["rvqcodec"] >= 2.9)
+    assert result["targets"][5]["met"] is None  # --quick has no 4.5 and 7.5 kbps rows: not measured
 
     # the markdown table has the documented columns and one line per result row, with the same numbers
     table = _table_rows((out / "quality.md").read_text(), "codec")
@@ -117,7 +122,7 @@ def test_quality_skips_missing_external_codecs_with_a_note(tiny_model, dev_clean
     for codec in ("Opus skipped", "AMR-WB skipped", "Codec2 skipped"):
         assert codec in notes
     assert notes.count("apt-get install") == 3
-    assert all(t["met"] is None for t in result["targets"])
+    assert all(t["met"] is None for t in result["targets"][:2])  # the classical codecs were skipped
     assert "not measured" in (out / "quality.md").read_text()
     assert "note: Opus skipped" in capsys.readouterr().err
 

@@ -3,8 +3,11 @@ plotted against the audio seen in training.
 
     python benchmarks/training_curve.py runs/convnext --out benchmarks/results/training-curve
     python benchmarks/training_curve.py runs/a runs/b --label "CPU run" --label "GPU fine-tune" --out /tmp/c
+    python benchmarks/training_curve.py benchmarks/results/training-curve/convnext-steps-1-10000.jsonl runs/b ...
 
-Each run folder holds ``log.jsonl`` and ``config.yaml`` (written by ``rvqcodec train``). The x axis is hours of
+Each run folder holds ``log.jsonl`` and ``config.yaml`` (written by ``rvqcodec train``); a ``.jsonl`` file given
+instead is read as such a log (e.g. a run's validation records kept after the run folder is gone; it needs
+``lineage/audio_hours`` in its records, or a ``config.yaml`` beside it). The x axis is hours of
 training audio seen (crops × crop length, all processes): ``lineage/audio_hours`` of each validation record
 when the log has it, else ``step × batch_size × grad_accum × segment_seconds`` from ``config.yaml`` (one
 process). A resumed run continues the same log, so its curve continues too. Several runs given in order (a
@@ -47,17 +50,19 @@ def _series_order(tag: str) -> float:
     return math.inf if tag == "ae" else float(tag.removesuffix("kbps"))
 
 
-def read_validations(run_dir: Path) -> list[dict]:
-    """The validation records of a run, each with ``audio_hours`` (see the module docstring) added.
+def read_validations(run: Path) -> list[dict]:
+    """The validation records of a run (its folder, or its log file), each with ``audio_hours`` (see the module
+    docstring) added.
 
     Raises:
-        FileNotFoundError: no ``log.jsonl`` in ``run_dir``.
+        FileNotFoundError: no ``log.jsonl`` in the folder ``run``, or ``run`` does not exist.
     """
-    log = run_dir / "log.jsonl"
+    log = run if run.suffix == ".jsonl" else run / "log.jsonl"
     if not log.is_file():
-        raise FileNotFoundError(f"no log.jsonl in {run_dir} (is it a run folder written by rvqcodec train?)")
+        raise FileNotFoundError(f"no log.jsonl in {run} (is it a run folder written by rvqcodec train?)"
+                                if log != run else f"no such log file: {run}")
     per_step = None
-    config = run_dir / "config.yaml"
+    config = log.parent / "config.yaml"
     if config.is_file():
         cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
         per_step = (cfg["data"]["batch_size"] * cfg["train"].get("grad_accum", 1) * cfg["data"]["segment_seconds"]
@@ -138,11 +143,11 @@ def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="plot PESQ-WB and mel distance of a training run's validations "
                                                  "against the training audio seen")
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (log.jsonl + config.yaml), in order")
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders (log.jsonl + config.yaml) or log .jsonl files, in order")
     parser.add_argument("--label", action="append", default=None, help="a label per run (default: folder name)")
     parser.add_argument("--out", type=Path, required=True, help="folder for training_curve.png and .md")
     args = parser.parse_args(argv)
-    labels = args.label or [run.name for run in args.runs]
+    labels = args.label or [run.name.removesuffix(".jsonl") for run in args.runs]
     if len(labels) != len(args.runs):
         parser.error(f"give one --label per run ({len(args.runs)} runs, {len(labels)} labels)")
     runs, offset = [], 0.0

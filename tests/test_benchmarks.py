@@ -290,9 +290,9 @@ def test_speed_compares_models_in_one_run(tiny_model, dev_clean, tmp_path):
     md = (out / "speed.md").read_text()
     assert [row[0] for row in _table_rows(md, "model")[1:]] == [f"`{label}`" for label in labels]  # models table
     assert first.model_id in md and second.model_id in md
-    rtf_rows = [line for line in md.splitlines() if line.startswith(("| `convnext-small.pt` | cpu | 1 | ",
-                                                                     "| `tiny.pt` | cpu | 1 | "))]
-    assert len(rtf_rows) == 2 + 4  # rtf: one row per model; batch: one per model and batch size
+    # rtf: one row per model (1 thread); batch: one per model and batch size (at the default thread count)
+    cpu_rows = [line for line in md.splitlines() if line.startswith(tuple(f"| `{label}` | cpu | " for label in labels))]
+    assert len(cpu_rows) == 2 + 4 and all(" | cpu | 1 | " in line for line in cpu_rows[:2])
     (row,) = [r for r in _table_rows(md, "measurement")[1:] if r[0].startswith("streaming")]
     assert row[1] == f"`{labels[1]}`" and float(row[4]) == pytest.approx(comparisons[0]["ratio"], abs=0.006)
     assert md.count(f"{speed.RTF_TARGET_X:g}x real time on 2 CPU threads") == 2
@@ -354,3 +354,30 @@ def test_opus_round_trip_measures_its_bitrate(tmp_path):
     assert np.corrcoef(coded.audio[:30000], tone[:30000])[0, 1] > 0.9
     with pytest.raises(ValueError, match="16000 Hz"):
         opus.run(tone, 8000, opus.settings()[0], tmp_path)
+
+
+def test_training_curve_joins_a_saved_log_and_a_run_folder(tmp_path, capsys):
+    import training_curve
+
+    saved = tmp_path / "first.jsonl"  # validation records kept from a run whose folder is gone (lineage recorded)
+    saved.write_text("\n".join(json.dumps(r) for r in [
+        {"kind": "valid", "step": 1000, "lineage/audio_hours": 4.0, "lineage/minutes": 12.0,
+         "valid/ae/pesq_wb": 2.2, "valid/ae/mel": 0.2},
+        {"kind": "train", "step": 1500, "loss": 1.0},
+        {"kind": "valid", "step": 2000, "lineage/audio_hours": 8.0, "lineage/minutes": 24.0,
+         "valid/6kbps/pesq_wb": 1.9, "valid/6kbps/mel": 0.21}]) + "\n{\"kind\": \"val")  # last line cut short
+    run = tmp_path / "second"  # a run folder without lineage: hours from config.yaml, offset by the first run
+    run.mkdir()
+    (run / "config.yaml").write_text("data: {batch_size: 16, segment_seconds: 1.0}\ntrain: {grad_accum: 1}\n")
+    (run / "log.jsonl").write_text(json.dumps({"kind": "valid", "step": 900, "valid/6kbps/pesq_wb": 2.5,
+                                               "valid/6kbps/mel": 0.18}) + "\n")
+    out = tmp_path / "curve"
+    assert training_curve.main([str(saved), str(run), "--out", str(out)]) == 0
+    rows = [line.split("|")[1:-1] for line in (out / "training_curve.md").read_text().splitlines()
+            if line.startswith(("| first |", "| second |"))]
+    assert [(r[0].strip(), r[1].strip(), r[2].strip()) for r in rows] == [
+        ("first", "1000", "4.00"), ("first", "2000", "8.00"), ("second", "900", f"{8 + 900 * 16 / 3600:.2f}")]
+    assert (out / "training_curve.png").stat().st_size > 0
+
+    assert training_curve.main([str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
+    assert "no such log file" in capsys.readouterr().err

@@ -283,3 +283,45 @@ def test_a_folder_without_finished_runs_takes_a_corrected_ablation(tmp_path, spe
     fixed = load_spec(RECIPE, [f"ablation.run_dir={run_dir}", f"data.root={speech_root}", *MICRO])
     prepare_run_dir(fixed)  # nothing finished there yet: the corrected ablation replaces the saved one
     assert read_saved_spec(run_dir).identity() == fixed.identity()
+
+
+# ------------------------------------------------------------------------------------------ shared warm-up
+
+
+def test_a_shared_autoencoder_warm_up_is_trained_once_per_seed_and_every_arm_starts_from_it(
+        tmp_path, speech_root, capsys):
+    run_dir = tmp_path / "run"
+    args = micro_args(run_dir, speech_root, "ablation.ae_warmup_steps=3", "train.kmeans_init_seconds=4")
+    assert cli.main(args) == 0
+    err = capsys.readouterr().err
+    assert "shared autoencoder warm-up (3 steps) for seed(s) 0" in err
+    warm = Codec.load(run_dir / "warmup" / "seed0" / "codec.pt")
+    assert not any(layer.codebook.is_initialized() for layer in warm.quantizer.layers)  # quantizer never ran
+    assert Codec.read_checkpoint(run_dir / "warmup" / "seed0" / "codec.pt")["meta"]["lineage"]["steps"] == 3
+    for arm in ARMS:  # the arms carry the warm-up's lineage: they started from its weights
+        meta = Codec.read_checkpoint(run_path(run_dir, arm) / "codec.pt")["meta"]
+        assert meta["lineage"]["steps"] == 3 + STEPS
+        log = [json.loads(line) for line in (run_path(run_dir, arm) / "log.jsonl").read_text().splitlines()]
+        assert all("valid/ae/mel" not in r for r in log)  # no warm-up of their own
+    report = (run_dir / "report.md").read_text()
+    assert "shared autoencoder warm-up: 3 steps per seed" in report and "minutes of training wall-clock" in report
+    assert cli.main(args) == 0  # nothing left to train, the warm-up included
+    assert "warm-up" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["train.init_from=x.pt"], "override 'train.init_from=x.pt' sets train.init_from"),
+    (["model.channels=8"], None),  # shared by every arm: fine
+])
+def test_shared_warm_up_refuses_what_would_not_start_from_it(tmp_path, speech_root, extra, message):
+    args = [f"ablation.run_dir={tmp_path / 'r'}", f"data.root={speech_root}", *MICRO, "ablation.ae_warmup_steps=2",
+            *extra]
+    if message is None:
+        load_spec(RECIPE, args)
+    else:
+        with pytest.raises(ValueError, match=message):
+            load_spec(RECIPE, args)
+    arms = [{"name": "a", "set": {"model.estimator": "ste"}}, {"name": "b", "set": {"model.n_q": 4}}]
+    training = {"model": {"preset": "tiny", "n_q": 8}, "train": {"valid_bitrates": [0.5]}}
+    with pytest.raises(ValueError, match="arm 'b' changes n_q, so it cannot start from the shared warm-up"):
+        spec_from_dict({"ablation": {"ae_warmup_steps": 2}, "training": training, "arms": arms})

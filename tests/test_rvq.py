@@ -242,6 +242,20 @@ def test_dead_code_patience_replaces_an_idle_code_within_patience_steps():
     assert torch.equal(with_rule.embed[:4], without.embed[:4])  # codes in use are untouched
     assert without.embed[5].abs().max() > 100  # the EMA rule has not reacted yet
 
+    # the rule is a training option: codebooks load across it (fresh idle counters / counters ignored)
+    fresh = codebook(3)
+    fresh.idle_steps.fill_(9)
+    fresh.load_state_dict(without.state_dict())
+    assert torch.equal(fresh.embed, without.embed) and int(fresh.idle_steps.abs().sum()) == 0
+    plain = codebook(0)
+    plain.load_state_dict(with_rule.state_dict())
+    assert torch.equal(plain.embed, with_rule.embed) and "idle_steps" not in dict(plain.named_buffers())
+    # and into a codebook that wants no k-means: codes not yet initialised are its (random) start
+    waiting = EuclideanCodebook(4, 8, kmeans_init=True)
+    no_kmeans = EuclideanCodebook(4, 8, kmeans_init=False)
+    no_kmeans.load_state_dict(waiting.state_dict())
+    assert no_kmeans.is_initialized() and torch.equal(no_kmeans.embed, waiting.embed)
+
 
 def test_mask_excludes_padded_frames_from_learning_and_statistics():
     z = clustered_latents(b=2, t=100)

@@ -391,6 +391,14 @@ def test_a_new_run_can_start_from_a_trained_codec_and_carry_its_lineage(speech_r
                                      f"train.init_from={latest_checkpoint(first_dir)}"), show_progress=False)
     for name, value in start.state_dict().items():  # a training checkpoint works too
         assert torch.equal(from_state.codec_module.state_dict()[name], value), name
-    with pytest.raises(ValueError, match="model config differs in n_q"):
+    # fine-tuning under another gradient estimator or codebook hygiene is allowed (same weights, same decode) ...
+    ste = Trainer(make_config(speech_root, tmp_path / "ste", *CONVNEXT, "model.estimator=ste",
+                              "model.dead_code_patience=7", f"train.init_from={first_dir / 'codec.pt'}"),
+                  show_progress=False)
+    assert ste.codec_module.config.estimator == "ste"
+    for name, value in start.state_dict().items():
+        assert torch.equal(ste.codec_module.state_dict()[name], value), name
+    # ... another architecture or bitrate is not, and the message names only what may not differ
+    with pytest.raises(ValueError, match=r"model config differs in n_q$"):
         Trainer(make_config(speech_root, tmp_path / "other", *CONVNEXT, "model.n_q=2", "train.valid_bitrates=[0.6]",
-                            f"train.init_from={first_dir / 'codec.pt'}"), show_progress=False)
+                            "model.estimator=ste", f"train.init_from={first_dir / 'codec.pt'}"), show_progress=False)

@@ -66,6 +66,11 @@ QUANTIZER_FIELDS = MappingProxyType({
 each one sets. Their defaults are the quantizer's own (:data:`rvqcodec.quantize.QUANTIZER_DEFAULTS`), except
 ``quantizer_dropout``."""
 
+TRAINING_ONLY_FIELDS = frozenset(QUANTIZER_FIELDS) - {"codebook_dim", "codebook_learning", "l2_normalize_lookup"}
+"""Quantizer fields that change only how a model learns (gradient estimator, residual wiring, codebook hygiene,
+dropout, loss weights), neither its weights' shapes nor what given weights decode: a model may be fine-tuned
+under other values of these (``train.init_from``)."""
+
 
 def _quantizer_default(name: str) -> Any:
     """The default of the config field ``name``: the default of the quantizer option it sets."""

@@ -84,6 +84,19 @@ class EuclideanCodebook(nn.Module):
         if self.dead_code_patience > 0:  # only then: checkpoints of codebooks without the rule keep their keys
             self.register_buffer("idle_steps", torch.zeros(codebook_size, dtype=torch.long))
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Codebooks load across the training-only options: across ``dead_code_patience`` (a state without the idle
+        counters starts them at zero; a codebook without the rule ignores them) and into a codebook without
+        ``kmeans_init``, for which codes not yet k-means-initialised are its random start, as when it is built."""
+        key = prefix + "idle_steps"
+        if self.dead_code_patience > 0 and key not in state_dict and prefix + "embed" in state_dict:
+            state_dict[key] = torch.zeros_like(self.idle_steps)
+        elif self.dead_code_patience == 0:
+            state_dict.pop(key, None)
+        if not self.kmeans_init and prefix + "initialized" in state_dict:
+            state_dict[prefix + "initialized"] = torch.ones_like(self.initialized)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def is_initialized(self) -> bool:
         """Whether the codes hold data (k-means done, or not wanted). Read from the device once and cached until
         the ``initialized`` buffer changes (torch's version counter: ``fill_``, ``copy_``, ``load_state_dict``),

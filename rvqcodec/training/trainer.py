@@ -639,8 +639,11 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         """Start from the weights and codebooks of ``path``: a codec checkpoint (``codec.pt``) or a training
         checkpoint (``checkpoints/step_*.pt``, whose optimiser state is not used). ValueError if its model config
-        differs. Its lineage, when it has one, is carried on."""
+        differs, other than in fields that only change how the model learns
+        (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`: e.g. fine-tuning with another gradient estimator). Its
+        lineage, when it has one, is carried on."""
         from rvqcodec.model import Codec
+        from rvqcodec.model.codec import TRAINING_ONLY_FIELDS
 
         try:
             payload = Codec.read_checkpoint(path)
@@ -651,13 +654,15 @@ class Trainer:
             except ValueError:
                 raise ValueError(f"train.init_from={path} is neither a codec nor a training checkpoint") from None
             config, state, lineage = payload["codec_config"], payload["codec"], payload.get("lineage")
-        if config != self.codec_config.to_dict():
-            changed = sorted(k for k, v in self.codec_config.to_dict().items() if config.get(k) != v)
-            raise ValueError(f"cannot start from {path}: its model config differs in {', '.join(changed)}")
+        changed = sorted(k for k, v in self.codec_config.to_dict().items() if config.get(k) != v)
+        if set(changed) - TRAINING_ONLY_FIELDS:
+            raise ValueError(f"cannot start from {path}: its model config differs in "
+                             f"{', '.join(k for k in changed if k not in TRAINING_ONLY_FIELDS)}")
         self.codec_module.load_state_dict(state)
         self.lineage = Lineage.from_dict(lineage or {})
         self._print(f"starting from the weights of {path} ({self.lineage.steps} steps, "
-                    f"{self.lineage.audio_seconds / 3600:.1f} h of audio seen)")
+                    f"{self.lineage.audio_seconds / 3600:.1f} h of audio seen)"
+                    + (f"; now training with other {', '.join(changed)}" if changed else ""))
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)

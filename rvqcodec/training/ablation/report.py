@@ -527,8 +527,22 @@ def _intro(spec: AblationSpec, results: dict[str, list[RunResult]]) -> list[str]
         out.append(f"- training: {train.get('steps')} steps of {data.get('batch_size')} × "
                    f"{_value(data.get('segment_seconds'))} s crops from {', '.join(data.get('train_subsets', []))}; "
                    f"loss weights mel {_value(loss.get('mel'))}, MR-STFT {_value(loss.get('mrstft'))}, "
+                   f"compressed complex STFT {_value(loss.get('complex'))}, "
                    f"commit {_value(loss.get('commit'))}, adversarial {_value(loss.get('adv'))}, "
                    f"feature matching {_value(loss.get('fm'))}")
+    warmup = spec.settings.ae_warmup_steps
+    warm_seconds = [(read_json(spec.warmup_path(seed) / STATUS_FILE) or {}).get("train_seconds")
+                    for seed in spec.settings.seeds] if warmup else []
+    if warmup:
+        out.append(f"- shared autoencoder warm-up: {warmup} steps per seed with the quantizer bypassed (the same "
+                   "recipe; nothing the arms vary acts in it), in `warmup/seed<k>`; every arm of a seed starts from "
+                   "its weights (the arms with k-means init: codebooks fitted to its latents); wall-clock "
+                   + ", ".join(f"{v:.0f} s" if _finite(v) else "—" for v in warm_seconds))
+    arm_seconds = [(r.status or {}).get("train_seconds") for runs in results.values() for r in runs]
+    spent = sum(v for v in arm_seconds + warm_seconds if _finite(v))
+    if spent:
+        out.append(f"- compute: {spent / 60:.1f} minutes of training wall-clock in all (warm-ups and arms, "
+                   "evaluation not included)")
     evaluated = [r.eval for runs in results.values() for r in runs if r.finished]
     if evaluated:
         first = evaluated[0]

@@ -21,12 +21,20 @@ from rvqcodec.training.ablation.results import (
     SNAPSHOT_DIR,
     STATUS_FILE,
     finished_runs,
+    read_json,
     run_is_complete,
     save_snapshot,
     snapshot_steps,
     write_json,
 )
-from rvqcodec.training.ablation.spec import RUNS_DIR, SPEC_FILE, AblationSpec, dump_spec, read_saved_spec
+from rvqcodec.training.ablation.spec import (
+    RUNS_DIR,
+    SPEC_FILE,
+    WARMUP_DIR,
+    AblationSpec,
+    dump_spec,
+    read_saved_spec,
+)
 
 
 @dataclass
@@ -43,6 +51,7 @@ class RunJob:
     eval_pesq: bool
     show_progress: bool = False
     threads: int | None = None  # torch intra-op threads in a worker process (None: leave as is)
+    warmup: bool = False  # the shared autoencoder warm-up of this seed: trained, not evaluated
 
 
 def train_and_evaluate(job: RunJob) -> dict[str, Any]:
@@ -65,6 +74,12 @@ def train_and_evaluate(job: RunJob) -> dict[str, Any]:
     run_path = Path(cfg.train.run_dir)
     trainer = Trainer(cfg, show_progress=job.show_progress)
     start = time.perf_counter()
+    if job.warmup:  # the shared autoencoder: a plain run, its codec.pt is what the arms start from
+        trainer.fit()
+        status = {"state": "complete", "arm": WARMUP_DIR, "seed": job.seed, "step": trainer.step,
+                  "train_seconds": time.perf_counter() - start}
+        write_json(run_path / STATUS_FILE, status)
+        return status
     try:
         for step in snapshot_steps(cfg.train.steps):
             trainer.fit(stop_after_step=step)
@@ -166,20 +181,45 @@ def run_ablation(spec: AblationSpec, jobs: int = 1, show_progress: bool = True,
     total = len(arms) * len(spec.settings.seeds)
     echo(f"ablation: {total} runs ({len(arms)} arms x {len(spec.settings.seeds)} seeds) in {spec.run_dir}; "
          f"{total - len(todo)} already done, {len(todo)} to train")
+    warmups = []
+    if spec.settings.ae_warmup_steps > 0:
+        for seed in sorted({job.seed for job in todo}):
+            path = spec.warmup_path(seed)
+            status = read_json(path / STATUS_FILE)
+            if status is not None and status.get("state") == "complete" and (path / "codec.pt").is_file():
+                continue
+            _clear_unfinished(path, spec.run_dir / WARMUP_DIR)
+            tree, overrides = spec.warmup_job(seed)
+            warmups.append(RunJob(arm=WARMUP_DIR, seed=seed, tree=tree, overrides=overrides, eval_max_files=None,
+                                  eval_max_seconds=None, eval_n_q=[], eval_pesq=False,
+                                  show_progress=show_progress and jobs == 1, warmup=True))
+        if warmups:
+            echo(f"shared autoencoder warm-up ({spec.settings.ae_warmup_steps} steps) for seed(s) "
+                 f"{', '.join(str(job.seed) for job in warmups)}")
 
-    def report(i: int, status: dict[str, Any]) -> None:
-        tag = f"[{i}/{len(todo)}] {status['arm']} seed {status['seed']}"
-        if status["state"] == "complete":
+    def report(i: int, count: int, status: dict[str, Any]) -> None:
+        tag = f"[{i}/{count}] {status['arm']} seed {status['seed']}"
+        if status["state"] == "complete" and "eval_seconds" not in status:
+            echo(f"{tag}: done ({status['train_seconds']:.0f} s training)")
+        elif status["state"] == "complete":
             echo(f"{tag}: done ({status['train_seconds']:.0f} s training, {status['eval_seconds']:.0f} s evaluation)")
         elif status["state"] == "diverged":
             echo(f"{tag}: DIVERGED at step {status['step']}: {status['message']}")
         else:
             raise ValueError(f"{status['arm']} seed {status['seed']}: {status['message']}")
 
+    for batch in (warmups, todo):  # the warm-ups first: the arms start from them
+        _run_jobs(batch, jobs, report, echo)
+    return write_report(spec.run_dir)
+
+
+def _run_jobs(todo: list[RunJob], jobs: int, report: Callable[[int, int, dict[str, Any]], None],
+              echo: Callable[[str], None]) -> None:
+    """Run ``todo`` one after the other, or ``jobs`` at a time in separate processes."""
     if jobs == 1:
         for i, job in enumerate(todo, start=1):
             echo(f"[{i}/{len(todo)}] {job.arm} seed {job.seed}: training")
-            report(i, train_and_evaluate(job))
+            report(i, len(todo), train_and_evaluate(job))
     elif todo:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -192,5 +232,4 @@ def run_ablation(spec: AblationSpec, jobs: int = 1, show_progress: bool = True,
             for job in todo:
                 echo(f"queued {job.arm} seed {job.seed}")
             for i, future in enumerate(as_completed(futures), start=1):
-                report(i, future.result())
-    return write_report(spec.run_dir)
+                report(i, len(todo), future.result())

@@ -21,8 +21,11 @@ from rvqcodec.training.config import config_from_dict, parse_override, read_yaml
 SPEC_FILE = "ablation.yaml"
 SPEC_FORMAT = "rvqcodec-ablation"
 RUNS_DIR = "runs"
+WARMUP_DIR = "warmup"
 MANAGED_KEYS = ("train.seed", "train.run_dir", "train.resume")
 """Training keys the runner sets per run (never from the arms or the command line)."""
+WARMUP_KEYS = ("train.init_from", "train.ae_warmup_steps")
+"""Also set by the runner when ``ablation.ae_warmup_steps`` > 0."""
 
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -41,6 +44,10 @@ class AblationSettings:
     eval_max_seconds: float | None = 10.0  # each file cut to this length (None: whole files)
     eval_n_q: list[int] = field(default_factory=lambda: [1, 2, 4, 8])  # stage counts for bitrate scalability
     eval_pesq: bool = True  # PESQ-WB (the slowest metric)
+    ae_warmup_steps: int = 0  # > 0: an autoencoder (quantizer bypassed) is trained this many steps once per seed,
+    # in <run_dir>/warmup/seed<k>, and every arm of that seed starts from its weights (train.init_from), its
+    # codebooks k-means-initialised from their latents (train.kmeans_init_seconds). The warm-up does not depend on
+    # the quantizer options the arms vary, so it is shared rather than repeated per arm.
 
     def validate(self) -> None:
         def bad(key: str, message: str, value: Any) -> ValueError:
@@ -65,6 +72,8 @@ class AblationSettings:
             raise bad("eval_n_q", "must be a non-empty list of integers >= 1", self.eval_n_q)
         if not isinstance(self.eval_pesq, bool):
             raise bad("eval_pesq", "must be true or false", self.eval_pesq)
+        if not _is_int(self.ae_warmup_steps) or self.ae_warmup_steps < 0:
+            raise bad("ae_warmup_steps", "must be an integer >= 0", self.ae_warmup_steps)
 
 
 def _is_int(value: Any) -> bool:
@@ -119,6 +128,9 @@ class AblationSpec:
     def run_path(self, arm: str, seed: int) -> Path:
         return self.run_dir / RUNS_DIR / arm / f"seed{seed}"
 
+    def warmup_path(self, seed: int) -> Path:
+        return self.run_dir / WARMUP_DIR / f"seed{seed}"
+
     def run_tree(self, arm: Arm, seed: int) -> dict[str, Any]:
         """The training mapping of one run (before the command-line overrides)."""
         tree = copy.deepcopy(self.training)
@@ -127,7 +139,23 @@ class AblationSpec:
         set_dotted(tree, "train.seed", seed)
         set_dotted(tree, "train.run_dir", str(self.run_path(arm.name, seed)))
         set_dotted(tree, "train.resume", False)
+        if self.settings.ae_warmup_steps > 0:
+            set_dotted(tree, "train.init_from", str(self.warmup_path(seed) / "codec.pt"))
+            set_dotted(tree, "train.ae_warmup_steps", 0)
         return tree
+
+    def warmup_job(self, seed: int) -> tuple[dict[str, Any], list[str]]:
+        """The training mapping and overrides of the shared autoencoder warm-up of ``seed``
+        (``ablation.ae_warmup_steps`` > 0): the shared recipe and command-line overrides, then its own length,
+        quantizer bypassed for all of it, no k-means."""
+        tree = copy.deepcopy(self.training)
+        steps = self.settings.ae_warmup_steps
+        for key, value in (("train.seed", seed), ("train.run_dir", str(self.warmup_path(seed))),
+                           ("train.resume", False), ("train.ae_warmup_steps", steps)):
+            set_dotted(tree, key, value)
+        own = [f"train.steps={steps}", "train.kmeans_init_seconds=0", f"train.ckpt_every={steps}",
+               f"train.valid_every={steps}"]
+        return tree, [*self.training_overrides, *own]
 
     def run_config(self, arm: Arm, seed: int):
         """The validated :class:`rvqcodec.training.config.TrainConfig` of one run."""
@@ -259,6 +287,14 @@ def spec_from_dict(raw: Any, overrides: list[str] | None = None, command: str = 
         training_overrides.append(text)
 
     settings = _settings_from(raw.get("ablation"), ablation_overrides)
+    if settings.ae_warmup_steps > 0:
+        for key in WARMUP_KEYS:
+            where = ([f"override '{t}'" for t in training_overrides if _keys_overlap(parse_override(t)[0], key)]
+                     + [f"arm '{a.name}'" for a in arms if any(_keys_overlap(k, key) for k in a.set)]
+                     + (["the training section"] if _has_dotted(training, key) else []))
+            if where:
+                raise ValueError(f"{where[0]} sets {key}, which the runner sets per run when "
+                                 "ablation.ae_warmup_steps > 0")
     if settings.arms is not None:
         known = [a.name for a in arms]
         missing = [name for name in settings.arms if name not in known]
@@ -272,7 +308,34 @@ def spec_from_dict(raw: Any, overrides: list[str] | None = None, command: str = 
     for arm in spec.selected_arms():
         for seed in settings.seeds:
             _check_run_config(spec.run_config(arm, seed), arm.name)
+    if settings.ae_warmup_steps > 0:
+        _check_warmup_shared(spec)
     return spec
+
+
+def _has_dotted(tree: dict[str, Any], key: str) -> bool:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _check_warmup_shared(spec: AblationSpec) -> None:
+    """With a shared warm-up every arm must be able to start from it: arms may differ from the warm-up's model
+    only in fields that change how a model learns (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`)."""
+    from rvqcodec.model.codec import TRAINING_ONLY_FIELDS
+    from rvqcodec.training.config import codec_config_from_section
+
+    seed = spec.settings.seeds[0]
+    base = codec_config_from_section(config_from_dict(*spec.warmup_job(seed)).model)
+    for arm in spec.selected_arms():
+        model = codec_config_from_section(spec.run_config(arm, seed).model).to_dict()
+        differ = sorted(k for k, v in base.to_dict().items() if model.get(k) != v and k not in TRAINING_ONLY_FIELDS)
+        if differ:
+            raise ValueError(f"arm '{arm.name}' changes {', '.join(differ)}, so it cannot start from the shared "
+                             "warm-up (ablation.ae_warmup_steps); arms may vary only how the quantizer learns")
 
 
 def _check_run_config(cfg, arm_name: str) -> None:

@@ -274,6 +274,24 @@ def test_wall_clock_budget_stops_with_a_validated_checkpoint_and_resumes(speech_
     assert Trainer(resumed, show_progress=False).fit()["step"] == 3
 
 
+def test_a_run_stops_at_a_chosen_step_on_its_schedule_and_resumes(speech_root, tmp_path):
+    run_dir = tmp_path / "run"
+    cfg = make_config(speech_root, run_dir, "train.steps=4", "train.stop_at_step=2", "optim.scheduler=cosine",
+                      "train.valid_every=10", "train.ckpt_every=10")
+    trainer = Trainer(cfg, show_progress=False)
+    assert trainer.fit()["step"] == 2
+    assert [n for n, _ in step_checkpoints(run_dir)] == [2] and ("valid", 2) in {
+        (r["kind"], r["step"]) for r in read_log(run_dir)}
+    straight = Trainer(make_config(speech_root, tmp_path / "straight", "train.steps=4", "optim.scheduler=cosine"),
+                       show_progress=False)
+    straight.fit(stop_after_step=2)
+    assert trainer.sched_g.get_last_lr() == straight.sched_g.get_last_lr()  # the 4-step schedule, not a 2-step one
+    resumed = make_config(speech_root, run_dir, "train.steps=4", "train.resume=true")
+    assert Trainer(resumed, show_progress=False).fit()["step"] == 4
+    with pytest.raises(ValueError, match="train.stop_at_step"):
+        make_config(speech_root, run_dir, "train.steps=4", "train.stop_at_step=5")
+
+
 # ------------------------------------------------------------------------------------------ command line
 
 

@@ -116,6 +116,8 @@ class TrainSection:
     kmeans_init_seconds: float = 120.0  # audio used to k-means-initialise the codebooks (0: lazily, from a batch)
     ae_warmup_steps: int = 0  # first steps train a plain autoencoder (quantizer bypassed); then the codebooks
     # are k-means-initialised from the trained encoder's latents and quantization starts
+    stop_at_step: int | None = None  # stop after this step as train.max_minutes would (the schedule still spans
+    # train.steps): a run banked at a chosen step, continued later with train.resume=true
     max_minutes: float | None = None  # wall-clock budget of this fit() call: after the first step past it, log,
     # validate, checkpoint and stop (the learning-rate schedule still spans train.steps)
 
@@ -432,6 +434,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(t.n_samples >= 0, "train.n_samples", "must be >= 0", t.n_samples)
     _check(t.ae_warmup_steps >= 0, "train.ae_warmup_steps", "must be >= 0", t.ae_warmup_steps)
     _check(t.max_minutes is None or t.max_minutes > 0, "train.max_minutes", "must be > 0 or null", t.max_minutes)
+    _check(t.stop_at_step is None or 1 <= t.stop_at_step <= t.steps, "train.stop_at_step",
+           "must be null or a step from 1 to train.steps", t.stop_at_step)
     _check(bool(t.run_dir), "train.run_dir", "must be a folder path", t.run_dir)
     _check(all(b > 0 for b in t.valid_bitrates), "train.valid_bitrates", "must be positive kbps values", t.valid_bitrates)
 

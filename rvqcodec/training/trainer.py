@@ -781,7 +781,8 @@ class Trainer:
                 self._window["time/step_seconds"].append(seconds)
                 self._window["throughput/audio_seconds_per_second"].append(audio / seconds)
                 bar.update(1)
-                final = self.step == cfg.train.steps or self._out_of_time(fit_started, budget)
+                final = (self.step in (cfg.train.steps, cfg.train.stop_at_step)
+                         or self._out_of_time(fit_started, budget))
                 if self.step % cfg.train.log_every == 0 or final:
                     last_train = self._log_train()
                     bar.set_postfix(loss=f"{last_train.get('loss/generator', math.nan):.3f}",

@@ -116,25 +116,33 @@ def markdown_table(runs: list[tuple[str, list[dict]]]) -> str:
 
 
 def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
+    """One colour per series (bitrate), one marker per run, so a continued run continues its lines; the legend
+    goes under the axes, clear of the data."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, (ax_pesq, ax_mel) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    tags = sorted({tag for _, records in runs for m in curves(records).values() for tag in m}, key=_series_order)
+    colours = {tag: f"C{i}" for i, tag in enumerate(tags)}
     markers = "osD^v"
-    for index, (label, records) in enumerate(runs):
+    fig, (ax_pesq, ax_mel) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100)
+    for index, (_, records) in enumerate(runs):
         for metric, ax in (("pesq_wb", ax_pesq), ("mel", ax_mel)):
-            for tag, points in sorted(curves(records).get(metric, {}).items(), key=lambda kv: _series_order(kv[0])):
+            for tag, points in curves(records).get(metric, {}).items():
                 xs, ys = zip(*points)
-                name = series_name(tag) + (f" ({label})" if len(runs) > 1 else "")
-                ax.plot(xs, ys, marker=markers[index % len(markers)], markersize=3, label=name)
+                ax.plot(xs, ys, color=colours[tag], marker=markers[index % len(markers)], markersize=3.5)
     ax_pesq.set(xlabel="training audio seen (hours)", ylabel="PESQ-WB", title="PESQ-WB on dev-clean (validation)")
     ax_mel.set(xlabel="training audio seen (hours)", ylabel="mel distance", title="mel distance (lower is better)")
     for ax in (ax_pesq, ax_mel):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    handles = [Line2D([], [], color=colours[tag], label=series_name(tag)) for tag in tags]
+    if len(runs) > 1:
+        handles += [Line2D([], [], color="0.3", linestyle="none", marker=markers[i % len(markers)], label=label)
+                    for i, (label, _) in enumerate(runs)]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 4), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

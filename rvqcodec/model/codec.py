@@ -72,6 +72,13 @@ dropout, loss weights), neither its weights' shapes nor what given weights decod
 under other values of these (``train.init_from``)."""
 
 
+def incompatible_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """Config fields (``CodecConfig.to_dict()`` form) in which ``wanted`` differs from ``saved`` other than the
+    :data:`TRAINING_ONLY_FIELDS`, sorted: weights saved under ``saved`` can continue training as ``wanted`` only
+    when this is empty."""
+    return sorted(k for k, v in wanted.items() if saved.get(k) != v and k not in TRAINING_ONLY_FIELDS)
+
+
 def _quantizer_default(name: str) -> Any:
     """The default of the config field ``name``: the default of the quantizer option it sets."""
     return QUANTIZER_DEFAULTS[QUANTIZER_FIELDS[name]]

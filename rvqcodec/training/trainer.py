@@ -643,7 +643,7 @@ class Trainer:
         (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`: e.g. fine-tuning with another gradient estimator). Its
         lineage, when it has one, is carried on."""
         from rvqcodec.model import Codec
-        from rvqcodec.model.codec import TRAINING_ONLY_FIELDS
+        from rvqcodec.model.codec import incompatible_fields
 
         try:
             payload = Codec.read_checkpoint(path)
@@ -654,10 +654,11 @@ class Trainer:
             except ValueError:
                 raise ValueError(f"train.init_from={path} is neither a codec nor a training checkpoint") from None
             config, state, lineage = payload["codec_config"], payload["codec"], payload.get("lineage")
-        changed = sorted(k for k, v in self.codec_config.to_dict().items() if config.get(k) != v)
-        if set(changed) - TRAINING_ONLY_FIELDS:
-            raise ValueError(f"cannot start from {path}: its model config differs in "
-                             f"{', '.join(k for k in changed if k not in TRAINING_ONLY_FIELDS)}")
+        wanted = self.codec_config.to_dict()
+        incompatible = incompatible_fields(config, wanted)
+        if incompatible:
+            raise ValueError(f"cannot start from {path}: its model config differs in {', '.join(incompatible)}")
+        changed = sorted(k for k, v in wanted.items() if config.get(k) != v)
         self.codec_module.load_state_dict(state)
         self.lineage = Lineage.from_dict(lineage or {})
         self._print(f"starting from the weights of {path} ({self.lineage.steps} steps, "

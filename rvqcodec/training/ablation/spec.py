@@ -324,15 +324,14 @@ def _has_dotted(tree: dict[str, Any], key: str) -> bool:
 
 def _check_warmup_shared(spec: AblationSpec) -> None:
     """With a shared warm-up every arm must be able to start from it: arms may differ from the warm-up's model
-    only in fields that change how a model learns (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`)."""
-    from rvqcodec.model.codec import TRAINING_ONLY_FIELDS
+    only in fields that change how a model learns (:func:`rvqcodec.model.codec.incompatible_fields`)."""
+    from rvqcodec.model.codec import incompatible_fields
     from rvqcodec.training.config import codec_config_from_section
 
     seed = spec.settings.seeds[0]
-    base = codec_config_from_section(config_from_dict(*spec.warmup_job(seed)).model)
+    base = codec_config_from_section(config_from_dict(*spec.warmup_job(seed)).model).to_dict()
     for arm in spec.selected_arms():
-        model = codec_config_from_section(spec.run_config(arm, seed).model).to_dict()
-        differ = sorted(k for k, v in base.to_dict().items() if model.get(k) != v and k not in TRAINING_ONLY_FIELDS)
+        differ = incompatible_fields(base, codec_config_from_section(spec.run_config(arm, seed).model).to_dict())
         if differ:
             raise ValueError(f"arm '{arm.name}' changes {', '.join(differ)}, so it cannot start from the shared "
                              "warm-up (ablation.ae_warmup_steps); arms may vary only how the quantizer learns")

@@ -151,7 +151,8 @@ def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="plot PESQ-WB and mel distance of a training run's validations "
                                                  "against the training audio seen")
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders (log.jsonl + config.yaml) or log .jsonl files, in order")
+    parser.add_argument("runs", nargs="+", type=Path,
+                        help="run folders (log.jsonl + config.yaml) or log .jsonl files, in order")
     parser.add_argument("--label", action="append", default=None, help="a label per run (default: folder name)")
     parser.add_argument("--out", type=Path, required=True, help="folder for training_curve.png and .md")
     args = parser.parse_args(argv)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from rvqcodec.training.config import config_from_dict, parse_override, read_yaml_file, set_dotted
+from rvqcodec.training.config import config_from_dict, flat_dict, parse_override, read_yaml_file, set_dotted
 
 SPEC_FILE = "ablation.yaml"
 SPEC_FORMAT = "rvqcodec-ablation"
@@ -291,7 +291,7 @@ def spec_from_dict(raw: Any, overrides: list[str] | None = None, command: str = 
         for key in WARMUP_KEYS:
             where = ([f"override '{t}'" for t in training_overrides if _keys_overlap(parse_override(t)[0], key)]
                      + [f"arm '{a.name}'" for a in arms if any(_keys_overlap(k, key) for k in a.set)]
-                     + (["the training section"] if _has_dotted(training, key) else []))
+                     + (["the training section"] if any(_keys_overlap(k, key) for k in flat_dict(training)) else []))
             if where:
                 raise ValueError(f"{where[0]} sets {key}, which the runner sets per run when "
                                  "ablation.ae_warmup_steps > 0")
@@ -311,15 +311,6 @@ def spec_from_dict(raw: Any, overrides: list[str] | None = None, command: str = 
     if settings.ae_warmup_steps > 0:
         _check_warmup_shared(spec)
     return spec
-
-
-def _has_dotted(tree: dict[str, Any], key: str) -> bool:
-    node: Any = tree
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
 
 
 def _check_warmup_shared(spec: AblationSpec) -> None:

@@ -1,19 +1,22 @@
 """Encoding and decoding a signal of any length chunk by chunk, in bounded memory (the chunk engine).
 
 Chunking (see ``docs/bitstream.md``, "Long files"): the signal is cut into chunks of ``chunk_seconds``
-(whole frames), and each chunk is encoded together with ``context_seconds`` of real signal on each side
-(clipped at the signal's ends); only the chunk's own frames are kept. Decoding works the same way on code
-frames. Windows start on frame boundaries, so every chunk sees the same frame grid as the whole signal.
-Because the context (1 s by default) is longer than the encoder's and the decoder's receptive fields
-(about 0.2 s for the ``base`` model, checked in ``tests/test_streaming.py``), a chunk's central frames depend
-on exactly the same samples as in a single pass; the only difference is float32 summation order inside
+(whole frames), and each chunk is encoded together with some real signal on each side (clipped at the
+signal's ends); only the chunk's own frames are kept. Decoding works the same way on code frames. Windows
+start on frame boundaries, so every chunk sees the same frame grid as the whole signal. The context is by
+default the model's own (``Codec.context_frames``: 10 frames of audio for the default model's encoder and 21
+frames of codes for its decoder, 1 s for SEANet models, whose receptive field is about 0.2 s), at least the
+encoder's and the decoder's receptive fields (checked in ``tests/test_streaming.py``), so a chunk's frames
+depend on exactly the same samples as in a single pass; the only difference is float32 summation order inside
 convolutions of different lengths (~1e-6 on latents). Documented tolerance vs unchunked processing:
 
 * codes: identical except for a latent lying within float rounding of a tie between two codewords
   (tested: at least 99.9 % of codes equal; in practice all of them);
 * decoded audio from the same codes: max absolute difference ``<= 1e-4`` (measured ~1e-6).
 
-Memory is bounded by the chunk, not the signal: a window is ``chunk + 2 * context`` seconds (12 s by default).
+Memory is bounded by the chunk, not the signal: a window is ``chunk + 2 * context`` (at most 12 s by
+default); the context costs ``2 * context / chunk`` of extra work (4 % / 8 % for the default model's encoder /
+decoder with 10 s chunks, 20 % with 1 s of context).
 :func:`encode_blocks` takes the signal as consecutive blocks (e.g. from
 :func:`rvqcodec.data.audio_io.iter_audio_blocks`) and :func:`decode_chunks` yields the decoded signal piece by
 piece; only the codes of the whole signal are held (``n_q * frames`` int64: 23 MB for 1 h at 8 kbps). Measured
@@ -41,9 +44,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 MIN_CHUNK_SECONDS = 1.0
-"""Shortest chunk accepted: each chunk is encoded with ``context_seconds`` (1 s) on each side, 5x the receptive
-field of the shipped presets, so a window costs ``(chunk + 2 * context) / chunk`` times the single-pass work
-(3x at 1 s, 2001x at 1 ms)."""
+"""Shortest chunk accepted: each chunk is encoded with its context on each side (up to 1 s), so a window costs
+``(chunk + 2 * context) / chunk`` times the single-pass work (up to 3x at 1 s, 2001x at 1 ms)."""
 
 
 @dataclass(frozen=True)
@@ -53,27 +55,32 @@ class ChunkConfig:
     Attributes:
         chunk_seconds: audio whose frames are kept from one window (rounded to whole frames; at least
             ``MIN_CHUNK_SECONDS``, else :class:`rvqcodec.errors.InputError`).
-        context_seconds: extra real signal on each side of a chunk (rounded up to whole frames); must exceed
-            the model's receptive field for chunked output to equal single-pass output.
+        context_seconds: extra real signal on each side of a chunk (rounded up to whole frames); must cover
+            the model's receptive field for chunked output to equal single-pass output. ``None`` (default):
+            the model's own, ``Codec.context_frames``.
         read_block_seconds: how much of the file is read per step (at the file's own rate).
     """
 
     chunk_seconds: float = 10.0
-    context_seconds: float = 1.0
+    context_seconds: float | None = None
     read_block_seconds: float = 5.0
 
     def __post_init__(self) -> None:
-        if not self.read_block_seconds > 0 or not self.context_seconds >= 0:
+        if not self.read_block_seconds > 0 or not (self.context_seconds is None or self.context_seconds >= 0):
             raise ValueError(f"read_block_seconds must be > 0 and context_seconds >= 0, got "
                              f"{self.read_block_seconds}, {self.context_seconds}")
         if not (self.chunk_seconds >= MIN_CHUNK_SECONDS and math.isfinite(self.chunk_seconds)):
-            raise InputError(f"chunk length must be at least {MIN_CHUNK_SECONDS:g} s (the default context around "
-                             f"each chunk, which covers the model's receptive field: shorter chunks multiply the "
-                             f"work without changing the result), got {self.chunk_seconds:g} s")
+            raise InputError(f"chunk length must be at least {MIN_CHUNK_SECONDS:g} s (each chunk is processed with "
+                             f"up to 1 s of context on each side, which covers the model's receptive field: shorter "
+                             f"chunks multiply the work without changing the result), got {self.chunk_seconds:g} s")
 
-    def frames(self, frame_rate: float) -> tuple[int, int]:
-        """``(chunk_frames, context_frames)`` at ``frame_rate`` frames/s."""
-        return max(1, round(self.chunk_seconds * frame_rate)), math.ceil(self.context_seconds * frame_rate - 1e-9)
+    def frames(self, codec: Codec) -> tuple[int, int, int]:
+        """``(chunk, encoder_context, decoder_context)`` in frames of ``codec``."""
+        chunk = max(1, round(self.chunk_seconds * codec.frame_rate))
+        if self.context_seconds is None:
+            return (chunk, *codec.context_frames)
+        context = math.ceil(self.context_seconds * codec.frame_rate - 1e-9)
+        return chunk, context, context
 
 
 @contextmanager
@@ -110,7 +117,7 @@ def encode_blocks(codec: Codec, blocks: Iterable[torch.Tensor | np.ndarray], n_q
         ValueError: a block is not mono or contains NaN/inf.
     """
     hop = codec.hop_length
-    chunk, context = chunking.frames(codec.frame_rate)
+    chunk, context, _ = chunking.frames(codec)
     device = _device(codec)
     buffer = torch.zeros(0)
     buffer_start = 0  # absolute sample index of buffer[0]
@@ -167,7 +174,7 @@ def decode_chunks(codec: Codec, codes: np.ndarray | torch.Tensor, num_samples: i
     num_frames = codes.shape[1]
     if num_samples > num_frames * hop:
         raise ValueError(f"{num_samples} samples need {-(-num_samples // hop)} frames, got {num_frames}")
-    chunk, context = chunking.frames(codec.frame_rate)
+    chunk, _, context = chunking.frames(codec)
     device = _device(codec)
     for first in range(0, -(-num_samples // hop), chunk):
         last = min(first + chunk, num_frames)

@@ -2,6 +2,7 @@
 model identity, gradient flow and a short overfitting run on real speech."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -209,6 +210,51 @@ def test_model_id_tracks_weights_and_codebooks():
     assert codec.model_id not in (model_id, changed)
     other = Codec(small_config(latent_dim=32))
     assert other.model_id != Codec(small_config()).model_id
+
+
+def _hashed_afresh(codec: Codec) -> str:
+    """The id of ``codec``'s current weights, computed by a new model that has no cached id."""
+    copy = Codec(codec.config)
+    copy.load_state_dict(codec.state_dict())
+    return copy.model_id
+
+
+def test_cached_model_id_follows_every_kind_of_weight_change(monkeypatch):
+    """model_id is hashed once per state (a short utterance's compress would otherwise pay ~25 ms); every way
+    the weights change must still give the id of the new weights."""
+    torch.manual_seed(0)
+    codec = Codec(small_config(dead_code_patience=1)).eval()  # codebooks not initialised yet
+    ids = [codec.model_id]
+
+    hashes = []
+    real_sha256 = hashlib.sha256
+    monkeypatch.setattr("rvqcodec.model.codec.hashlib.sha256", lambda *a: hashes.append(1) or real_sha256(*a))
+    assert codec.model_id == ids[0] and hashes == []  # cached: nothing hashed again
+
+    def changed() -> str:
+        new = codec.model_id
+        assert new not in ids and new == _hashed_afresh(codec)
+        ids.append(new)
+        return new
+
+    codec.initialize_codebooks(0.1 * torch.randn(4, 1, 50 * HOP))  # k-means writes, in eval mode
+    changed()
+    codec.train()
+    with torch.no_grad():  # EMA update + dead-code replacement (idle for one step) write codebooks via .data
+        codec(0.1 * torch.randn(2, 1, 10 * HOP))
+    codec.eval()
+    changed()
+    optimizer = torch.optim.SGD(codec.parameters(), lr=1e-2)
+    codec(0.1 * torch.randn(1, 1, 4 * HOP)).audio.square().mean().backward()
+    optimizer.step()
+    changed()
+    codec.half().float()  # new storages that could land where the old ones were
+    changed()
+    codec.load_state_dict(initialised_codec(small_config(dead_code_patience=1)).state_dict())
+    changed()
+    with torch.inference_mode():  # tensors without version counters: hashed every time, still right
+        fresh = Codec(small_config())
+        assert fresh.model_id == fresh.model_id == _hashed_afresh(fresh)
 
 
 def test_load_gives_clear_errors(tmp_path):

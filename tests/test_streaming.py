@@ -43,32 +43,38 @@ def _single_pass_codes(codec: Codec, wav: torch.Tensor, n_q: int) -> np.ndarray:
         return codec.encode(wav.view(1, 1, -1), n_q)[0].numpy()
 
 
-def _receptive_half_width_frames(module_fn, length: int, probe: int, scale: int) -> int:
-    """Largest distance (in frames) from a perturbed input position at which the output changes."""
-    x = torch.randn(1, 1, length) * 0.1
+def _encoder_reach_frames(encoder, frames: int, probe_frame: int) -> int:
+    """Farthest latent frame (distance in frames from ``probe_frame``) changed by perturbing the audio of
+    ``probe_frame``: its second and its last sample (the first can sit at a Hann window's zero)."""
+    x = torch.randn(1, 1, frames * HOP) * 0.1
     x2 = x.clone()
-    x2[..., probe] += 0.5
+    x2[..., [probe_frame * HOP + 1, probe_frame * HOP + HOP - 1]] += 0.5
     with torch.inference_mode():
-        diff = (module_fn(x) - module_fn(x2)).abs().amax(dim=1)[0]
-    changed = torch.nonzero(diff > 0).flatten().float() * scale
-    return int(math.ceil(max(probe - changed.min().item(), changed.max().item() - probe) / HOP))
+        diff = (encoder(x) - encoder(x2)).abs().amax(dim=1)[0]
+    changed = torch.nonzero(diff > 0).flatten()
+    return int(max(probe_frame - changed.min(), changed.max() - probe_frame))
 
 
-@pytest.mark.parametrize("preset", ["convnext", "tiny", "base"])
-def test_default_context_exceeds_encoder_and_decoder_receptive_fields(preset):
-    model = Codec(CodecConfig.preset(preset)).eval()
-    _, context = ChunkConfig().frames(model.frame_rate)
-    encoder_rf = _receptive_half_width_frames(model.encoder, 120 * HOP, 60 * HOP, HOP)  # output in frames
+@pytest.mark.parametrize("preset,causal", [("convnext", False), ("convnext", True), ("convnext-large", False),
+                                           ("tiny", False), ("base", False)])
+def test_default_context_covers_encoder_and_decoder_receptive_fields(preset, causal):
+    """The context the chunk engine uses is at least the measured receptive field; for the frame-rate family,
+    whose context is derived from its layers, exactly it (less would change chunk edges, more is wasted work)."""
+    model = Codec(CodecConfig.preset(preset, causal=causal)).eval()
+    _, encoder_context, decoder_context = ChunkConfig().frames(model)
+    encoder_rf = _encoder_reach_frames(model.encoder, 120, 60)
     latent_probe = 60
     z = torch.randn(1, model.config.latent_dim, 120)
     z2 = z.clone()
     z2[..., latent_probe] += 1.0
     with torch.inference_mode():
         diff = (model.decoder(z) - model.decoder(z2)).abs()[0, 0]
-    changed = torch.nonzero(diff > 0).flatten()
-    decoder_rf = math.ceil(max(latent_probe * HOP - changed.min().item(),
-                               changed.max().item() - (latent_probe + 1) * HOP) / HOP)
-    assert 0 < encoder_rf < context and 0 < decoder_rf < context, (encoder_rf, decoder_rf, context)
+    changed = torch.nonzero(diff > 0).flatten() // HOP  # output frames with any changed sample
+    decoder_rf = int(max(latent_probe - changed.min(), changed.max() - latent_probe))
+    assert 0 < encoder_rf <= encoder_context and 0 < decoder_rf <= decoder_context, (
+        encoder_rf, decoder_rf, encoder_context, decoder_context)
+    if model.config.architecture == "convnext":
+        assert (encoder_rf, decoder_rf) == (encoder_context, decoder_context)
 
 
 def test_chunked_encode_equals_single_pass_on_60s_speech(codec, speech):
@@ -81,6 +87,21 @@ def test_chunked_encode_equals_single_pass_on_60s_speech(codec, speech):
     assert np.mean(codes == reference) >= 0.999  # documented tolerance (in practice: all equal)
     # The first stage only depends on the latent: a real chunking bug would change many of them.
     assert np.mean(codes[0] == reference[0]) >= 0.999
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_frame_rate_model_chunked_with_its_own_context_equals_single_pass(speech, causal):
+    """The derived context (``Codec.context_frames``, no margin) is enough: 2 s chunks, many chunk edges."""
+    torch.manual_seed(1)
+    model = Codec(CodecConfig.preset("convnext", causal=causal)).eval()
+    wav, config = speech[:20 * 16000 + 5], ChunkConfig(chunk_seconds=2.0)
+    codes, _ = chunking.encode_blocks(model, torch.split(wav, 7777), 16, config)
+    reference = _single_pass_codes(model, wav, 16)
+    assert np.mean(codes == reference) >= 0.999 and np.mean(codes[0] == reference[0]) >= 0.999
+    chunked = torch.cat(list(chunking.decode_chunks(model, reference, wav.numel(), config)))
+    with torch.inference_mode():
+        single = model.decode(torch.from_numpy(reference)[None])[0, 0, :wav.numel()]
+    assert (chunked - single).abs().max().item() <= 1e-4
 
 
 def test_chunking_without_context_would_differ(codec, speech):

@@ -46,6 +46,9 @@ DROPPABLE_SUFFIX = "codebook.embed_sum"
 
 CHECKPOINT_FORMAT = "rvqcodec-checkpoint"
 CHECKPOINT_VERSION = 1
+SEANET_CONTEXT_SECONDS = 1.0
+"""Chunk context for SEANet models (see ``Codec.context_frames``; tests/test_streaming.py checks it covers them)."""
+
 PRESETS = ("convnext", "convnext-large", "tiny", "base")
 ARCHITECTURES = ("seanet", "convnext")
 V1_FIELDS = frozenset((
@@ -253,6 +256,7 @@ class Codec(nn.Module):
             self.decoder = SEANetDecoder(**arch)
         self.quantizer = ResidualVQ(dim=c.latent_dim, n_q=c.n_q, codebook_size=c.codebook_size,
                                     **{option: getattr(c, name) for name, option in QUANTIZER_FIELDS.items()})
+        self._model_id_cache: tuple[tuple, list, str] | None = None  # see model_id
 
     # ------------------------------------------------------------------ properties
     @property
@@ -268,6 +272,17 @@ class Codec(nn.Module):
     def frame_rate(self) -> float:
         """Latent frames per second."""
         return self.config.sample_rate / self.config.hop_length
+
+    @property
+    def context_frames(self) -> tuple[int, int]:
+        """``(encoder, decoder)``: frames of real signal (audio, resp. codes) on each side of a chunk that make
+        chunked encoding/decoding equal a single pass (:mod:`rvqcodec.chunking`). The frame-rate family's exact
+        reach (``reach_frames``: 10 and 21 frames for the ``convnext`` preset); SEANet's receptive field is not
+        derived, so those presets keep ``SEANET_CONTEXT_SECONDS`` (5x the ~0.2 s measured for ``base``)."""
+        if self.config.architecture == "convnext":
+            return self.encoder.reach_frames, self.decoder.reach_frames
+        frames = math.ceil(SEANET_CONTEXT_SECONDS * self.frame_rate - 1e-9)
+        return frames, frames
 
     @property
     def max_n_q(self) -> int:
@@ -371,16 +386,35 @@ class Codec(nn.Module):
         """16 lowercase hex characters (8 bytes): SHA-256 of the config and every state-dict tensor that affects
         encoding or decoding (EMA training statistics are left out, see ``TRAINING_STATE_SUFFIXES``).
 
-        Changes whenever any weight or codebook entry changes; identical for a saved and reloaded model."""
+        Changes whenever any weight or codebook entry changes; identical for a saved and reloaded model.
+
+        Hashing the weights takes ~25 ms for the default model, which would double the cost of compressing a
+        short utterance, so the id is kept until the state changes. The key is every state-dict tensor's storage
+        address, layout and version counter, which in-place writes bump (optimiser steps, ``load_state_dict``,
+        ``.to()``); the codebook bookkeeping's ``.data`` writes, which do not, always come with in-place updates
+        of usage counters that are part of the key. The cache holds the storages it keyed on, so no new tensor
+        can reuse their addresses while it lives. Only a ``.data`` write from outside that touches nothing else
+        would go unseen."""
+        state = self.state_dict()
+        try:
+            key = tuple((name, t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype,
+                         t.device, t._version) for name, t in state.items())
+        except RuntimeError:  # inference tensors (created under torch.inference_mode) have no version counter
+            key = None
+        if key is not None and self._model_id_cache is not None and self._model_id_cache[0] == key:
+            return self._model_id_cache[2]
         h = hashlib.sha256()
         h.update(json.dumps(self.config.identity_dict(), sort_keys=True).encode())
-        for name, tensor in sorted(self.state_dict().items()):
+        for name, tensor in sorted(state.items()):
             if name.endswith(TRAINING_STATE_SUFFIXES):
                 continue
             t = tensor.detach().to("cpu").contiguous()
             h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy())  # the buffer itself: no copy
-        return h.hexdigest()[:16]
+        model_id = h.hexdigest()[:16]
+        if key is not None:
+            self._model_id_cache = (key, [t.untyped_storage() for t in state.values()], model_id)
+        return model_id
 
     def save(self, path: str | os.PathLike, meta: dict[str, Any] | None = None, inference_only: bool = False,
              float16: bool = False) -> Path:

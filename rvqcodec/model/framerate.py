@@ -26,6 +26,22 @@ from rvqcodec.model.convnext import ConvNeXtStack
 from rvqcodec.model.spectral import ISTFTHead, STFTFeatures
 
 
+def _window_reach(n_fft: int, hop: int, causal: bool) -> tuple[int, int]:
+    """``(left, right)``: frames beyond its own that frame t's ``n_fft``-sample window covers (all of the
+    overhang ``n_fft - hop`` on the left when causal, half on each side otherwise; see
+    :mod:`rvqcodec.model.spectral`)."""
+    overhang = n_fft - hop
+    if causal:
+        return -(-overhang // hop), 0
+    side = -(-(overhang // 2) // hop)
+    return side, side
+
+
+def _net_reach(net: ConvNeXtStack, causal: bool) -> tuple[int, int]:
+    """``(left, right)`` latent frames that one output frame of ``net`` depends on."""
+    return (net.receptive_field, 0) if causal else (net.receptive_field // 2,) * 2
+
+
 class FrameRateEncoder(nn.Module):
     """Waveform -> latent frames. ``(B, 1, T) -> (B, latent_dim, ceil(T / hop))``, any ``T >= 1``."""
 
@@ -36,6 +52,10 @@ class FrameRateEncoder(nn.Module):
         self.stem = STFTFeatures(stem_n_fft, hop, causal)
         self.net = ConvNeXtStack(self.stem.out_dim, dim, n_blocks, out_dim=latent_dim, mlp_ratio=mlp_ratio,
                                  kernel_size=kernel_size, causal=causal)
+        (stem_left, stem_right), (net_left, net_right) = _window_reach(stem_n_fft, hop, causal), _net_reach(self.net, causal)
+        self.reach_frames = max(stem_left + net_left, stem_right + net_right)
+        """How far a latent frame looks: the audio of its own frame and of this many frames on each side (on
+        the farther side) decide it, nothing beyond (what a chunk's context must cover)."""
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         if wav.dim() != 3 or wav.shape[1] != 1:
@@ -55,6 +75,11 @@ class FrameRateDecoder(nn.Module):
         self.net = ConvNeXtStack(latent_dim, dim, n_blocks, mlp_ratio=mlp_ratio, kernel_size=kernel_size,
                                  causal=causal, in_kernel=in_kernel)
         self.head = ISTFTHead(dim, head_n_fft, hop, causal)
+        # Output frame f sums the windows of head frames f - right .. f + left (a window reaches the other way).
+        (head_left, head_right), (net_left, net_right) = _window_reach(head_n_fft, hop, causal), _net_reach(self.net, causal)
+        self.reach_frames = max(head_right + net_left, head_left + net_right)
+        """How far the samples of one output frame look: the latent frames within this distance (on the
+        farther side) decide them, nothing beyond."""
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         if latent.dim() != 3 or latent.shape[1] != self.latent_dim:

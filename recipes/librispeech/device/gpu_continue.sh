@@ -10,13 +10,15 @@
 # log.jsonl, probe.jsonl (the step-time probe) and the training state split into <= 15 MiB parts
 # (state.pt.part-aa, -ab, ...: `cat state.pt.part-* > step.pt` gives back a state that train.resume=true continues).
 # Settings (environment): MINUTES (training minutes, default 6), BATCH (default 128), LR (default 5e-4),
-# INIT (checkpoint to start from, default the shipped model), RUN (run folder, default runs/gpu-continue).
+# INIT (checkpoint to start from, default the shipped model), RUN (run folder, default runs/gpu-continue),
+# ESTIMATOR (rotation, the default model's, or ste: docs/ablation/README.md found STE better on this model).
 set -euo pipefail
 MINUTES=${MINUTES:-6}
 BATCH=${BATCH:-128}
 LR=${LR:-5e-4}
 INIT=${INIT:-rvqcodec/pretrained/default.pt}
 RUN=${RUN:-runs/gpu-continue}
+ESTIMATOR=${ESTIMATOR:-rotation}
 OUT=${OUT:?set OUT to the folder whose files come back}
 PY=${PYTHON:-python3}
 if [ -z "${DEVICE_TEST:-}" ]; then
@@ -29,7 +31,7 @@ fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
 COMMON=(recipes/librispeech/convnext.yaml data.root=.gpudata "data.extra_train_dirs=[.gpudata/extra]"
         data.batch_size=$BATCH train.mixed_precision=$PRECISION train.init_from=$INIT train.ae_warmup_steps=0
-        train.kmeans_init_seconds=0 optim.lr=$LR optim.warmup_steps=200 --no-progress)
+        train.kmeans_init_seconds=0 optim.lr=$LR optim.warmup_steps=200 model.estimator=$ESTIMATOR --no-progress)
 # 1. Probe: seconds per step at this batch on this machine (log every 10 steps, nothing saved that matters).
 PROBE_STEPS=${PROBE_STEPS:-60}
 rm -rf runs/gpu-probe
@@ -52,7 +54,7 @@ $PY -m rvqcodec train "${COMMON[@]}" train.run_dir=$RUN train.steps=$STEPS \
     train.ckpt_every=$STEPS
 # 3. Bank it: exported model + card, log, and the training state in parts that fit the way back.
 $PY recipes/librispeech/export_default.py "$RUN/codec.pt" --recipe recipes/librispeech/convnext.yaml \
-    --out "$OUT/default.pt" --note "Continued on a GPU from $INIT at batch $BATCH."
+    --out "$OUT/default.pt" --note "Continued on a GPU from $INIT at batch $BATCH ($ESTIMATOR estimator)."
 cp "$RUN/log.jsonl" "$OUT/log.jsonl"
 STATE=$(ls "$RUN"/checkpoints/step_*.pt | tail -1)
 split -b 15M "$STATE" "$OUT/$(basename "$STATE").part-"

@@ -49,9 +49,9 @@ USAGE_LOG_RANGE = (-3.0, 1.0)
 # (key in the stage statistics, column title, scale, number format)
 STAGE_COLUMNS: tuple[tuple[str, str, float, str], ...] = (
     ("utilization", "utilisation (%)", 1.0, ".1f"),
-    ("perplexity_norm", "PPL / K", 1.0, ".3g"),
-    ("rel_qe", "rel. QE", 1.0, ".3g"),
-    ("scale_median", "median ‖q‖/‖e‖", 1.0, ".3g"),
+    ("perplexity_norm", "PPL / K", 1.0, ".3f"),
+    ("rel_qe", "rel. QE", 1.0, ".3f"),
+    ("scale_median", "median ‖q‖/‖e‖", 1.0, ".3f"),
     ("obtuse_frac", "obtuse (%)", 100.0, ".1f"),
 )
 
@@ -525,7 +525,8 @@ def _intro(spec: AblationSpec, results: dict[str, list[RunResult]]) -> list[str]
                    f"{_value(model.get('quantizer_dropout'))}, EMA decay {_value(model.get('ema_decay'))}")
     if train:
         out.append(f"- training: {train.get('steps')} steps of {data.get('batch_size')} × "
-                   f"{_value(data.get('segment_seconds'))} s crops from {', '.join(data.get('train_subsets', []))}; "
+                   f"{_value(data.get('segment_seconds'))} s crops from "
+                   f"{', '.join([*data.get('train_subsets', []), *data.get('extra_train_dirs', [])])}; "
                    f"loss weights mel {_value(loss.get('mel'))}, MR-STFT {_value(loss.get('mrstft'))}, "
                    f"compressed complex STFT {_value(loss.get('complex'))}, "
                    f"commit {_value(loss.get('commit'))}, adversarial {_value(loss.get('adv'))}, "

@@ -1,6 +1,8 @@
 """The estimator ablation: runner on a micro budget, controlled arms, report tables/plots, exact regeneration."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import shutil
@@ -162,6 +164,21 @@ def test_a_changed_ablation_does_not_reuse_the_run_dir(micro_run, speech_root, c
     assert cli.main(micro_args(micro_run, speech_root, "optim.lr=5e-4")) == 2
     err = capsys.readouterr().err
     assert "holds a different ablation" in err and "training_overrides" in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_ablation_may_grow_by_arms_but_not_change_one(micro_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(micro_run, copy, ignore=shutil.ignore_patterns("*.png"))
+    saved = read_saved_spec(copy)
+    saved = dataclasses.replace(saved, settings=dataclasses.replace(saved.settings, run_dir=str(copy)))
+    extra = dataclasses.replace(saved.arms[0], name="extra", label="one more arm")
+    grown = dataclasses.replace(saved, arms=[*saved.arms, extra])
+    prepare_run_dir(grown)  # finished runs stay valid: only the new arm would train
+    assert [arm.name for arm in read_saved_spec(copy).arms] == [*(arm.name for arm in saved.arms), "extra"]
+    changed = dataclasses.replace(grown, arms=[dataclasses.replace(grown.arms[0], label="relabelled"),
+                                               *grown.arms[1:]])
+    with pytest.raises(ValueError, match="holds a different ablation"):
+        prepare_run_dir(changed)
 
 
 def test_diverged_and_missing_seeds_are_counted_not_averaged(micro_run, tmp_path):

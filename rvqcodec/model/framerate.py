@@ -52,7 +52,8 @@ class FrameRateEncoder(nn.Module):
         self.stem = STFTFeatures(stem_n_fft, hop, causal)
         self.net = ConvNeXtStack(self.stem.out_dim, dim, n_blocks, out_dim=latent_dim, mlp_ratio=mlp_ratio,
                                  kernel_size=kernel_size, causal=causal)
-        (stem_left, stem_right), (net_left, net_right) = _window_reach(stem_n_fft, hop, causal), _net_reach(self.net, causal)
+        (stem_left, stem_right), (net_left, net_right) = (_window_reach(stem_n_fft, hop, causal),
+                                                          _net_reach(self.net, causal))
         self.reach_frames = max(stem_left + net_left, stem_right + net_right)
         """How far a latent frame looks: the audio of its own frame and of this many frames on each side (on
         the farther side) decide it, nothing beyond (what a chunk's context must cover)."""
@@ -76,7 +77,8 @@ class FrameRateDecoder(nn.Module):
                                  causal=causal, in_kernel=in_kernel)
         self.head = ISTFTHead(dim, head_n_fft, hop, causal)
         # Output frame f sums the windows of head frames f - right .. f + left (a window reaches the other way).
-        (head_left, head_right), (net_left, net_right) = _window_reach(head_n_fft, hop, causal), _net_reach(self.net, causal)
+        (head_left, head_right), (net_left, net_right) = (_window_reach(head_n_fft, hop, causal),
+                                                          _net_reach(self.net, causal))
         self.reach_frames = max(head_right + net_left, head_left + net_right)
         """How far the samples of one output frame look: the latent frames within this distance (on the
         farther side) decide them, nothing beyond."""

@@ -122,12 +122,13 @@ def prepare_run_dir(spec: AblationSpec) -> None:
     """Create the run folder and its ``ablation.yaml``, or check that an existing one holds the same ablation.
 
     A folder whose runs have not finished any run yet (e.g. the first run failed on a wrong ``data.root``) takes the
-    new ablation; otherwise a different ablation is refused with a ``ValueError``."""
+    new ablation, and so does one whose ablation only gains arms (every saved arm kept as it was: its finished runs
+    stay valid, only the new arms train); otherwise a different ablation is refused with a ``ValueError``."""
     path = spec.run_dir / SPEC_FILE
     if path.is_file():
         saved = read_saved_spec(spec.run_dir)
         if saved.identity() != spec.identity():
-            if finished_runs(spec.run_dir):
+            if finished_runs(spec.run_dir) and not _only_adds_arms(saved, spec):
                 old, new = saved.identity(), spec.identity()
                 differ = [k for k in new if old.get(k) != new.get(k)]
                 raise ValueError(f"{spec.run_dir} holds a different ablation (differs in: {', '.join(differ)}); "
@@ -137,6 +138,13 @@ def prepare_run_dir(spec: AblationSpec) -> None:
     if spec.run_dir.exists() and any(spec.run_dir.iterdir()):
         raise ValueError(f"ablation.run_dir={spec.run_dir} exists and is not an ablation run folder; choose another")
     atomic_write_text(path, dump_spec(spec), parents=True)
+
+
+def _only_adds_arms(saved: AblationSpec, spec: AblationSpec) -> bool:
+    """True when ``spec`` is ``saved`` plus new arms: everything else equal, every saved arm still there unchanged."""
+    old, new = saved.identity(), spec.identity()
+    old_arms, new_arms = old.pop("arms"), new.pop("arms")
+    return old == new and all(arm in new_arms for arm in old_arms)
 
 
 def _clear_unfinished(run_path: Path, runs_root: Path) -> None:

@@ -122,7 +122,9 @@ def _interrupt_after(args: list[str], marker: str, stream: str, timeout: float =
 
 
 def test_roundtrip_prints_each_row_as_it_finishes_and_ctrl_c_keeps_them(tmp_path, tiny_model, dev_clean_speech):
-    _clips(tmp_path / "set", dev_clean_speech, 6)
+    # 40 s clips: the five left after the first take seconds, so Ctrl-C always lands before the end (with 3 s
+    # clips a fast machine finished all six before the signal arrived).
+    _clips(tmp_path / "set", dev_clean_speech, 6, seconds=40.0)
     common = ["roundtrip", tmp_path / "set", "-b", "3", "--model", tiny_model, "--threads", "1"]
 
     code, out, err = _interrupt_after(common, "clip0.wav", "stdout")

@@ -5,7 +5,8 @@ Chunking (see ``docs/bitstream.md``, "Long files"): the signal is cut into chunk
 signal's ends); only the chunk's own frames are kept. Decoding works the same way on code frames. Windows
 start on frame boundaries, so every chunk sees the same frame grid as the whole signal. The context is by
 default the model's own (``Codec.context_frames``: 10 frames of audio for the default model's encoder and 21
-frames of codes for its decoder, 1 s for SEANet models, whose receptive field is about 0.2 s), at least the
+frames of codes for its decoder; ``FALLBACK_CONTEXT_SECONDS``, 1 s, for SEANet models, whose receptive field
+of about 0.2 s is not derived), at least the
 encoder's and the decoder's receptive fields (checked in ``tests/test_streaming.py``), so a chunk's frames
 depend on exactly the same samples as in a single pass; the only difference is float32 summation order inside
 convolutions of different lengths (~1e-6 on latents). Documented tolerance vs unchunked processing:
@@ -43,6 +44,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from rvqcodec.model.codec import Codec
 
 
+FALLBACK_CONTEXT_SECONDS = 1.0
+"""Context for models whose receptive field is not derived (``Codec.context_frames`` is None: SEANet), 5x the
+~0.2 s measured for ``base`` (tests/test_streaming.py checks it covers every preset)."""
+
 MIN_CHUNK_SECONDS = 1.0
 """Shortest chunk accepted: each chunk is encoded with its context on each side (up to 1 s), so a window costs
 ``(chunk + 2 * context) / chunk`` times the single-pass work (up to 3x at 1 s, 2001x at 1 ms)."""
@@ -57,7 +62,7 @@ class ChunkConfig:
             ``MIN_CHUNK_SECONDS``, else :class:`rvqcodec.errors.InputError`).
         context_seconds: extra real signal on each side of a chunk (rounded up to whole frames); must cover
             the model's receptive field for chunked output to equal single-pass output. ``None`` (default):
-            the model's own, ``Codec.context_frames``.
+            the model's own, ``Codec.context_frames``, or ``FALLBACK_CONTEXT_SECONDS`` where it has none.
         read_block_seconds: how much of the file is read per step (at the file's own rate).
     """
 
@@ -77,9 +82,12 @@ class ChunkConfig:
     def frames(self, codec: Codec) -> tuple[int, int, int]:
         """``(chunk, encoder_context, decoder_context)`` in frames of ``codec``."""
         chunk = max(1, round(self.chunk_seconds * codec.frame_rate))
-        if self.context_seconds is None:
-            return (chunk, *codec.context_frames)
-        context = math.ceil(self.context_seconds * codec.frame_rate - 1e-9)
+        seconds = self.context_seconds
+        if seconds is None:
+            if codec.context_frames is not None:
+                return (chunk, *codec.context_frames)
+            seconds = FALLBACK_CONTEXT_SECONDS
+        context = math.ceil(seconds * codec.frame_rate - 1e-9)
         return chunk, context, context
 
 

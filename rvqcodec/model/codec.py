@@ -46,9 +46,6 @@ DROPPABLE_SUFFIX = "codebook.embed_sum"
 
 CHECKPOINT_FORMAT = "rvqcodec-checkpoint"
 CHECKPOINT_VERSION = 1
-SEANET_CONTEXT_SECONDS = 1.0
-"""Chunk context for SEANet models (see ``Codec.context_frames``; tests/test_streaming.py checks it covers them)."""
-
 PRESETS = ("convnext", "convnext-large", "tiny", "base")
 ARCHITECTURES = ("seanet", "convnext")
 V1_FIELDS = frozenset((
@@ -274,15 +271,14 @@ class Codec(nn.Module):
         return self.config.sample_rate / self.config.hop_length
 
     @property
-    def context_frames(self) -> tuple[int, int]:
+    def context_frames(self) -> tuple[int, int] | None:
         """``(encoder, decoder)``: frames of real signal (audio, resp. codes) on each side of a chunk that make
-        chunked encoding/decoding equal a single pass (:mod:`rvqcodec.chunking`). The frame-rate family's exact
-        reach (``reach_frames``: 10 and 21 frames for the ``convnext`` preset); SEANet's receptive field is not
-        derived, so those presets keep ``SEANET_CONTEXT_SECONDS`` (5x the ~0.2 s measured for ``base``)."""
+        chunked encoding/decoding equal a single pass (:mod:`rvqcodec.chunking`): the frame-rate family's exact
+        reach (``reach_frames``: 10 and 21 frames for the ``convnext`` preset). ``None`` for SEANet models, whose
+        receptive field is not derived (the chunk engine then uses its fixed fallback context)."""
         if self.config.architecture == "convnext":
             return self.encoder.reach_frames, self.decoder.reach_frames
-        frames = math.ceil(SEANET_CONTEXT_SECONDS * self.frame_rate - 1e-9)
-        return frames, frames
+        return None
 
     @property
     def max_n_q(self) -> int:

@@ -126,10 +126,9 @@ def prepare_run_dir(spec: AblationSpec) -> None:
     stay valid, only the new arms train); otherwise a different ablation is refused with a ``ValueError``."""
     path = spec.run_dir / SPEC_FILE
     if path.is_file():
-        saved = read_saved_spec(spec.run_dir)
-        if saved.identity() != spec.identity():
-            if finished_runs(spec.run_dir) and not _only_adds_arms(saved, spec):
-                old, new = saved.identity(), spec.identity()
+        old, new = read_saved_spec(spec.run_dir).identity(), spec.identity()
+        if old != new:
+            if finished_runs(spec.run_dir) and not _only_adds_arms(old, new):
                 differ = [k for k in new if old.get(k) != new.get(k)]
                 raise ValueError(f"{spec.run_dir} holds a different ablation (differs in: {', '.join(differ)}); "
                                  "choose another ablation.run_dir or remove that folder")
@@ -140,11 +139,11 @@ def prepare_run_dir(spec: AblationSpec) -> None:
     atomic_write_text(path, dump_spec(spec), parents=True)
 
 
-def _only_adds_arms(saved: AblationSpec, spec: AblationSpec) -> bool:
-    """True when ``spec`` is ``saved`` plus new arms: everything else equal, every saved arm still there unchanged."""
-    old, new = saved.identity(), spec.identity()
-    old_arms, new_arms = old.pop("arms"), new.pop("arms")
-    return old == new and all(arm in new_arms for arm in old_arms)
+def _only_adds_arms(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when identity ``new`` is ``old`` plus new arms: everything else equal, every saved arm still there
+    unchanged (``AblationSpec.identity`` dicts)."""
+    same_rest = all(old.get(k) == new.get(k) for k in {*old, *new} - {"arms"})
+    return same_rest and all(arm in new["arms"] for arm in old["arms"])
 
 
 def _clear_unfinished(run_path: Path, runs_root: Path) -> None:

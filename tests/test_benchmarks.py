@@ -383,3 +383,42 @@ def test_training_curve_joins_a_saved_log_and_a_run_folder(tmp_path, capsys):
 
     assert training_curve.main([str(tmp_path / "missing.jsonl"), "--out", str(out)]) == 2
     assert "no such log file" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------- quantizer headroom
+
+
+def test_quantizer_headroom_decodes_as_the_codec_does(tiny_model, dev_clean, tmp_path, capsys):
+    import quantizer_headroom
+    from rvqcodec.scoring import evaluate_pair
+
+    out = tmp_path / "headroom"
+    base = ["--model", str(tiny_model), "--data", str(dev_clean), "--max-files", "1", "--fit-data", str(dev_clean),
+            "--fit-seconds", "60", "--threads", "1", "--out", str(out)]
+    assert quantizer_headroom.main(base + ["--stages", "4,1"]) == 0
+    result = json.loads((out / "headroom.json").read_text())
+    decoded = result["measurement"]["decoded"]
+    assert list(decoded) == ["unquantized", "model 1", "refit 1", "model 4", "refit 4"]
+
+    codec = Codec.load(tiny_model).eval()  # the model's rows are what the codec itself decodes at that n_q
+    wav = read_audio(quality.list_audio_files(dev_clean)[0], target_sr=codec.sample_rate).samples.reshape(1, 1, -1)
+    for n_q in (1, 4):
+        with torch.no_grad():
+            audio = codec(wav, n_q=n_q).audio
+        expected = evaluate_pair(wav.flatten().numpy(), audio.flatten().numpy(), codec.sample_rate, align=False)
+        assert decoded[f"model {n_q}"]["mel_distance"] == pytest.approx(expected["mel_distance"], rel=1e-5)
+    assert decoded["refit 4"]["mel_distance"] != pytest.approx(decoded["model 4"]["mel_distance"], rel=1e-3)
+
+    energy = result["measurement"]["residual_energy"]
+    assert len(energy["model"]) == len(energy["refit"]) == codec.max_n_q
+    assert all(_finite(v) and v > 0 for v in energy["model"] + energy["refit"])
+    shares = list(result["measurement"]["pca_share"].values())
+    assert shares == sorted(shares) and 0 < shares[0] and shares[-1] <= 1 + 1e-9
+
+    rows = _table_rows((out / "headroom.md").read_text(), "decoder input")
+    assert rows[1][0] == "unquantized" and rows[1][2] == f"{decoded['unquantized']['pesq_wb']:.3f}"
+    assert rows[-1][:2] == ["refitted RVQ, 4 stages", f"{codec.bitrate(4):g}"]
+
+    assert quantizer_headroom.main(base + ["--stages", f"{codec.max_n_q + 1}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: --stages must lie between 1 and")

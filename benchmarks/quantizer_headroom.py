@@ -34,13 +34,13 @@ if str(BENCH_DIR) not in sys.path:
 
 from common import DEFAULT_OUT, SPEECH_ROOT, shown_path  # noqa: E402
 from quality import list_audio_files  # noqa: E402
+from rvqcodec import metrics  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.model import Codec  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 from rvqcodec.quantize import ResidualVQ  # noqa: E402
-from rvqcodec.scoring import evaluate_pair  # noqa: E402
 
 PCA_DIMS = (8, 16, 32, 64, 96)
 """Principal components at which the cumulative share of the latent energy is reported."""
@@ -49,7 +49,7 @@ PCA_DIMS = (8, 16, 32, 64, 96)
 def read_mono(path: Path, sample_rate: int) -> torch.Tensor:
     """(1, 1, T) float32 audio of ``path`` at ``sample_rate``."""
     try:
-        return read_audio(path, target_sr=sample_rate).samples[:1].reshape(1, 1, -1)
+        return read_audio(path, target_sr=sample_rate).samples.reshape(1, 1, -1)
     except ValueError as exc:
         raise UserError(str(exc)) from None
 
@@ -91,9 +91,12 @@ def residual_energy(rvq: ResidualVQ, latent: torch.Tensor) -> list[float]:
 
 @torch.no_grad()
 def decode_scores(codec: Codec, latent: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    audio = codec.decoder(latent)[..., : ref.shape[-1]]
-    scores = evaluate_pair(ref.flatten().numpy(), audio.flatten().numpy(), codec.sample_rate, align=False)
-    return {"pesq_wb": scores["pesq_wb"], "mel_distance": scores["mel_distance"]}
+    """PESQ-WB and mel distance of the decoder's output for ``latent`` against ``ref`` (1, 1, T): only the two
+    metrics reported (the full :func:`rvqcodec.metrics.score_aligned` would add STOI and PESQ-NB per decode)."""
+    ref_np = ref.flatten().numpy()
+    audio = codec.decoder(latent)[..., : ref.shape[-1]].flatten().numpy()
+    return {"pesq_wb": metrics.pesq_wb(ref_np, audio, codec.sample_rate),
+            "mel_distance": metrics.mel_distance(ref_np, audio, codec.sample_rate)}
 
 
 def measure(codec: Codec, refit: ResidualVQ, files: list[Path], stages: list[int]) -> dict:

@@ -1,6 +1,7 @@
-"""Paths shared by the benchmark scripts, and how a path is written into their results."""
+"""Paths shared by the benchmark scripts, how a path is written into their results, and how a number is."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -19,3 +20,14 @@ def shown_path(path: str | os.PathLike) -> str:
 def resolved_shown_path(shown: str) -> Path:
     """Inverse of :func:`shown_path`, relative to the current folder (for messages to the user)."""
     return Path(os.path.relpath((REPO_ROOT / shown).resolve()))
+
+
+def fmt_number(value, spec: str) -> str:
+    """``value`` formatted with ``spec`` for a results table, an en dash when it is undefined (None, NaN, inf), and
+    never "-0.0" (a small negative number rounded to zero is written without its sign)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    text = format(value, spec)
+    if text.startswith("-") and not text.strip("-0."):
+        text = text[1:]
+    return text

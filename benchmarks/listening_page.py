@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import html
 import io
-import math
 from html.parser import HTMLParser
 
 import numpy as np
 import torch
+
+from common import fmt_number  # benchmarks/ is on sys.path wherever this module is imported
 
 SPECTROGRAM_N_FFT = 512  # 32 ms at 16 kHz
 SPECTROGRAM_HOP = 160  # 10 ms
@@ -118,18 +119,11 @@ footer { color: #555; font-size: 0.85em; margin-top: 24px; }
 """
 
 
-def _fmt(value, spec: str) -> str:
-    """A measured number, or an en dash when it is undefined (NaN/None)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    return format(value, spec)
-
-
 def _scores_line(entry: dict) -> str:
     if entry["key"] == "reference":
-        return f"lossless FLAC, {_fmt(entry['file_kbps'], '.0f')} kbps file · the original samples"
-    return (f"measured {_fmt(entry['measured_kbps'], '.2f')} kbps · PESQ-WB {_fmt(entry['pesq_wb'], '.2f')} · "
-            f"STOI {_fmt(entry['stoi'], '.3f')}")
+        return f"lossless FLAC, {fmt_number(entry['file_kbps'], '.0f')} kbps file · the original samples"
+    return (f"measured {fmt_number(entry['measured_kbps'], '.2f')} kbps · PESQ-WB {fmt_number(entry['pesq_wb'], '.2f')} · "
+            f"STOI {fmt_number(entry['stoi'], '.3f')}")
 
 
 def _version_block(version: dict, entry: dict) -> str:
@@ -150,8 +144,8 @@ def _means_table(manifest: dict) -> str:
     rows = ["<table class=\"means\"><thead><tr><th>version</th><th>measured kbps</th><th>PESQ-WB</th>"
             "<th>STOI</th><th>clips</th></tr></thead><tbody>"]
     for m in manifest["means"]:
-        rows.append(f"<tr><td>{html.escape(m['label'])}</td><td>{_fmt(m['measured_kbps'], '.2f')}</td>"
-                    f"<td>{_fmt(m['pesq_wb'], '.2f')}</td><td>{_fmt(m['stoi'], '.3f')}</td>"
+        rows.append(f"<tr><td>{html.escape(m['label'])}</td><td>{fmt_number(m['measured_kbps'], '.2f')}</td>"
+                    f"<td>{fmt_number(m['pesq_wb'], '.2f')}</td><td>{fmt_number(m['stoi'], '.3f')}</td>"
                     f"<td>{m['clips']}</td></tr>")
     rows.append("</tbody></table>")
     return "".join(rows)
@@ -193,7 +187,7 @@ def render_html(manifest: dict) -> str:
                 "<code>benchmarks/results/quality.md</code>.</p>")
     body = []
     for i, clip in enumerate(manifest["clips"], 1):
-        f0 = _fmt(clip["f0_hz"], ".0f")
+        f0 = fmt_number(clip["f0_hz"], ".0f")
         body.append('<section class="clip">')
         body.append(f"<h2>Clip {i}: {esc(clip['utterance'])} · speaker {esc(clip['speaker'])} "
                     f"({esc(clip['group'])}, median F0 {f0} Hz) · {clip['seconds']:.2f} s from "

@@ -45,7 +45,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
-from common import DEFAULT_OUT, SPEECH_ROOT, resolved_shown_path, shown_path  # noqa: E402
+from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import api, bitstream, chunking, codec_header  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
@@ -242,22 +242,13 @@ def targets(rows: list[dict]) -> list[dict]:
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def _fmt(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    text = format(value, spec)
-    if text.startswith("-") and not text.strip("-0."):  # "-0.0": a small negative number rounded to zero
-        text = text[1:]
-    return text
-
-
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
              "|---|---|" + "---:|" * (len(TABLE_COLUMNS) - 2)]
     for r in rows:
-        cells = [r["codec"], r["setting"], _fmt(r["nominal_kbps"], ".2f"), _fmt(r["measured_kbps"], ".2f"),
-                 _fmt(r["pesq_wb"], ".2f"), _fmt(r["pesq_nb"], ".2f"), _fmt(r["stoi"], ".3f"),
-                 _fmt(r["si_sdr"], ".1f"), _fmt(r["mel_distance"], ".3f"), _fmt(r["delay_ms_median"], ".1f"),
+        cells = [r["codec"], r["setting"], fmt_number(r["nominal_kbps"], ".2f"), fmt_number(r["measured_kbps"], ".2f"),
+                 fmt_number(r["pesq_wb"], ".2f"), fmt_number(r["pesq_nb"], ".2f"), fmt_number(r["stoi"], ".3f"),
+                 fmt_number(r["si_sdr"], ".1f"), fmt_number(r["mel_distance"], ".3f"), fmt_number(r["delay_ms_median"], ".1f"),
                  ", ".join(f"{m} {n}" for m, n in r["delay_methods"].items()) or "–",
                  f"{r['files_scored']}/{r['files_total']}"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -72,7 +72,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
-from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, resolved_shown_path, shown_path  # noqa: E402
+from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import api, codec_files  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
@@ -602,15 +602,6 @@ def measure_opus(wav: torch.Tensor, tools: ext.Tools, repeats: int, kbps: float 
 # ------------------------------------------------------------------------------------------------ report
 
 
-def _fmt(value, spec: str) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "–"
-    text = format(value, spec)
-    if text.startswith("-") and not text.strip("-0."):  # "-0.0": a small negative number rounded to zero
-        text = text[1:]
-    return text
-
-
 def _fmt_load(load: list[float] | None) -> str:
     return "unknown" if load is None else ", ".join(f"{v:.1f}" for v in load)
 
@@ -723,8 +714,8 @@ def _comparison_section(result: dict) -> list[str]:
     out = ["", f"## Model comparison (`{first}` against each other model; ratio = its audio-s/s / the other's, "
                "above 1: faster)", ""]
     return out + _table(["measurement", "against", f"`{first}` audio-s/s", "other audio-s/s", "ratio"],
-                        [[c["measurement"], f"`{c['against']}`", _fmt(c["model_audio_s_per_s"], ".1f"),
-                          _fmt(c["against_audio_s_per_s"], ".1f"), _fmt(c["ratio"], ".2f")] for c in rows],
+                        [[c["measurement"], f"`{c['against']}`", fmt_number(c["model_audio_s_per_s"], ".1f"),
+                          fmt_number(c["against_audio_s_per_s"], ".1f"), fmt_number(c["ratio"], ".2f")] for c in rows],
                         text_columns=2)
 
 
@@ -737,9 +728,9 @@ def _rtf_section(result: dict) -> list[str]:
     out += _unless_skipped(cfg, "rtf", _table(
         ["model", "device", "threads", "encode s", "decode s", "RTF enc+dec", "x real time enc", "x real time dec",
          "x real time enc+dec"],
-        [[f"`{r['model']}`", r["device"], _fmt(r["threads"], "d"), _fmt(r["encode_seconds"], ".3f"),
-          _fmt(r["decode_seconds"], ".3f"), _fmt(r["rtf"], ".4f"), _fmt(r["encode_x_realtime"], ".1f"),
-          _fmt(r["decode_x_realtime"], ".1f"), _fmt(r["x_realtime"], ".1f")] for r in result["rtf"]],
+        [[f"`{r['model']}`", r["device"], fmt_number(r["threads"], "d"), fmt_number(r["encode_seconds"], ".3f"),
+          fmt_number(r["decode_seconds"], ".3f"), fmt_number(r["rtf"], ".4f"), fmt_number(r["encode_x_realtime"], ".1f"),
+          fmt_number(r["decode_x_realtime"], ".1f"), fmt_number(r["x_realtime"], ".1f")] for r in result["rtf"]],
         text_columns=2))
     if result.get("opus"):
         o = result["opus"]
@@ -755,9 +746,9 @@ def _batch_section(result: dict) -> list[str]:
            "models interleaved)", ""]
     return out + _unless_skipped(cfg, "batch", _table(
         ["model", "device", "threads", "batch", "encode audio-s/s", "decode audio-s/s", "enc+dec audio-s/s"],
-        [[f"`{r['model']}`", r["device"], _fmt(r["threads"], "d"), str(r["batch_size"]),
-          _fmt(r["encode_audio_s_per_s"], ".1f"), _fmt(r["decode_audio_s_per_s"], ".1f"),
-          _fmt(r["audio_s_per_s"], ".1f")] for r in result["batch"]], text_columns=2))
+        [[f"`{r['model']}`", r["device"], fmt_number(r["threads"], "d"), str(r["batch_size"]),
+          fmt_number(r["encode_audio_s_per_s"], ".1f"), fmt_number(r["decode_audio_s_per_s"], ".1f"),
+          fmt_number(r["audio_s_per_s"], ".1f")] for r in result["batch"]], text_columns=2))
 
 
 def _memory_section(result: dict) -> list[str]:
@@ -768,9 +759,9 @@ def _memory_section(result: dict) -> list[str]:
     return out + _unless_skipped(cfg, "memory", _table(
         ["device", "threads", "RSS after model load MiB", "peak RSS MiB", "increase MiB", "CUDA peak MiB",
          "file as float32 MiB", "encode s", "decode s"],
-        [[m["device"], _fmt(m["threads"], "d"), _mib(m["rss_after_load_bytes"]), _mib(m["peak_rss_bytes"]),
+        [[m["device"], fmt_number(m["threads"], "d"), _mib(m["rss_after_load_bytes"]), _mib(m["peak_rss_bytes"]),
           _mib(m["increase_bytes"]), _mib(m.get("cuda_peak_allocated_bytes")), _mib(m["file_float32_bytes"]),
-          _fmt(m["encode_seconds"], ".1f"), _fmt(m["decode_seconds"], ".1f")] for m in result["memory"]]))
+          fmt_number(m["encode_seconds"], ".1f"), fmt_number(m["decode_seconds"], ".1f")] for m in result["memory"]]))
 
 
 def _training_section(result: dict) -> list[str]:
@@ -779,10 +770,10 @@ def _training_section(result: dict) -> list[str]:
     for t in result["training"]:
         for name in ("rotation", "ste"):
             r = t[name]
-            rows.append([t["preset"], name, t["device"], _fmt(t["threads"], "d"),
-                         f"{t['batch_size']}x{t['segment_seconds']:g} s", _fmt(r["step_seconds"], ".3f"),
-                         _fmt(r["steps_per_s"], ".2f"), _fmt(r["audio_s_per_s"], ".1f"),
-                         _fmt(r["quantizer_seconds"], ".4f"), _fmt(100 * r["quantizer_share"], ".1f")])
+            rows.append([t["preset"], name, t["device"], fmt_number(t["threads"], "d"),
+                         f"{t['batch_size']}x{t['segment_seconds']:g} s", fmt_number(r["step_seconds"], ".3f"),
+                         fmt_number(r["steps_per_s"], ".2f"), fmt_number(r["audio_s_per_s"], ".1f"),
+                         fmt_number(r["quantizer_seconds"], ".4f"), fmt_number(100 * r["quantizer_share"], ".1f")])
     out = ["## Training throughput (optimiser steps of fresh preset models, fp32, all RVQ stages)", ""]
     out += _unless_skipped(result["config"], "training", _table(
         ["preset", "estimator", "device", "threads", "batch", "step s", "steps/s", "audio-s/s",

@@ -23,6 +23,7 @@ BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
+import common  # noqa: E402
 import external_codecs as ext  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
@@ -422,3 +423,11 @@ def test_quantizer_headroom_decodes_as_the_codec_does(tiny_model, dev_clean, tmp
     assert quantizer_headroom.main(base + ["--stages", f"{codec.max_n_q + 1}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --stages must lie between 1 and")
+
+
+@pytest.mark.parametrize("value, spec, text", [
+    (1.2345, ".2f", "1.23"), (-1.5, ".1f", "-1.5"), (-0.0004, ".2f", "0.00"), (-0.0, ".1f", "0.0"),
+    (3, "d", "3"), (None, ".2f", "–"), (math.nan, ".2f", "–"), (math.inf, ".1f", "–"), (-math.inf, ".1f", "–"),
+])
+def test_results_tables_write_undefined_numbers_as_a_dash_and_never_minus_zero(value, spec, text):
+    assert common.fmt_number(value, spec) == text

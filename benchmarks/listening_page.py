@@ -122,8 +122,8 @@ footer { color: #555; font-size: 0.85em; margin-top: 24px; }
 def _scores_line(entry: dict) -> str:
     if entry["key"] == "reference":
         return f"lossless FLAC, {fmt_number(entry['file_kbps'], '.0f')} kbps file · the original samples"
-    return (f"measured {fmt_number(entry['measured_kbps'], '.2f')} kbps · PESQ-WB {fmt_number(entry['pesq_wb'], '.2f')} · "
-            f"STOI {fmt_number(entry['stoi'], '.3f')}")
+    return (f"measured {fmt_number(entry['measured_kbps'], '.2f')} kbps · "
+            f"PESQ-WB {fmt_number(entry['pesq_wb'], '.2f')} · STOI {fmt_number(entry['stoi'], '.3f')}")
 
 
 def _version_block(version: dict, entry: dict) -> str:

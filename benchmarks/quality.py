@@ -246,9 +246,10 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
              "|---|---|" + "---:|" * (len(TABLE_COLUMNS) - 2)]
     for r in rows:
-        cells = [r["codec"], r["setting"], fmt_number(r["nominal_kbps"], ".2f"), fmt_number(r["measured_kbps"], ".2f"),
-                 fmt_number(r["pesq_wb"], ".2f"), fmt_number(r["pesq_nb"], ".2f"), fmt_number(r["stoi"], ".3f"),
-                 fmt_number(r["si_sdr"], ".1f"), fmt_number(r["mel_distance"], ".3f"), fmt_number(r["delay_ms_median"], ".1f"),
+        cells = [r["codec"], r["setting"], fmt_number(r["nominal_kbps"], ".2f"),
+                 fmt_number(r["measured_kbps"], ".2f"), fmt_number(r["pesq_wb"], ".2f"),
+                 fmt_number(r["pesq_nb"], ".2f"), fmt_number(r["stoi"], ".3f"), fmt_number(r["si_sdr"], ".1f"),
+                 fmt_number(r["mel_distance"], ".3f"), fmt_number(r["delay_ms_median"], ".1f"),
                  ", ".join(f"{m} {n}" for m, n in r["delay_methods"].items()) or "–",
                  f"{r['files_scored']}/{r['files_total']}"]
         lines.append("| " + " | ".join(cells) + " |")

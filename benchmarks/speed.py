@@ -729,8 +729,9 @@ def _rtf_section(result: dict) -> list[str]:
         ["model", "device", "threads", "encode s", "decode s", "RTF enc+dec", "x real time enc", "x real time dec",
          "x real time enc+dec"],
         [[f"`{r['model']}`", r["device"], fmt_number(r["threads"], "d"), fmt_number(r["encode_seconds"], ".3f"),
-          fmt_number(r["decode_seconds"], ".3f"), fmt_number(r["rtf"], ".4f"), fmt_number(r["encode_x_realtime"], ".1f"),
-          fmt_number(r["decode_x_realtime"], ".1f"), fmt_number(r["x_realtime"], ".1f")] for r in result["rtf"]],
+          fmt_number(r["decode_seconds"], ".3f"), fmt_number(r["rtf"], ".4f"),
+          fmt_number(r["encode_x_realtime"], ".1f"), fmt_number(r["decode_x_realtime"], ".1f"),
+          fmt_number(r["x_realtime"], ".1f")] for r in result["rtf"]],
         text_columns=2))
     if result.get("opus"):
         o = result["opus"]

@@ -106,8 +106,9 @@ def test_page_shows_the_measured_numbers_model_and_date(page, tiny_model, dev_cl
             payload = 39 + math.ceil(n_q * codec.bits_per_code * frames / 8)  # README's .rvq size formula
             assert entry["payload_bytes"] == payload
         assert entry["measured_kbps"] == pytest.approx(entry["payload_bytes"] * 8 / (reference.size / sr) / 1000)
-        line = (f"measured {entry['measured_kbps']:.2f} kbps · PESQ-WB {listening_page.fmt_number(entry['pesq_wb'], '.2f')}"
-                f" · STOI {listening_page.fmt_number(entry['stoi'], '.3f')}")
+        line = (f"measured {entry['measured_kbps']:.2f} kbps · "
+                f"PESQ-WB {listening_page.fmt_number(entry['pesq_wb'], '.2f')} · "
+                f"STOI {listening_page.fmt_number(entry['stoi'], '.3f')}")
         assert line in html
         assert entry["pesq_wb"] is None or 1.0 <= entry["pesq_wb"] <= 4.7
     # each score is the metric of the file's content against the reference (re-measured here)

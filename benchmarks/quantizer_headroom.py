@@ -90,11 +90,12 @@ def residual_energy(rvq: ResidualVQ, latent: torch.Tensor) -> list[float]:
 
 
 @torch.no_grad()
-def decode_scores(codec: Codec, latent: torch.Tensor, ref: torch.Tensor) -> dict[str, float]:
-    """PESQ-WB and mel distance of the decoder's output for ``latent`` against ``ref`` (1, 1, T): only the two
-    metrics reported (the full :func:`rvqcodec.metrics.score_aligned` would add STOI and PESQ-NB per decode)."""
+def decode_scores(codec: Codec, latent: torch.Tensor, n_q: int, ref: torch.Tensor) -> dict[str, float]:
+    """PESQ-WB and mel distance of the decoder's output for ``latent`` (a sum of ``n_q`` stages; 0: unquantized)
+    against ``ref`` (1, 1, T): only the two metrics reported (the full :func:`rvqcodec.metrics.score_aligned`
+    would add STOI and PESQ-NB per decode)."""
     ref_np = ref.flatten().numpy()
-    audio = codec.decoder(latent)[..., : ref.shape[-1]].flatten().numpy()
+    audio = codec.decode_latent(latent, n_q)[..., : ref.shape[-1]].flatten().numpy()
     return {"pesq_wb": metrics.pesq_wb(ref_np, audio, codec.sample_rate),
             "mel_distance": metrics.mel_distance(ref_np, audio, codec.sample_rate)}
 
@@ -110,13 +111,13 @@ def measure(codec: Codec, refit: ResidualVQ, files: list[Path], stages: list[int
         samples += wav.shape[-1]
         latent = latent_of(codec, wav)
         latents.append(latent[0].T.double())
-        rows["unquantized"].append(decode_scores(codec, latent, wav))
+        rows["unquantized"].append(decode_scores(codec, latent, 0, wav))
         for name, rvq in (("model", codec.quantizer), ("refit", refit)):
             for k, value in enumerate(residual_energy(rvq, latent)):
                 energies[name][k] += value
             for n in stages:
                 quantized = rvq.decode(rvq.encode(latent, n))
-                rows[f"{name} {n}"].append(decode_scores(codec, quantized, wav))
+                rows[f"{name} {n}"].append(decode_scores(codec, quantized, n, wav))
     frames = torch.cat(latents)
     centred = frames - frames.mean(dim=0)
     total = float(centred.pow(2).sum())

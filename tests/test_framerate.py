@@ -10,6 +10,7 @@ import torch
 
 from rvqcodec.losses import CompressedSTFTLoss
 from rvqcodec.model import Codec, CodecConfig
+from rvqcodec.model.codec import incompatible_fields
 from rvqcodec.model.convnext import ConvNeXtBlock, ConvNeXtStack
 from rvqcodec.model.framerate import FrameRateDecoder, FrameRateEncoder
 from rvqcodec.model.spectral import ISTFTHead, STFTFeatures, frame_signal, istft_overlap_add, stft_frames
@@ -191,6 +192,7 @@ def test_convnext_presets_fit_the_cpu_and_state_budgets():
     (dict(architecture="convnext", head_n_fft=300), "head_n_fft"),
     (dict(architecture="convnext", stem_n_fft=641), "stem_n_fft"),
     (dict(architecture="convnext", frame_kernel=6), "odd frame_kernel"),
+    (dict(rate_conditioning=True), "rate_conditioning needs architecture 'convnext'"),
 ])
 def test_config_rejects_bad_frame_rate_settings(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -207,6 +209,51 @@ def test_fields_added_later_change_the_model_id_only_when_set():
     torch.manual_seed(0)
     two = Codec(CodecConfig.preset("convnext", frame_kernel=5))
     assert one.model_id != two.model_id
+
+
+def test_rate_conditioning_starts_as_the_plain_decoder_and_then_decodes_each_prefix_with_its_own_row():
+    torch.manual_seed(0)
+    plain = Codec(small_convnext())
+    with torch.no_grad():
+        plain.train()(0.1 * torch.randn(8, 1, 50 * HOP))  # k-means init
+    plain.eval()
+    conditioned = Codec(small_convnext(rate_conditioning=True)).eval()
+    missing, unexpected = conditioned.load_state_dict(plain.state_dict(), strict=False)
+    assert missing == ["decoder.rate_film.weight"] and not unexpected
+    assert conditioned.model_id != plain.model_id and "rate_conditioning" not in plain.config.identity_dict()
+    x = 0.1 * torch.randn(2, 1, 4321)
+    codes = plain.encode(x)
+    for k in range(1, 5):  # zero rows: exactly the decoder it was
+        assert torch.equal(conditioned.decode(codes[:, :k]), plain.decode(codes[:, :k]))
+    with torch.no_grad():
+        conditioned.decoder.rate_film.weight.normal_()
+        latent = conditioned.quantizer.decode(codes[:, :3])
+        dim = conditioned.config.frame_dim
+        scale, shift = conditioned.decoder.rate_film.weight[3, :dim], conditioned.decoder.rate_film.weight[3, dim:]
+        net = conditioned.decoder.net
+        h = net.norm_in(net.proj_in(torch.nn.functional.pad(latent, net.in_padding)).transpose(1, 2)).transpose(1, 2)
+        h = h * (1 + scale)[:, None] + shift[:, None]  # row 3 scales and shifts the first layer's output
+        for block in net.blocks:
+            h = block(h)
+        by_hand = conditioned.decoder.head(net.proj_out(net.norm_out(h.transpose(1, 2))).transpose(1, 2))
+        torch.testing.assert_close(conditioned.decode(codes[:, :3]), by_hand.clamp(-1, 1))
+        assert not torch.allclose(conditioned.decode_latent(latent, 3), conditioned.decode_latent(latent, 4))
+        # the warm-up's unquantized path is row 0
+        out = conditioned(x, quantize=False)
+        torch.testing.assert_close(out.audio, conditioned.decode_latent(out.latent, 0)[..., :4321])
+    with pytest.raises(ValueError, match="needs n_q between 0 .unquantized. and 4"):
+        conditioned.decoder(latent)
+    with pytest.raises(ValueError, match="needs n_q between 0"):
+        conditioned.decoder(latent, 5)
+
+
+def test_init_compatibility_counts_a_field_an_old_checkpoint_lacks_as_its_default():
+    wanted = CodecConfig.preset("convnext").to_dict()
+    old = {k: v for k, v in wanted.items() if k not in ("rate_conditioning", "causal")}  # saved before they existed
+    assert incompatible_fields(old, wanted) == []
+    assert incompatible_fields(old, {**wanted, "rate_conditioning": True}) == []  # switched on: allowed
+    assert incompatible_fields({**wanted, "rate_conditioning": True}, wanted) == ["rate_conditioning"]  # not off
+    assert incompatible_fields(old, {**wanted, "causal": True, "frame_dim": 64}) == ["causal", "frame_dim"]
 
 
 # ------------------------------------------------------------------------------------------ loss

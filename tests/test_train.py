@@ -416,6 +416,18 @@ def test_a_new_run_can_start_from_a_trained_codec_and_carry_its_lineage(speech_r
     assert ste.codec_module.config.estimator == "ste"
     for name, value in start.state_dict().items():
         assert torch.equal(ste.codec_module.state_dict()[name], value), name
+    # a rate-conditioned decoder may be added (its rows start at zero: the same decode), not taken away
+    grown = Trainer(make_config(speech_root, tmp_path / "grown", *CONVNEXT, "model.rate_conditioning=true",
+                                f"train.init_from={first_dir / 'codec.pt'}"), show_progress=False)
+    grown_state = grown.codec_module.state_dict()
+    assert set(grown_state) - set(start.state_dict()) == {"decoder.rate_film.weight"}
+    assert not grown_state["decoder.rate_film.weight"].any()
+    for name, value in start.state_dict().items():
+        assert torch.equal(grown_state[name], value), name
+    grown.codec_module.save(tmp_path / "grown.pt")
+    with pytest.raises(ValueError, match=r"model config differs in rate_conditioning$"):
+        Trainer(make_config(speech_root, tmp_path / "shrunk", *CONVNEXT, f"train.init_from={tmp_path / 'grown.pt'}"),
+                show_progress=False)
     # ... another architecture or bitrate is not, and the message names only what may not differ
     with pytest.raises(ValueError, match=r"model config differs in n_q$"):
         Trainer(make_config(speech_root, tmp_path / "other", *CONVNEXT, "model.n_q=2", "train.valid_bitrates=[0.6]",

@@ -4,7 +4,8 @@
     python recipes/librispeech/export_default.py runs/convnext/codec.pt --recipe recipes/librispeech/convnext.yaml
 
 The checkpoint is written inference-only in float16 (half the size; ``Codec.save(float16=True)``), with the run's
-lineage and training facts in its meta. ``default.json`` (the model card: id, architecture, parameters, training
+lineage and training facts in its meta; the loss weights in them are those of the run that wrote the checkpoint
+(its ``config.yaml``, beside it; else the recipe's). ``default.json`` (the model card: id, architecture, parameters, training
 data, steps, audio seen, compute) is rewritten from the same facts, so the card, the checkpoint and
 ``rvqcodec info`` agree. The test suite checks that the shipped checkpoint is the one the card names.
 """
@@ -23,10 +24,14 @@ from rvqcodec.pretrained import DEFAULT_CARD_NAME, default_checkpoint_path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def training_facts(recipe: Path, meta: dict) -> dict:
-    """The model card's training section from the recipe file and the checkpoint's meta (lineage)."""
+def training_facts(recipe: Path, meta: dict, run_config: Path | None = None) -> dict:
+    """The model card's training section from the recipe file and the checkpoint's meta (lineage). The loss
+    weights come from ``run_config`` (the resolved ``config.yaml`` a run writes beside its ``codec.pt``) when
+    given: the losses of the last stage of training, with its command-line overrides, not the recipe's."""
     cfg = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     data, loss = cfg.get("data", {}), cfg.get("loss", {})
+    if run_config is not None:
+        loss = yaml.safe_load(run_config.read_text(encoding="utf-8")).get("loss", loss)
     lineage = meta.get("lineage") or {}
     weights = ", ".join(f"{name} {loss[name]:g}" for name in ("mel", "complex", "mrstft", "l1", "commit", "adv", "fm")
                         if loss.get(name))
@@ -59,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.recipe.is_file():
         print(f"export_default: error: recipe not found: {args.recipe}", file=sys.stderr)
         return 2
-    facts = training_facts(args.recipe, payload["meta"])
+    run_config = args.checkpoint.parent / "config.yaml"
+    facts = training_facts(args.recipe, payload["meta"], run_config if run_config.is_file() else None)
     config = codec.config
     name = f"rvqcodec-speech-{config.sample_rate // 1000}k-{config.architecture}"
     meta = {"name": name, **facts, "lineage": payload["meta"].get("lineage")}

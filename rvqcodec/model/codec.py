@@ -72,11 +72,25 @@ dropout, loss weights), neither its weights' shapes nor what given weights decod
 under other values of these (``train.init_from``)."""
 
 
+GROWN_FIELDS = MappingProxyType({"rate_conditioning": "decoder.rate_film."})
+"""Switches that add parameters initialised so that the model computes exactly what it did without them -> the
+prefix of those parameters' state-dict names: a model trained with the switch off may continue with it on
+(``train.init_from``), the new parameters starting from their initial values."""
+
+
 def incompatible_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Config fields (``CodecConfig.to_dict()`` form) in which ``wanted`` differs from ``saved`` other than the
-    :data:`TRAINING_ONLY_FIELDS`, sorted: weights saved under ``saved`` can continue training as ``wanted`` only
-    when this is empty."""
-    return sorted(k for k, v in wanted.items() if saved.get(k) != v and k not in TRAINING_ONLY_FIELDS)
+    :data:`TRAINING_ONLY_FIELDS` and the :data:`GROWN_FIELDS` switched on from off, sorted: weights saved under
+    ``saved`` can continue training as ``wanted`` only when this is empty. A field that ``saved`` lacks (a
+    checkpoint older than the field) counts as its default, which is what that model computed."""
+    saved = with_defaults(saved)
+    return sorted(k for k, v in wanted.items() if saved.get(k) != v and k not in TRAINING_ONLY_FIELDS
+                  and not (k in GROWN_FIELDS and not saved.get(k)))
+
+
+def with_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (``CodecConfig.to_dict()`` form) with the fields it lacks at their defaults."""
+    return {**CodecConfig().to_dict(), **config}
 
 
 def _quantizer_default(name: str) -> Any:
@@ -102,6 +116,8 @@ class CodecConfig(DictConfig):
         encoder_blocks, decoder_blocks: ConvNeXt blocks on each side. mlp_ratio: hidden width / frame_dim.
         frame_kernel: depthwise kernel in frames. stem_n_fft: analysis window of the STFT stem (samples).
         head_n_fft: window of the inverse-STFT head. causal: no look-ahead anywhere (streaming-ready).
+        rate_conditioning: the decoder is told how many RVQ stages it decodes (a learned scale and shift of its
+        first layer per stage count, zero at first; see :class:`rvqcodec.model.framerate.FrameRateDecoder`).
     Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages, see ``QUANTIZER_FIELDS``):
         n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
         (None = latent_dim). estimator, residual_grad, quantizer_dropout, scale_clamp, commitment_weight,
@@ -131,6 +147,7 @@ class CodecConfig(DictConfig):
     stem_n_fft: int = 640
     head_n_fft: int = 1280
     causal: bool = False
+    rate_conditioning: bool = False
     n_q: int = 16
     codebook_size: int = 1024
     codebook_dim: int | None = _quantizer_default("codebook_dim")
@@ -181,6 +198,8 @@ class CodecConfig(DictConfig):
                                     f"frame_hop {self.frame_hop})")
             if not self.causal and self.frame_kernel % 2 == 0:
                 problems.append(f"a non-causal model needs an odd frame_kernel (got {self.frame_kernel})")
+        if self.rate_conditioning and self.architecture != "convnext":
+            problems.append("rate_conditioning needs architecture 'convnext'")
         if problems:
             raise ValueError("invalid CodecConfig: " + "; ".join(problems))
 
@@ -244,7 +263,8 @@ class Codec(nn.Module):
             arch = dict(hop=c.frame_hop, latent_dim=c.latent_dim, dim=c.frame_dim, mlp_ratio=c.mlp_ratio,
                         kernel_size=c.frame_kernel, causal=c.causal)
             self.encoder = FrameRateEncoder(n_blocks=c.encoder_blocks, stem_n_fft=c.stem_n_fft, **arch)
-            self.decoder = FrameRateDecoder(n_blocks=c.decoder_blocks, head_n_fft=c.head_n_fft, **arch)
+            self.decoder = FrameRateDecoder(n_blocks=c.decoder_blocks, head_n_fft=c.head_n_fft,
+                                            n_rates=c.n_q if c.rate_conditioning else 0, **arch)
         else:
             arch = dict(channels=c.channels, strides=c.strides, latent_dim=c.latent_dim,
                         n_residual_units=c.n_residual_units, kernel_size=c.kernel_size,
@@ -333,10 +353,10 @@ class Codec(nn.Module):
         if not quantize:
             zero = latent.new_zeros((), dtype=torch.float32)
             codes = torch.zeros(latent.shape[0], 0, latent.shape[-1], dtype=torch.long, device=latent.device)
-            audio = self.decoder(latent)[..., :length]
+            audio = self.decode_latent(latent, 0)[..., :length]
             return CodecOutput(audio=audio, codes=codes, commit_loss=zero, codebook_loss=zero, n_q=0, latent=latent)
         q = self.quantizer(latent, n_q=None if n_q is None else self._check_n_q(n_q))
-        audio = self.decoder(q.quantized)[..., :length]
+        audio = self.decode_latent(q.quantized, q.n_q)[..., :length]
         return CodecOutput(audio=audio, codes=q.codes, commit_loss=q.commit_loss,
                            codebook_loss=q.codebook_loss, n_q=q.n_q, latent=latent)
 
@@ -364,7 +384,14 @@ class Codec(nn.Module):
         if codes.dtype.is_floating_point or codes.dtype == torch.bool:
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
         latent = self.quantizer.decode(codes.long())
-        return self.decoder(latent).clamp(-1.0, 1.0)
+        return self.decode_latent(latent, codes.shape[1]).clamp(-1.0, 1.0)
+
+    def decode_latent(self, latent: torch.Tensor, n_q: int) -> torch.Tensor:
+        """(B, latent_dim, F) latent -> (B, 1, F * hop_length) audio, not clamped. ``n_q``: how many RVQ stages
+        summed to ``latent`` (0: the encoder's output itself); only a rate-conditioned decoder uses it."""
+        if self.config.rate_conditioning:
+            return self.decoder(latent, n_q)
+        return self.decoder(latent)
 
     # ------------------------------------------------------------------ identity and checkpoints
     def parameter_counts(self) -> dict[str, int]:

@@ -80,9 +80,14 @@ class ConvNeXtStack(nn.Module):
         self.receptive_field = in_kernel - 1 + n_blocks * (kernel_size - 1)
         """Frames of context in all (left only when causal)."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``film``: optional ``(scale, shift)``, each ``(dim,)``, applied to every frame after the input
+        projection and its LayerNorm as ``x · (1 + scale) + shift`` (a conditioning, e.g. on the bitrate)."""
         x = self.proj_in(F.pad(x, self.in_padding))
         x = self.norm_in(x.transpose(1, 2)).transpose(1, 2)
+        if film is not None:
+            scale, shift = film
+            x = x * (1.0 + scale)[:, None] + shift[:, None]
         for block in self.blocks:
             x = block(x)
         return self.proj_out(self.norm_out(x.transpose(1, 2))).transpose(1, 2)

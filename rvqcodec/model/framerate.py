@@ -7,7 +7,7 @@ Encoder ``(B, 1, T) -> (B, latent_dim, ceil(T / hop))``::
 
 Decoder ``(B, latent_dim, F) -> (B, 1, F·hop)``::
 
-    ConvNeXtStack(latent_dim -> dim, n blocks)
+    ConvNeXtStack(latent_dim -> dim, n blocks)   # optionally told how many RVQ stages made its input (n_rates)
     ISTFTHead(dim, head_n_fft, hop)          # log-magnitude + phase -> inverse STFT (overlap-add)
 
 Compared with SEANet (strided convolutions up to the sample rate), no layer runs at 16 kHz: the cost per
@@ -65,14 +65,28 @@ class FrameRateEncoder(nn.Module):
 
 
 class FrameRateDecoder(nn.Module):
-    """Latent frames -> waveform. ``(B, latent_dim, F) -> (B, 1, F·hop)``, linear output (not clamped)."""
+    """Latent frames -> waveform. ``(B, latent_dim, F) -> (B, 1, F·hop)``, linear output (not clamped).
+
+    ``n_rates > 0`` makes it rate-conditioned: ``forward(latent, n_q)`` is told how many RVQ stages summed to
+    ``latent`` (0: the unquantized encoder output, 1 .. n_rates: a prefix of stages) and scales and shifts its
+    first layer's output by a learned ``(scale, shift)`` per count (:attr:`rate_film`, one row of ``2 · dim`` per
+    count). One decoder serves every bitrate, but the same latent means different things at different rates (a
+    coarse 3-stage code stands for a whole cluster of latents, a 16-stage one for nearly one), and this lets the
+    decoder treat them differently. The rows start at zero, so a decoder trained without conditioning computes
+    exactly the same when it is added (``train.init_from``), and learns the differences from there.
+    """
 
     def __init__(self, hop: int = 320, latent_dim: int = 128, dim: int = 256, n_blocks: int = 6,
                  mlp_ratio: float = 3.0, kernel_size: int = 7, head_n_fft: int = 1280, causal: bool = False,
-                 in_kernel: int = 3):
+                 in_kernel: int = 3, n_rates: int = 0):
         super().__init__()
         self.hop_length = hop
         self.latent_dim = latent_dim
+        self.n_rates = n_rates
+        self.rate_film = None
+        if n_rates > 0:
+            self.rate_film = nn.Embedding(n_rates + 1, 2 * dim)
+            nn.init.zeros_(self.rate_film.weight)
         self.net = ConvNeXtStack(latent_dim, dim, n_blocks, mlp_ratio=mlp_ratio, kernel_size=kernel_size,
                                  causal=causal, in_kernel=in_kernel)
         self.head = ISTFTHead(dim, head_n_fft, hop, causal)
@@ -83,7 +97,15 @@ class FrameRateDecoder(nn.Module):
         """How far the samples of one output frame look: the latent frames within this distance (on the
         farther side) decide them, nothing beyond."""
 
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
+        """``n_q``: RVQ stages summed in ``latent`` (0: unquantized); required when rate-conditioned, else
+        ignored."""
         if latent.dim() != 3 or latent.shape[1] != self.latent_dim:
             raise ValueError(f"expected latents of shape (B, {self.latent_dim}, F), got {tuple(latent.shape)}")
-        return self.head(self.net(latent))
+        film = None
+        if self.rate_film is not None:
+            if n_q is None or not 0 <= n_q <= self.n_rates:
+                raise ValueError(f"a rate-conditioned decoder needs n_q between 0 (unquantized) and "
+                                 f"{self.n_rates}, got {n_q!r}")
+            film = self.rate_film.weight[int(n_q)].to(latent.dtype).chunk(2)
+        return self.head(self.net(latent, film))

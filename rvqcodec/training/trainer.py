@@ -643,7 +643,7 @@ class Trainer:
         (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`: e.g. fine-tuning with another gradient estimator). Its
         lineage, when it has one, is carried on."""
         from rvqcodec.model import Codec
-        from rvqcodec.model.codec import incompatible_fields
+        from rvqcodec.model.codec import GROWN_FIELDS, incompatible_fields, with_defaults
 
         try:
             payload = Codec.read_checkpoint(path)
@@ -658,8 +658,14 @@ class Trainer:
         incompatible = incompatible_fields(config, wanted)
         if incompatible:
             raise ValueError(f"cannot start from {path}: its model config differs in {', '.join(incompatible)}")
+        config = with_defaults(config)
         changed = sorted(k for k, v in wanted.items() if config.get(k) != v)
-        self.codec_module.load_state_dict(state)
+        grown = tuple(prefix for name, prefix in GROWN_FIELDS.items() if wanted.get(name) and not config.get(name))
+        missing, unexpected = self.codec_module.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(grown)] if grown else missing
+        if missing or unexpected:
+            raise ValueError(f"cannot start from {path}: its weights do not fit this model (missing "
+                             f"{', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'})")
         self.lineage = Lineage.from_dict(lineage or {})
         self._print(f"starting from the weights of {path} ({self.lineage.steps} steps, "
                     f"{self.lineage.audio_seconds / 3600:.1f} h of audio seen)"

@@ -11,7 +11,8 @@
 # (state.pt.part-aa, -ab, ...: `cat state.pt.part-* > step.pt` gives back a state that train.resume=true continues).
 # Settings (environment): MINUTES (training minutes, default 6), BATCH (default 128), LR (default 5e-4),
 # INIT (checkpoint to start from, default the shipped model), RUN (run folder, default runs/gpu-continue),
-# ESTIMATOR (rotation, the default model's, or ste: docs/ablation/README.md found STE better on this model).
+# ESTIMATOR (rotation, the default model's, or ste: docs/ablation/README.md found STE better on this model),
+# EXTRA (more recipe overrides, space-separated, e.g. "model.quantizer_dropout=1.0 model.rate_conditioning=true").
 set -euo pipefail
 MINUTES=${MINUTES:-6}
 BATCH=${BATCH:-128}
@@ -31,7 +32,8 @@ fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
 COMMON=(recipes/librispeech/convnext.yaml data.root=.gpudata "data.extra_train_dirs=[.gpudata/extra]"
         data.batch_size=$BATCH train.mixed_precision=$PRECISION train.init_from=$INIT train.ae_warmup_steps=0
-        train.kmeans_init_seconds=0 optim.lr=$LR optim.warmup_steps=200 model.estimator=$ESTIMATOR --no-progress)
+        train.kmeans_init_seconds=0 optim.lr=$LR optim.warmup_steps=200 model.estimator=$ESTIMATOR ${EXTRA:-}
+        --no-progress)
 # 1. Probe: seconds per step at this batch on this machine (log every 10 steps, nothing saved that matters).
 PROBE_STEPS=${PROBE_STEPS:-60}
 rm -rf runs/gpu-probe

@@ -115,6 +115,11 @@ def markdown_table(runs: list[tuple[str, list[dict]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+LEGEND_ROW_CHARACTERS = 180
+"""About how many characters of 8-point legend text fit across the 11-inch figure; the legend takes as many
+columns (at most 4) as its longest label allows, so long run labels are not cut off at the figure's edges."""
+
+
 def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
     """One colour per series (bitrate), one marker per run, so a continued run continues its lines; the legend
     goes under the axes, clear of the data."""
@@ -126,7 +131,7 @@ def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
 
     tags = sorted({tag for _, records in runs for m in curves(records).values() for tag in m}, key=_series_order)
     colours = {tag: f"C{i}" for i, tag in enumerate(tags)}
-    markers = "osD^v"
+    markers = "osD^vPX*"
     fig, (ax_pesq, ax_mel) = plt.subplots(1, 2, figsize=(11, 4.8), dpi=100)
     for index, (_, records) in enumerate(runs):
         for metric, ax in (("pesq_wb", ax_pesq), ("mel", ax_mel)):
@@ -141,8 +146,10 @@ def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
     if len(runs) > 1:
         handles += [Line2D([], [], color="0.3", linestyle="none", marker=markers[i % len(markers)], label=label)
                     for i, (label, _) in enumerate(runs)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // 4), 1, 1))
+    longest = max(len(h.get_label()) for h in handles)
+    ncol = max(1, min(len(handles), 4, LEGEND_ROW_CHARACTERS // (longest + 6)))  # +6: the line or marker
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // ncol), 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)

@@ -5,9 +5,9 @@
 
 The checkpoint is written inference-only in float16 (half the size; ``Codec.save(float16=True)``), with the run's
 lineage and training facts in its meta; the loss weights in them are those of the run that wrote the checkpoint
-(its ``config.yaml``, beside it; else the recipe's). ``default.json`` (the model card: id, architecture, parameters, training
-data, steps, audio seen, compute) is rewritten from the same facts, so the card, the checkpoint and
-``rvqcodec info`` agree. The test suite checks that the shipped checkpoint is the one the card names.
+(its ``config.yaml``, beside it; else the recipe's). ``default.json`` (the model card: id, architecture,
+parameters, training data, steps, audio seen, compute) is rewritten from the same facts, so the card, the
+checkpoint and ``rvqcodec info`` agree. The test suite checks that the shipped checkpoint is the one the card names.
 """
 from __future__ import annotations
 

@@ -83,9 +83,15 @@ def incompatible_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[s
     :data:`TRAINING_ONLY_FIELDS` and the :data:`GROWN_FIELDS` switched on from off, sorted: weights saved under
     ``saved`` can continue training as ``wanted`` only when this is empty. A field that ``saved`` lacks (a
     checkpoint older than the field) counts as its default, which is what that model computed."""
-    saved = with_defaults(saved)
+    saved, grown = with_defaults(saved), grown_fields(saved, wanted)
     return sorted(k for k, v in wanted.items() if saved.get(k) != v and k not in TRAINING_ONLY_FIELDS
-                  and not (k in GROWN_FIELDS and not saved.get(k)))
+                  and k not in grown)
+
+
+def grown_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The :data:`GROWN_FIELDS` that ``wanted`` switches on and ``saved`` had off (or lacked): the parameters
+    under their prefixes are new, and start from their initial values."""
+    return [name for name in GROWN_FIELDS if wanted.get(name) and not saved.get(name)]
 
 
 def with_defaults(config: dict[str, Any]) -> dict[str, Any]:

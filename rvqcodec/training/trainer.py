@@ -643,7 +643,7 @@ class Trainer:
         (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`: e.g. fine-tuning with another gradient estimator). Its
         lineage, when it has one, is carried on."""
         from rvqcodec.model import Codec
-        from rvqcodec.model.codec import GROWN_FIELDS, incompatible_fields, with_defaults
+        from rvqcodec.model.codec import GROWN_FIELDS, grown_fields, incompatible_fields, with_defaults
 
         try:
             payload = Codec.read_checkpoint(path)
@@ -660,7 +660,7 @@ class Trainer:
             raise ValueError(f"cannot start from {path}: its model config differs in {', '.join(incompatible)}")
         config = with_defaults(config)
         changed = sorted(k for k, v in wanted.items() if config.get(k) != v)
-        grown = tuple(prefix for name, prefix in GROWN_FIELDS.items() if wanted.get(name) and not config.get(name))
+        grown = tuple(GROWN_FIELDS[name] for name in grown_fields(config, wanted))
         missing, unexpected = self.codec_module.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(grown)] if grown else missing
         if missing or unexpected:

@@ -169,6 +169,8 @@ def test_config_dict_round_trip_and_errors():
         CodecConfig.preset("huge")
     with pytest.raises(ValueError, match="quantizer_dropout"):
         CodecConfig(quantizer_dropout=1.5)
+    with pytest.raises(ValueError, match="quantizer_dropout_skew must be >= 0"):
+        CodecConfig(quantizer_dropout_skew=-1.0)
     assert CodecConfig.preset("tiny").hop_length == CodecConfig.preset("base").hop_length == 320
 
 

@@ -1,8 +1,10 @@
 """Behaviour of VectorQuantizer / ResidualVQ: wiring Jacobians, codebook learning, dropout, statistics."""
 from __future__ import annotations
 
+import collections
 import copy
 import math
+import random
 
 import pytest
 import torch
@@ -154,6 +156,20 @@ def test_quantizer_dropout_samples_prefixes():
     assert min(seen) >= 1 and max(seen) <= 8 and len(seen) > 3
     rvq.eval()
     assert rvq(z).n_q == 8  # no dropout outside training
+
+
+@pytest.mark.parametrize("skew", [0.0, 0.3, 1.0])
+def test_quantizer_dropout_skew_draws_prefix_lengths_with_probability_n_to_the_minus_skew(skew):
+    rvq = ResidualVQ(16, 8, 32, quantizer_dropout=1.0, dropout_skew=skew)
+    random.seed(0)
+    draws = 20000
+    counts = collections.Counter(rvq._sample_n_q(torch.device("cpu")) for _ in range(draws))
+    weights = [k ** -skew for k in range(1, 9)]
+    for k in range(1, 9):
+        expected = draws * weights[k - 1] / sum(weights)
+        assert abs(counts[k] - expected) < 4 * expected ** 0.5  # within 4 sigma of the binomial count
+    with pytest.raises(ValueError, match="dropout_skew"):
+        ResidualVQ(16, 8, 32, dropout_skew=-0.5)
 
 
 def test_encode_decode_round_trip_equals_forward_and_train_eval_agree():

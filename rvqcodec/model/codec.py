@@ -57,11 +57,11 @@ V1_FIELDS = frozenset((
 only when it differs from its default, so models saved before it existed keep their id."""
 QUANTIZER_FIELDS = MappingProxyType({
     "codebook_dim": "codebook_dim", "estimator": "estimator", "residual_grad": "residual_grad",
-    "quantizer_dropout": "quantizer_dropout", "scale_clamp": "scale_clamp", "commitment_weight": "commitment_weight",
-    "codebook_weight": "codebook_weight", "codebook_learning": "learning", "ema_decay": "decay",
-    "kmeans_init": "kmeans_init", "kmeans_iters": "kmeans_iters", "dead_code_threshold": "dead_code_threshold",
-    "dead_code_interval": "dead_code_interval", "dead_code_patience": "dead_code_patience",
-    "l2_normalize_lookup": "l2_normalize_lookup"})
+    "quantizer_dropout": "quantizer_dropout", "quantizer_dropout_skew": "dropout_skew", "scale_clamp": "scale_clamp",
+    "commitment_weight": "commitment_weight", "codebook_weight": "codebook_weight", "codebook_learning": "learning",
+    "ema_decay": "decay", "kmeans_init": "kmeans_init", "kmeans_iters": "kmeans_iters",
+    "dead_code_threshold": "dead_code_threshold", "dead_code_interval": "dead_code_interval",
+    "dead_code_patience": "dead_code_patience", "l2_normalize_lookup": "l2_normalize_lookup"})
 """The :class:`CodecConfig` fields that configure the quantizer -> the :class:`rvqcodec.quantize.ResidualVQ` option
 each one sets. Their defaults are the quantizer's own (:data:`rvqcodec.quantize.QUANTIZER_DEFAULTS`), except
 ``quantizer_dropout``."""
@@ -126,11 +126,11 @@ class CodecConfig(DictConfig):
         first layer per stage count, zero at first; see :class:`rvqcodec.model.framerate.FrameRateDecoder`).
     Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages, see ``QUANTIZER_FIELDS``):
         n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
-        (None = latent_dim). estimator, residual_grad, quantizer_dropout, scale_clamp, commitment_weight,
-        codebook_weight, codebook_learning (``"ema"``/``"grad"``), ema_decay, kmeans_init, kmeans_iters,
-        dead_code_threshold, dead_code_interval, dead_code_patience, l2_normalize_lookup: documented, with their
-        defaults, where the quantizer uses them. ``quantizer_dropout`` defaults to 0.5 here (one model for every
-        bitrate), not to the quantizer's 0.
+        (None = latent_dim). estimator, residual_grad, quantizer_dropout, quantizer_dropout_skew (the quantizer's
+        ``dropout_skew``), scale_clamp, commitment_weight, codebook_weight, codebook_learning (``"ema"``/``"grad"``),
+        ema_decay, kmeans_init, kmeans_iters, dead_code_threshold, dead_code_interval, dead_code_patience,
+        l2_normalize_lookup: documented, with their defaults, where the quantizer uses them. ``quantizer_dropout``
+        defaults to 0.5 here (one model for every bitrate), not to the quantizer's 0.
     """
 
     dict_name: ClassVar[str] = "codec config"
@@ -160,6 +160,7 @@ class CodecConfig(DictConfig):
     estimator: str = _quantizer_default("estimator")
     residual_grad: str = _quantizer_default("residual_grad")
     quantizer_dropout: float = 0.5
+    quantizer_dropout_skew: float = _quantizer_default("quantizer_dropout_skew")
     scale_clamp: tuple[float, float] | None = _quantizer_default("scale_clamp")
     commitment_weight: float = _quantizer_default("commitment_weight")
     codebook_weight: float = _quantizer_default("codebook_weight")
@@ -191,6 +192,8 @@ class CodecConfig(DictConfig):
             problems.append(f"codebook_dim must be None or >= 1 (got {self.codebook_dim})")
         if not 0.0 <= self.quantizer_dropout <= 1.0:
             problems.append(f"quantizer_dropout must be in [0, 1] (got {self.quantizer_dropout})")
+        if not self.quantizer_dropout_skew >= 0.0:
+            problems.append(f"quantizer_dropout_skew must be >= 0 (got {self.quantizer_dropout_skew})")
         if self.architecture not in ARCHITECTURES:
             problems.append(f"architecture must be one of {', '.join(ARCHITECTURES)} (got {self.architecture!r})")
         elif self.architecture == "convnext":

@@ -12,8 +12,11 @@ G_k = ∂q̃_k/∂r_k (I for STE, λ_k·R_k for the rotation trick) and output �
   stages); every stage's commitment loss reaches the encoder.
 
 **Quantizer dropout.** In training, with probability ``quantizer_dropout`` a batch uses only the first
-``n ~ U{1..n_q}`` stages (one draw per batch, identical on every process), so any prefix of stages is a valid
-lower bitrate. Stages beyond the cut-off are not run: no output, loss, gradient, codebook update or statistics.
+``n`` stages (one draw per batch, identical on every process), so any prefix of stages is a valid lower bitrate.
+``n`` is uniform on 1..n_q, or with ``dropout_skew`` = α > 0 drawn with P(n) ∝ n^−α, which trains the low bitrates
+(the first few stages alone) more often: α = 0.3 with 16 stages gives 1–3 stages 27 % of the dropped batches
+instead of 19 %, 12–16 stages 25 % instead of 31 %. Stages beyond the cut-off are not run: no output, loss,
+gradient, codebook update or statistics.
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ class ResidualVQ(nn.Module):
         codebook_size: codes per stage K (log2 K bits per code).
         residual_grad: ``"live"`` or ``"detached"`` (see module docstring).
         quantizer_dropout: probability that a training batch uses a random prefix of the stages.
+        dropout_skew: α ≥ 0; a dropped batch keeps n stages with probability ∝ n^−α (0: uniform on 1..n_q).
         **stage_options: forwarded to every :class:`VectorQuantizer`, which documents them and their defaults
             (``codebook_dim``, ``estimator``, ``scale_clamp``, ``commitment_weight``, ``codebook_weight``) or
             passes them on to :class:`EuclideanCodebook` (``learning``, ``decay``, ``kmeans_init``,
@@ -64,6 +68,7 @@ class ResidualVQ(nn.Module):
         codebook_size: int,
         residual_grad: str = "live",
         quantizer_dropout: float = 0.0,
+        dropout_skew: float = 0.0,
         **stage_options,
     ):
         super().__init__()
@@ -71,6 +76,8 @@ class ResidualVQ(nn.Module):
             raise ValueError(f"unknown residual_grad {residual_grad!r}; choose from {', '.join(RESIDUAL_GRAD)}")
         if not 0.0 <= quantizer_dropout <= 1.0:
             raise ValueError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
+        if not dropout_skew >= 0.0:
+            raise ValueError(f"dropout_skew must be >= 0, got {dropout_skew}")
         if n_q < 1:
             raise ValueError(f"n_q must be >= 1, got {n_q}")
         self.dim = dim
@@ -78,6 +85,7 @@ class ResidualVQ(nn.Module):
         self.codebook_size = codebook_size
         self.residual_grad = residual_grad
         self.quantizer_dropout = quantizer_dropout
+        self.dropout_skew = dropout_skew
         self.layers = nn.ModuleList(
             VectorQuantizer(dim, codebook_size, **stage_options) for _ in range(n_q)
         )
@@ -94,7 +102,11 @@ class ResidualVQ(nn.Module):
     def _sample_n_q(self, device: torch.device) -> int:
         n = self.n_q
         if random.random() < self.quantizer_dropout:
-            n = random.randint(1, self.n_q)
+            if self.dropout_skew:
+                counts = range(1, self.n_q + 1)
+                n = random.choices(counts, weights=[k ** -self.dropout_skew for k in counts])[0]
+            else:
+                n = random.randint(1, self.n_q)
         return broadcast_int(n, device)
 
     def forward(self, z: Tensor, n_q: int | None = None, mask: Tensor | None = None) -> QuantizerOutput:

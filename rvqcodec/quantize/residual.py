@@ -14,9 +14,8 @@ G_k = ∂q̃_k/∂r_k (I for STE, λ_k·R_k for the rotation trick) and output �
 **Quantizer dropout.** In training, with probability ``quantizer_dropout`` a batch uses only the first
 ``n`` stages (one draw per batch, identical on every process), so any prefix of stages is a valid lower bitrate.
 ``n`` is uniform on 1..n_q, or with ``dropout_skew`` = α > 0 drawn with P(n) ∝ n^−α, which trains the low bitrates
-(the first few stages alone) more often: α = 0.3 with 16 stages gives 1–3 stages 27 % of the dropped batches
-instead of 19 %, 12–16 stages 25 % instead of 31 %. Stages beyond the cut-off are not run: no output, loss,
-gradient, codebook update or statistics.
+(the first few stages alone) more often (docs/quantizer.md gives the shares). Stages beyond the cut-off are not
+run: no output, loss, gradient, codebook update or statistics.
 """
 from __future__ import annotations
 

@@ -47,6 +47,25 @@ def test_mrstft_of_a_doubled_signal():
     assert float(MultiResolutionSTFTLoss()(2 * target, target)) == pytest.approx(1 + math.log(2), rel=1e-3)
 
 
+def test_mrstft_equals_auralosss_own_class_in_value_and_gradient():
+    # Ours skips the phase auraloss computes and never uses; everything else must be auraloss's, bit for bit.
+    import auraloss
+
+    target = loud_noise(3, 6000)
+    sizes = (1024, 256, 64)
+    reference = auraloss.freq.MultiResolutionSTFTLoss(fft_sizes=sizes, hop_sizes=[n // 4 for n in sizes],
+                                                      win_lengths=sizes)
+    grads, values = [], []
+    for loss in (reference, MultiResolutionSTFTLoss(sizes)):
+        estimate = (target + 0.1 * torch.randn(target.shape, generator=torch.Generator().manual_seed(0)))
+        estimate.requires_grad_()
+        value = loss(estimate, target)
+        value.backward()
+        values.append(value.detach())
+        grads.append(estimate.grad)
+    assert torch.equal(values[0], values[1]) and torch.equal(grads[0], grads[1])
+
+
 def test_mel_loss_of_a_doubled_signal():
     # Mel magnitudes are linear in the signal, so log10 mel differs by log10(2) wherever above the floor.
     target = loud_noise()

@@ -386,6 +386,50 @@ def test_training_curve_joins_a_saved_log_and_a_run_folder(tmp_path, capsys):
     assert "no such log file" in capsys.readouterr().err
 
 
+def test_compute_scaling_rates_targets_and_adding_a_scored_stage(tmp_path, capsys):
+    import compute_scaling
+
+    stages = tmp_path / "stages.json"
+    stages.write_text(json.dumps([
+        {"label": "one", "model_id": "a", "steps": 10, "audio_hours": 100.0, "cpu_minutes": 60,
+         "pesq_wb": {"1.5": 1.5, "3": 2.0, "6": 2.8, "8": 3.0}},
+        {"label": "two", "model_id": "b", "steps": 20, "audio_hours": 200.0, "cpu_minutes": 120,
+         "pesq_wb": {"1.5": 1.6, "3": 2.4, "6": 2.7, "8": 3.1}}]))
+    out = tmp_path / "out"
+    assert compute_scaling.main([str(stages), "--out", str(out)]) == 0
+    table = (out / "compute_scaling.md").read_text()
+    assert "| one → two | 1.00 | +0.10 | +0.40 | -0.10 | +0.10 |" in table  # one doubling
+    # 1.5 kbps needs +0.4 at +0.1 per doubling: 4 doublings, i.e. 200 h · (2^4 − 1) more; 3 kbps is met and
+    # 6 kbps lost quality, so its target is never reached at that rate
+    assert "| 1.5 kbps | 1.60 | 2.0 | 4.0 (~3000 h more audio) |" in table
+    assert "\n| 3 kbps |" not in table and "| 6 kbps | 2.70 | 2.9 | never (no gain) |" in table
+    assert (out / "compute_scaling.png").stat().st_size > 0
+
+    codec = Codec(CodecConfig.preset("tiny"))
+    model = codec.save(tmp_path / "m.pt", meta={"lineage": {"steps": 30, "audio_hours": 400.0,
+                                                            "minutes": {"cpu": 200.0}}})
+    quality_json = tmp_path / "quality.json"
+    rows = [{"codec": "rvqcodec", "nominal_kbps": k, "pesq_wb": 2.0 + k / 10} for k in (0.5, 1.5, 3.0, 6.0, 8.0)]
+    rows.append({"codec": "opus", "nominal_kbps": 6.0, "pesq_wb": 9.0})
+    quality_json.write_text(json.dumps({"config": {"model": {"model_id": codec.model_id}}, "results": rows}))
+    assert compute_scaling.main([str(stages), "--add", str(quality_json), "--model", str(model), "--label",
+                                 "three", "--out", str(out)]) == 0
+    added = json.loads(stages.read_text())[-1]
+    assert added == {"label": "three", "model_id": codec.model_id, "steps": 30, "audio_hours": 400.0,
+                     "cpu_minutes": 200, "pesq_wb": {"1.5": 2.15, "3": 2.3, "6": 2.6, "8": 2.8}}
+
+    # a benchmark of another model, or a stage that saw no more audio, is refused and the file left as it was
+    before = stages.read_text()
+    other = Codec(CodecConfig.preset("tiny", n_q=4)).save(tmp_path / "other.pt", meta={"lineage": {
+        "steps": 40, "audio_hours": 500.0}})
+    assert compute_scaling.main([str(stages), "--add", str(quality_json), "--model", str(other), "--label", "x",
+                                 "--out", str(out)]) == 2
+    assert "scored model" in capsys.readouterr().err
+    assert compute_scaling.main([str(stages), "--add", str(quality_json), "--model", str(model), "--label", "x",
+                                 "--out", str(out)]) == 2
+    assert "no more audio" in capsys.readouterr().err and stages.read_text() == before
+
+
 # ----------------------------------------------------------------------------------- quantizer headroom
 
 

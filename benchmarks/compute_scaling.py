@@ -8,14 +8,15 @@ and what each doubling of the audio bought.
 
 ``STAGES.json`` is a list of stages in training order, each ``{"label", "model_id", "steps", "audio_hours",
 "cpu_minutes", "pesq_wb": {"1.5": ..., "3": ..., "6": ..., "8": ...}}`` (PESQ-WB means over the benchmark's files
-per nominal kbps). ``--add`` reads those numbers from a ``quality.json`` of ``benchmarks/quality.py`` and the lineage
+per nominal kbps), and ``"recipe_changed": true`` on a stage that changed the recipe rather than only training
+longer (the rate "since the last recipe change" is then what compute alone bought). ``--add`` reads those numbers from a ``quality.json`` of ``benchmarks/quality.py`` and the lineage
 (steps, audio hours, CPU minutes) from the model it scored, refusing a model whose id differs from the one the
 benchmark names, and writes the list back (atomically). Unlike ``training_curve.py`` (every 6-file validation of
 a run), each point here is the full benchmark, so the trend is not hidden by validation noise.
 
 Writes ``compute_scaling.png`` (PESQ-WB per bitrate against audio hours on a log-2 axis, targets dashed) and
-``compute_scaling.md``: the stages, the PESQ-WB gained per doubling of audio between consecutive stages and over
-the last three stages and the whole lineage, and how many more doublings each unmet target would take if such a
+``compute_scaling.md``: the stages, the PESQ-WB gained per doubling of audio between consecutive stages, since the
+last change of recipe and over the whole lineage, and how many more doublings each unmet target would take if such a
 measured rate held. That last column extrapolates measured rates; the rates have changed from stage to stage
 (recipe changes bought more than steps alone), so read it as a range, not a forecast.
 """
@@ -107,8 +108,9 @@ def markdown(stages: list[dict]) -> str:
               "|" + "---|" * (2 + len(BITRATES))]
     spans = [(stages[i - 1], stages[i]) for i in range(1, len(stages))]
     summary = []
-    if len(stages) > 3:
-        summary.append(("the last three stages", stages[-4], stages[-1]))
+    changed = [i for i, stage in enumerate(stages) if stage.get("recipe_changed")]
+    if changed and changed[-1] < len(stages) - 1:  # only more compute since the last change of recipe
+        summary.append((f"the same recipe since {stages[changed[-1]]['label']}", stages[changed[-1]], stages[-1]))
     if len(stages) > 1:
         summary.append(("the whole lineage", stages[0], stages[-1]))
     for first, last in spans + [(a, b) for _, a, b in summary]:

@@ -392,7 +392,7 @@ def test_compute_scaling_rates_targets_and_adding_a_scored_stage(tmp_path, capsy
     stages = tmp_path / "stages.json"
     stages.write_text(json.dumps([
         {"label": "one", "model_id": "a", "steps": 10, "audio_hours": 100.0, "cpu_minutes": 60,
-         "pesq_wb": {"1.5": 1.5, "3": 2.0, "6": 2.8, "8": 3.0}},
+         "pesq_wb": {"1.5": 1.5, "3": 2.0, "6": 2.8, "8": 3.0}, "recipe_changed": True},
         {"label": "two", "model_id": "b", "steps": 20, "audio_hours": 200.0, "cpu_minutes": 120,
          "pesq_wb": {"1.5": 1.6, "3": 2.4, "6": 2.7, "8": 3.1}}]))
     out = tmp_path / "out"
@@ -401,7 +401,8 @@ def test_compute_scaling_rates_targets_and_adding_a_scored_stage(tmp_path, capsy
     assert "| one → two | 1.00 | +0.10 | +0.40 | -0.10 | +0.10 |" in table  # one doubling
     # 1.5 kbps needs +0.4 at +0.1 per doubling: 4 doublings, i.e. 200 h · (2^4 − 1) more; 3 kbps is met and
     # 6 kbps lost quality, so its target is never reached at that rate
-    assert "| 1.5 kbps | 1.60 | 2.0 | 4.0 (~3000 h more audio) |" in table
+    assert "| 1.5 kbps | 1.60 | 2.0 | 4.0 (~3000 h more audio) | 4.0 (~3000 h more audio) |" in table
+    assert "at the rate of the same recipe since one | at the rate of the whole lineage |" in table
     assert "\n| 3 kbps |" not in table and "| 6 kbps | 2.70 | 2.9 | never (no gain) |" in table
     assert (out / "compute_scaling.png").stat().st_size > 0
 

@@ -15,15 +15,15 @@ SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 FLOOR_BITRATE_KBPS = 6.0
 SHIPPED_MODEL_FLOOR = {"stoi_min": 0.88, "mel_distance_max": 0.19, "pesq_wb_min": 1.95}
 """Quality the shipped model must keep on ``samples/*.wav`` at 6 kbps (``rvqcodec roundtrip``, mean over files).
-Model 239e153ca376fea2 (convnext, 98791 steps) scores STOI 0.920, mel distance 0.161, PESQ-WB 2.40 on the 3 s
-sample; its predecessors f626d1e0eb4d75ea (86791 steps: 0.919, 0.164, 2.33), 9937de855fc662d2 (79791 steps: 0.921,
-0.169, 2.37), e9d889ad19c151d6 (61791 steps: 0.917, 0.169, 2.22), 7f85b842c55b53ad (41791 steps: 0.905, 0.170,
-2.30), d71f78aa9562d70b (17791 steps: 0.902, 0.176, 2.13) and bb985a07def5a299 (10000 steps: 0.889, 0.186, 1.99)
-pass these floors too: the floors catch a broken model, not a slightly older one; the default before the convnext
-family (tiny SEANet 059cc00b57a626e6) scored STOI 0.793, mel 0.312, PESQ-WB 1.12, and a randomly initialised model
-STOI 0.51, mel 1.18-1.24, PESQ-WB 1.03-1.12: either fails every floor. When the shipped model is replaced
-(recipes/librispeech/export_default.py rewrites ``default.json``), raise these to the new model's scores minus a
-margin."""
+Model e9512e790000ca49 (convnext, 109291 steps) scores STOI 0.925, mel distance 0.156, PESQ-WB 2.55 on the 3 s
+sample; its predecessors 239e153ca376fea2 (98791 steps: 0.920, 0.161, 2.40), f626d1e0eb4d75ea (86791 steps: 0.919,
+0.164, 2.33), 9937de855fc662d2 (79791 steps: 0.921, 0.169, 2.37), e9d889ad19c151d6 (61791 steps: 0.917, 0.169,
+2.22), 7f85b842c55b53ad (41791 steps: 0.905, 0.170, 2.30), d71f78aa9562d70b (17791 steps: 0.902, 0.176, 2.13) and
+bb985a07def5a299 (10000 steps: 0.889, 0.186, 1.99) pass these floors too: the floors catch a broken model, not a
+slightly older one; the default before the convnext family (tiny SEANet 059cc00b57a626e6) scored STOI 0.793, mel
+0.312, PESQ-WB 1.12, and a randomly initialised model STOI 0.51, mel 1.18-1.24, PESQ-WB 1.03-1.12: either fails
+every floor. When the shipped model is replaced (recipes/librispeech/export_default.py rewrites ``default.json``),
+raise these to the new model's scores minus a margin."""
 
 
 def test_shipped_checkpoint_is_the_recorded_model(capsys):

@@ -1,4 +1,5 @@
-"""Paths shared by the benchmark scripts, how a path is written into their results, and how a number is."""
+"""Paths shared by the benchmark scripts, how a path is written into their results, how a number is, and how a
+plot is saved."""
 from __future__ import annotations
 
 import math
@@ -31,3 +32,15 @@ def fmt_number(value, spec: str) -> str:
     if text.startswith("-") and not text.strip("-0."):
         text = text[1:]
     return text
+
+
+def save_png(fig, path: Path) -> None:
+    """Write the matplotlib figure ``fig`` to ``path`` as PNG, atomically (a reader never sees half a file), and
+    close it."""
+    import matplotlib.pyplot as plt
+
+    from rvqcodec.fileio import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -32,8 +32,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import shown_path  # noqa: E402
-from rvqcodec.fileio import atomic_path, atomic_write_json, atomic_write_text  # noqa: E402
+from common import save_png, shown_path  # noqa: E402
+from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 
 BITRATES = ("1.5", "3", "6", "8")
 """Nominal kbps of the columns, as keys of ``pesq_wb``."""
@@ -157,9 +157,7 @@ def plot(stages: list[dict], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,8 +34,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
-from common import shown_path  # noqa: E402
-from rvqcodec.fileio import atomic_path, atomic_write_text  # noqa: E402
+from common import save_png, shown_path  # noqa: E402
+from rvqcodec.fileio import atomic_write_text  # noqa: E402
 
 SERIES_KEY = re.compile(r"^valid/(ae|[0-9.]+kbps)/(pesq_wb|mel|si_sdr)$")
 """A validation metric: ``valid/<bitrate>kbps/<metric>``, or ``valid/ae/<metric>`` during the autoencoder
@@ -150,9 +150,7 @@ def plot(runs: list[tuple[str, list[dict]]], path: Path) -> None:
     ncol = max(1, min(len(handles), 4, LEGEND_ROW_CHARACTERS // (longest + 6)))  # +6: the line or marker
     fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 * (1 + (len(handles) - 1) // ncol), 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

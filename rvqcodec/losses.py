@@ -59,8 +59,8 @@ def l1_loss(estimate: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 class _MagnitudeSTFTLoss(auraloss.freq.STFTLoss):
     """``auraloss.freq.STFTLoss`` without the phase: auraloss computes ``torch.angle`` of both spectrograms on
-    every call even when no phase term is weighted, which doubled the cost of the multi-resolution loss on a CPU.
-    Same values and gradients (the phase never entered them)."""
+    every call even when no phase term is weighted, about a quarter of the multi-resolution loss's CPU time
+    (docs/training.md, decision 1). Same values and gradients (the phase never entered them)."""
 
     def stft(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         spec = torch.stft(x, self.fft_size, self.hop_size, self.win_length, self.window, return_complex=True)
@@ -69,7 +69,7 @@ class _MagnitudeSTFTLoss(auraloss.freq.STFTLoss):
 
 class MultiResolutionSTFTLoss(nn.Module):
     """Multi-resolution STFT loss: auraloss's spectral convergence + log-magnitude L1, averaged over resolutions
-    (the value of ``auraloss.freq.MultiResolutionSTFTLoss``, at half its cost: see :class:`_MagnitudeSTFTLoss`)
+    (the value of ``auraloss.freq.MultiResolutionSTFTLoss``, at about 3/4 of its cost: :class:`_MagnitudeSTFTLoss`)
     with speech-at-16-kHz defaults: FFT sizes 2048..128, window = FFT size, hop a quarter of it. Zero for
     identical signals. Input ``(B, 1, T)``; ``T`` should exceed the largest FFT size.
     """

@@ -9,10 +9,11 @@ and what each doubling of the audio bought.
 ``STAGES.json`` is a list of stages in training order, each ``{"label", "model_id", "steps", "audio_hours",
 "cpu_minutes", "pesq_wb": {"1.5": ..., "3": ..., "6": ..., "8": ...}}`` (PESQ-WB means over the benchmark's files
 per nominal kbps), and ``"recipe_changed": true`` on a stage that changed the recipe rather than only training
-longer (the rate "since the last recipe change" is then what compute alone bought). ``--add`` reads those numbers from a ``quality.json`` of ``benchmarks/quality.py`` and the lineage
-(steps, audio hours, CPU minutes) from the model it scored, refusing a model whose id differs from the one the
-benchmark names, and writes the list back (atomically). Unlike ``training_curve.py`` (every 6-file validation of
-a run), each point here is the full benchmark, so the trend is not hidden by validation noise.
+longer (the rate "since the last recipe change" is then what compute alone bought). ``--add`` reads those numbers
+from a ``quality.json`` of ``benchmarks/quality.py`` and the lineage (steps, audio hours, CPU minutes) from the
+model it scored, refusing a model whose id differs from the one the benchmark names, and writes the list back
+(atomically). Unlike ``training_curve.py`` (every 6-file validation of a run), each point here is the full
+benchmark, so the trend is not hidden by validation noise.
 
 Writes ``compute_scaling.png`` (PESQ-WB per bitrate against audio hours on a log-2 axis, targets dashed) and
 ``compute_scaling.md``: the stages, the PESQ-WB gained per doubling of audio between consecutive stages, since the
@@ -77,8 +78,9 @@ def stage_from_benchmark(quality_json: Path, model: Path, label: str) -> dict:
         raise ValueError(f"{model} carries no lineage (steps, audio hours): export it from a training run")
     pesq = {}
     for row in quality["results"]:
-        if row["codec"] == "rvqcodec" and f"{row['nominal_kbps']:g}" in BITRATES:
-            pesq[f"{row['nominal_kbps']:g}"] = round(row["pesq_wb"], 4)
+        kbps = f"{row['nominal_kbps']:g}"
+        if row["codec"] == "rvqcodec" and kbps in BITRATES:
+            pesq[kbps] = round(row["pesq_wb"], 4)
     missing = [kbps for kbps in BITRATES if kbps not in pesq]
     if missing:
         raise ValueError(f"{quality_json} has no rvqcodec row at {', '.join(missing)} kbps")
@@ -87,9 +89,14 @@ def stage_from_benchmark(quality_json: Path, model: Path, label: str) -> dict:
             "cpu_minutes": round(float(lineage.get("minutes", {}).get("cpu", 0.0))), "pesq_wb": pesq}
 
 
+def doublings(first: dict, last: dict) -> float:
+    """How many times the audio seen doubled from stage ``first`` to stage ``last``."""
+    return math.log2(last["audio_hours"] / first["audio_hours"])
+
+
 def per_doubling(first: dict, last: dict, kbps: str) -> float:
     """PESQ-WB gained per doubling of the audio seen from ``first`` to ``last``."""
-    return (last["pesq_wb"][kbps] - first["pesq_wb"][kbps]) / math.log2(last["audio_hours"] / first["audio_hours"])
+    return (last["pesq_wb"][kbps] - first["pesq_wb"][kbps]) / doublings(first, last)
 
 
 def markdown(stages: list[dict]) -> str:
@@ -114,8 +121,7 @@ def markdown(stages: list[dict]) -> str:
     if len(stages) > 1:
         summary.append(("the whole lineage", stages[0], stages[-1]))
     for first, last in spans + [(a, b) for _, a, b in summary]:
-        doublings = math.log2(last["audio_hours"] / first["audio_hours"])
-        lines.append(f"| {first['label']} → {last['label']} | {doublings:.2f} | "
+        lines.append(f"| {first['label']} → {last['label']} | {doublings(first, last):.2f} | "
                      + " | ".join(f"{per_doubling(first, last, k):+.2f}" for k in BITRATES) + " |")
     unmet = [k for k in TARGETS if stages[-1]["pesq_wb"][k] < TARGETS[k]]
     if unmet and summary:

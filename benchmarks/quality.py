@@ -46,13 +46,12 @@ if str(BENCH_DIR) not in sys.path:
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
-from rvqcodec import api, bitstream, chunking, codec_header  # noqa: E402
+from rvqcodec import api, bitstream, chunking, codec_header, perceptual  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
 from rvqcodec.extras import MissingExtraError, require  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
-from rvqcodec.metrics import METRIC_NAMES  # noqa: E402
-from rvqcodec.scoring import evaluate_pair  # noqa: E402
+from rvqcodec.scoring import evaluate_pair, metric_names  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
 DEFAULT_DATA = SPEECH_ROOT / "dev-clean"
@@ -68,6 +67,11 @@ COMPARABLE_EXTERNAL = {"opus": dict(kbps=(6,)), "amr-wb": dict(kbps=(6.6,)), "co
 
 TABLE_COLUMNS = ("codec", "setting", "nominal kbps", "measured kbps", "PESQ-WB", "PESQ-NB", "STOI",
                  "SI-SDR dB", "mel dist", "delay ms", "delay method", "files")
+PERCEPTUAL_COLUMNS = (("distillmos", "DistillMOS"), ("dnsmos_p808", "DNSMOS P.808"), ("dnsmos_ovrl", "DNSMOS OVRL"),
+                      ("visqol", "ViSQOL"))
+"""Listener-model columns (``--perceptual``), placed after PESQ-WB."""
+REFERENCE_SETTING = "original"
+"""The row of the unprocessed speech: the listener models' ceiling (no bitrate, no intrusive scores)."""
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -122,8 +126,12 @@ class Setting:
     per_file: list[dict] = field(default_factory=list)
 
 
+PERCEPTUAL = None
+"""The :class:`rvqcodec.perceptual.PerceptualScorer` of this run (``--perceptual``), or None."""
+
+
 def _score(ref: np.ndarray, deg: np.ndarray) -> dict[str, float]:
-    return evaluate_pair(ref, deg, SCORE_RATE, align=True, max_shift_seconds=MAX_SHIFT_SECONDS)
+    return evaluate_pair(ref, deg, SCORE_RATE, align=True, max_shift_seconds=MAX_SHIFT_SECONDS, perceptual=PERCEPTUAL)
 
 
 def _file_record(path: Path, ref: np.ndarray, deg: np.ndarray, payload_bytes: int, file_bytes: int,
@@ -133,6 +141,15 @@ def _file_record(path: Path, ref: np.ndarray, deg: np.ndarray, payload_bytes: in
               "file_bytes": int(file_bytes), "kbps": payload_bytes * 8 / seconds / 1000,
               "encode_seconds": encode_s, "decode_seconds": decode_s}
     record.update(_score(ref, deg))
+    return record
+
+
+def reference_record(path: Path, ref: np.ndarray) -> dict:
+    """The ``original`` row's record of one file: its listener-model scores, every other metric NaN."""
+    record = {"file": shown_path(path), "seconds": ref.size / SCORE_RATE, "payload_bytes": 0, "file_bytes": 0,
+              "kbps": math.nan, "encode_seconds": 0.0, "decode_seconds": 0.0, "delay_seconds": 0.0,
+              "delay_method": "off", **{name: math.nan for name in metric_names(True)}}
+    record.update(PERCEPTUAL.non_intrusive(ref, SCORE_RATE))
     return record
 
 
@@ -192,17 +209,26 @@ def _finite_mean(values: list[float]) -> float:
     return sum(finite) / len(finite) if finite else math.nan
 
 
-def summarise(setting: Setting, n_files: int) -> dict:
-    """Means over files of every metric (NaN/inf values left out), bitrate over the whole set."""
+def summarise(setting: Setting, n_files: int, groups: dict[str, str] | None = None) -> dict:
+    """Means over files of every metric (NaN/inf values left out), bitrate over the whole set. With ``groups``
+    (shown file path -> group name) every metric is the mean of the groups' means (a macro average: each corpus
+    counts the same however many files it has)."""
     files = setting.per_file
     seconds = sum(f["seconds"] for f in files)
+    coded = seconds > 0 and setting.codec != REFERENCE_SETTING
     row = {"codec": setting.codec, "setting": setting.name, "description": setting.description,
            "nominal_kbps": setting.nominal_kbps,
-           "measured_kbps": sum(f["payload_bytes"] for f in files) * 8 / seconds / 1000 if seconds else math.nan,
-           "file_kbps": sum(f["file_bytes"] for f in files) * 8 / seconds / 1000 if seconds else math.nan,
+           "measured_kbps": sum(f["payload_bytes"] for f in files) * 8 / seconds / 1000 if coded else math.nan,
+           "file_kbps": sum(f["file_bytes"] for f in files) * 8 / seconds / 1000 if coded else math.nan,
            "seconds": seconds, "files_scored": len(files), "files_total": n_files}
-    for name in METRIC_NAMES:
-        row[name] = _finite_mean([f[name] for f in files])
+    for name in metric_names(bool(files) and "visqol" in files[0]):
+        if groups:
+            by_group: dict[str, list[float]] = {}
+            for f in files:
+                by_group.setdefault(groups[f["file"]], []).append(f[name])
+            row[name] = _finite_mean([_finite_mean(values) for values in by_group.values()])
+        else:
+            row[name] = _finite_mean([f[name] for f in files])
         row[f"{name}_n"] = sum(1 for f in files if math.isfinite(f[name]))
     row["delay_ms_median"] = (statistics.median(f["delay_seconds"] * 1000 for f in files) if files else math.nan)
     row["delay_methods"] = {m: sum(1 for f in files if f["delay_method"] == m)
@@ -243,12 +269,13 @@ def targets(rows: list[dict]) -> list[dict]:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |",
-             "|---|---|" + "---:|" * (len(TABLE_COLUMNS) - 2)]
+    perceptual = [(key, title) for key, title in PERCEPTUAL_COLUMNS if rows and key in rows[0]]
+    titles = list(TABLE_COLUMNS[:5]) + [title for _, title in perceptual] + list(TABLE_COLUMNS[5:])
+    lines = ["| " + " | ".join(titles) + " |", "|---|---|" + "---:|" * (len(titles) - 2)]
     for r in rows:
         cells = [r["codec"], r["setting"], fmt_number(r["nominal_kbps"], ".2f"),
                  fmt_number(r["measured_kbps"], ".2f"), fmt_number(r["pesq_wb"], ".2f"),
-                 fmt_number(r["pesq_nb"], ".2f"), fmt_number(r["stoi"], ".3f"), fmt_number(r["si_sdr"], ".1f"),
+                 *(fmt_number(r[key], ".2f") for key, _ in perceptual), fmt_number(r["pesq_nb"], ".2f"), fmt_number(r["stoi"], ".3f"), fmt_number(r["si_sdr"], ".1f"),
                  fmt_number(r["mel_distance"], ".3f"), fmt_number(r["delay_ms_median"], ".1f"),
                  ", ".join(f"{m} {n}" for m, n in r["delay_methods"].items()) or "–",
                  f"{r['files_scored']}/{r['files_total']}"]
@@ -276,7 +303,10 @@ def markdown_report(result: dict) -> str:
         parts += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     parts += ["", "Columns: measured kbps = counted bytes x 8 / input duration (rvqcodec: whole .rvq file; Opus: "
               "Opus packets without Ogg framing; AMR-WB: speech bytes without ToC bytes; Codec2: bit file). "
-              "Metrics are means over files (undefined values left out); delay ms is the median delay removed "
+              "Metrics are means over files (undefined values left out"
+              + ("; macro average: the mean of each top-level folder's mean" if cfg.get("macro_by_folder") else "")
+              + "); DistillMOS, DNSMOS (P.808, P.835 OVRL) and ViSQOL v3 speech are listener models "
+              "(rvqcodec.perceptual; the original row is the unprocessed speech); delay ms is the median delay removed "
               "before scoring; delay method: how many files were aligned by a significant waveform "
               "cross-correlation peak, by log-energy envelopes (phase-free output) or not at all (none); "
               "files = files scored / files in the set. See benchmarks/README.md.", ""]
@@ -341,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c2enc", metavar="PATH", default="c2enc", help="Codec2 encoder executable")
     p.add_argument("--c2dec", metavar="PATH", default="c2dec", help="Codec2 decoder executable")
     p.add_argument("--amrwbenc-library", metavar="PATH", default=None, help="path of libvo-amrwbenc.so.0 (default: searched)")
+    p.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=None,
+                   help="also score DistillMOS, DNSMOS P.808 / P.835 OVRL and ViSQOL for every codec, and the "
+                        "original speech as its own row (default: when the 'perceptual' extra is installed)")
+    p.add_argument("--macro-by-folder", action="store_true",
+                   help="average each metric over the top-level folders of --data first, then over folders (each "
+                        "corpus of ../shared/data/speech-ood counts the same, as its README asks)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for rvqcodec")
     p.add_argument("--threads", metavar="N", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
@@ -398,6 +434,19 @@ def run(args: argparse.Namespace) -> dict:
         args.codecs, tools, COMPARABLE_EXTERNAL if args.quick else None)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
+    global PERCEPTUAL
+    PERCEPTUAL = None
+    if args.perceptual or (args.perceptual is None and perceptual.available()):
+        try:
+            PERCEPTUAL = perceptual.get_scorer()
+        except MissingExtraError as exc:
+            raise UserError(str(exc)) from None
+    elif args.perceptual is None:
+        print("note: listener-model scores skipped: pip install \"rvqcodec[perceptual]\" to add them",
+              file=sys.stderr)
+    data_root = args.data or DEFAULT_DATA
+    groups = ({shown_path(p): p.relative_to(data_root).parts[0] if len(p.relative_to(data_root).parts) > 1 else "."
+               for p in files} if args.macro_by_folder else None)
 
     settings: dict[str, Setting] = {}
     file_info = []
@@ -413,13 +462,17 @@ def run(args: argparse.Namespace) -> dict:
         file_info.append({"file": shown_path(path), "seconds": ref.size / SCORE_RATE})
         print(f"[{i}/{len(files)}] {path.name} ({ref.size / SCORE_RATE:.1f} s, "
               f"{time.perf_counter() - started:.0f} s elapsed)", file=sys.stderr)
+        if PERCEPTUAL is not None:
+            settings.setdefault(REFERENCE_SETTING, Setting(REFERENCE_SETTING, REFERENCE_SETTING, math.nan,
+                                                           "the unprocessed speech"))
+            settings[REFERENCE_SETTING].per_file.append(reference_record(path, ref))
         run_rvqcodec(codec, ref, bitrates, path, settings)
         for external in externals:
             run_external(external, ref, path, settings, notes)
 
-    order = ["rvqcodec"] + [c.name for c in externals]
-    rows = sorted((summarise(s, len(files)) for s in settings.values()),
-                  key=lambda r: (order.index(r["codec"]), r["nominal_kbps"]))
+    order = [REFERENCE_SETTING, "rvqcodec"] + [c.name for c in externals]
+    rows = sorted((summarise(s, len(files), groups) for s in settings.values()),
+                  key=lambda r: (order.index(r["codec"]), 0 if math.isnan(r["nominal_kbps"]) else r["nominal_kbps"]))
     amrwb = next((c for c in externals if c.name == "amr-wb"), None)
     result = {
         "benchmark": "quality",
@@ -431,7 +484,8 @@ def run(args: argparse.Namespace) -> dict:
             "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
                       "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
             "out": shown_path(out_dir), "device": args.device, "threads": torch.get_num_threads(), "score_sample_rate": SCORE_RATE,
-            "max_shift_seconds": MAX_SHIFT_SECONDS,
+            "max_shift_seconds": MAX_SHIFT_SECONDS, "perceptual": PERCEPTUAL is not None,
+            "macro_by_folder": sorted(set(groups.values())) if groups else None,
         },
         "environment": {"python": platform.python_version(), "torch": torch.__version__,
                         "ffmpeg": ext.ffmpeg_version(args.ffmpeg),

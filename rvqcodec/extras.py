@@ -6,6 +6,7 @@ training, the ablation and the plots need the ``train`` extra::
 
     pip install "rvqcodec[eval]"     # pesq, pystoi (pesq is built from source: needs a C compiler)
     pip install "rvqcodec[train]"    # accelerate, tensorboard, matplotlib, auraloss, pyyaml
+    pip install "rvqcodec[perceptual]"   # DistillMOS, DNSMOS, ViSQOL (rvqcodec.perceptual)
 
 Modules import these packages only inside the functions that use them, through :func:`require`, so a missing
 one surfaces as :class:`MissingExtraError` with a one-line message naming the extra to install.
@@ -23,10 +24,18 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "matplotlib": "train",
     "auraloss": "train",
     "yaml": "train",
+    "pyroomacoustics": "train",
+    "distillmos": "perceptual",
+    "speechmos": "perceptual",
+    "onnxruntime": "perceptual",
+    "librosa": "perceptual",
+    "requests": "perceptual",
+    "visqol": "perceptual",
+    "ai_edge_litert": "perceptual",
 }
 """Top-level module name -> the pip extra that installs it."""
 
-PACKAGE_OF_MODULE: dict[str, str] = {"yaml": "pyyaml"}
+PACKAGE_OF_MODULE: dict[str, str] = {"yaml": "pyyaml", "visqol": "visqol-python", "ai_edge_litert": "ai-edge-litert"}
 """Where the pip package name differs from the module name."""
 
 EXTRA_NOTES: dict[str, str] = {"eval": "pesq is built from source and needs a C compiler (e.g. apt-get install "

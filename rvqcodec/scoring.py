@@ -119,7 +119,7 @@ def reblock(blocks: Iterable[torch.Tensor | np.ndarray], lengths: Iterable[int],
 
 def score_streams(ref_blocks: Iterable[torch.Tensor | np.ndarray], deg_blocks: Iterable[torch.Tensor | np.ndarray],
                   sample_rate: int, num_samples: int, ref_skip: int = 0, deg_skip: int = 0,
-                  on_segment: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                  on_segment: Callable[[int, int], None] | None = None, perceptual=None) -> dict[str, Any]:
     """Score two mono streams at ``sample_rate`` over ``num_samples`` samples in equal segments (module docstring).
 
     Args:
@@ -127,11 +127,14 @@ def score_streams(ref_blocks: Iterable[torch.Tensor | np.ndarray], deg_blocks: I
         num_samples: how many samples to compare (after the skips); a stream that ends earlier shortens it.
         ref_skip, deg_skip: samples dropped from the start of each stream first (a removed delay).
         on_segment: called as ``on_segment(done, total)`` after each scored segment (progress).
+        perceptual: a :class:`rvqcodec.perceptual.PerceptualScorer` to add the listener-model scores
+            (:data:`rvqcodec.perceptual.PERCEPTUAL_NAMES`), or None.
 
     Returns:
         The metrics (length-weighted means; NaN where undefined), ``num_samples`` actually compared,
         ``sample_rate`` and ``segments``.
     """
+    names = metric_names(perceptual is not None)
     lengths = segment_lengths(num_samples, sample_rate)
     scores: list[dict[str, float]] = []
     weights: list[int] = []
@@ -141,15 +144,25 @@ def score_streams(ref_blocks: Iterable[torch.Tensor | np.ndarray], deg_blocks: I
             if not np.all(np.isfinite(x[:n])):
                 raise InputError(f"the {name} contains NaN or infinite samples")
         scores.append(metrics.score_aligned(ref[:n], deg[:n], sample_rate))
+        if perceptual is not None:
+            scores[-1].update(perceptual.score(ref[:n], deg[:n], sample_rate))
         weights.append(n)
         if on_segment is not None:
             on_segment(len(scores), len(lengths))
         if n < lengths[len(scores) - 1]:
             break  # a stream ended early
-    result: dict[str, Any] = {name: metrics.weighted_mean([s[name] for s in scores], weights)
-                              for name in metrics.METRIC_NAMES}
+    result: dict[str, Any] = {name: metrics.weighted_mean([s[name] for s in scores], weights) for name in names}
     result.update(num_samples=int(sum(weights)), sample_rate=int(sample_rate), segments=len(scores))
     return result
+
+
+def metric_names(perceptual: bool) -> tuple[str, ...]:
+    """The score keys of a result: :data:`rvqcodec.metrics.METRIC_NAMES`, then the listener-model ones."""
+    if not perceptual:
+        return metrics.METRIC_NAMES
+    from rvqcodec.perceptual import PERCEPTUAL_NAMES
+
+    return metrics.METRIC_NAMES + PERCEPTUAL_NAMES
 
 
 def _delay_fields(estimate: metrics.DelayEstimate | None, sample_rate: int) -> dict[str, Any]:
@@ -164,7 +177,8 @@ def _check_max_shift(max_shift_seconds: float) -> None:
         raise ValueError(f"max_shift_seconds must be a finite number >= 0, got {max_shift_seconds!r}")
 
 
-def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: float = 0.1) -> dict[str, Any]:
+def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: float = 0.1,
+                  perceptual=None) -> dict[str, Any]:
     """All metrics for one reference/degraded pair at sample rate ``sr`` (signals in memory, any length).
 
     ``ref`` and ``deg`` are ``(T,)`` or ``(1, T)``, numpy or torch, any length including 0. With ``align=True``
@@ -176,7 +190,8 @@ def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: floa
     Returns a dict with keys ``pesq_wb``, ``pesq_nb``, ``stoi``, ``si_sdr`` (dB), ``mel_distance`` (floats,
     NaN where undefined; length-weighted means over segments), ``delay_samples`` (int), ``delay_seconds``,
     ``delay_method`` (see :class:`rvqcodec.metrics.DelayEstimate`; ``"off"`` without alignment),
-    ``delay_correlation``, ``num_samples`` (compared length, int), ``sample_rate`` (int) and ``segments`` (int).
+    ``delay_correlation``, ``num_samples`` (compared length, int), ``sample_rate`` (int) and ``segments`` (int);
+    with a ``perceptual`` scorer (:class:`rvqcodec.perceptual.PerceptualScorer`) also its scores.
     """
     sample_rate = sr
     sample_rate = metrics._check_sr(sample_rate)
@@ -196,7 +211,7 @@ def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: floa
     delay = estimate.samples if estimate is not None else 0
     ref_skip, deg_skip = max(0, -delay), max(0, delay)
     n = max(0, min(ref.size - ref_skip, deg.size - deg_skip))
-    result = score_streams([ref], [deg], sample_rate, n, ref_skip, deg_skip)
+    result = score_streams([ref], [deg], sample_rate, n, ref_skip, deg_skip, perceptual=perceptual)
     result.update(_delay_fields(estimate, sample_rate))
     return result
 
@@ -225,11 +240,12 @@ def _head(blocks: Iterable[torch.Tensor], count: int) -> np.ndarray:
 
 def evaluate_files(ref_path: str | os.PathLike, deg_path: str | os.PathLike, sample_rate: int | None = None,
                    align: bool = True, max_shift_seconds: float = 0.1,
-                   on_segment: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                   on_segment: Callable[[int, int], None] | None = None, perceptual=None) -> dict[str, Any]:
     """Score an audio file against a reference file, streamed (bounded memory whatever their length).
 
     Both are averaged to mono; ``deg_path`` is resampled to the reference's rate, or both to ``sample_rate``.
-    The delay is found on the first 30 s (``align=True``) and the common length scored in segments.
+    The delay is found on the first 30 s (``align=True``) and the common length scored in segments; a
+    ``perceptual`` scorer adds the listener-model scores.
 
     Raises:
         AudioReadError: a file cannot be read. InputError: NaN/inf samples. ValueError: a bad ``sample_rate`` or
@@ -257,7 +273,7 @@ def evaluate_files(ref_path: str | os.PathLike, deg_path: str | os.PathLike, sam
     ref_skip, deg_skip = max(0, -delay), max(0, delay)
     n = max(0, min(ref_len - ref_skip, deg_len - deg_skip))
     result = score_streams(file_blocks(ref_path, rate), file_blocks(deg_path, rate), rate, n, ref_skip, deg_skip,
-                           on_segment=on_segment)
+                           on_segment=on_segment, perceptual=perceptual)
     result.update(_delay_fields(estimate, rate))
     return result
 

@@ -22,7 +22,7 @@ SAMPLE_WAV = REPO_ROOT / "samples" / "1272-128104-0000_3s.wav"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("rvqcodec", "rvqcodec.errors", "rvqcodec.extras", "rvqcodec.fileio", "rvqcodec.dicts")),
     ("model", ("rvqcodec.quantize", "rvqcodec.model", "rvqcodec.losses")),
-    ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.metrics")),
+    ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.metrics", "rvqcodec.perceptual")),
     ("codec API", ("rvqcodec.pretrained", "rvqcodec.chunking", "rvqcodec.codec_header", "rvqcodec.api",
                    "rvqcodec.codec_files", "rvqcodec.scoring")),
     ("training", ("rvqcodec.training",)),

@@ -101,12 +101,21 @@ def test_quality_quick_writes_consistent_table_json_and_plot(tiny_model, dev_cle
 
     # the markdown table has the documented columns and one line per result row, with the same numbers
     table = _table_rows((out / "quality.md").read_text(), "codec")
-    assert tuple(table[0]) == quality.TABLE_COLUMNS
+    listener_titles = tuple(title for _, title in quality.PERCEPTUAL_COLUMNS)
+    assert tuple(table[0]) == quality.TABLE_COLUMNS[:5] + listener_titles + quality.TABLE_COLUMNS[5:]
     assert [r[1] for r in table[1:]] == [r["setting"] for r in result["results"]]
-    for cells, row in zip(table[1:], result["results"]):
+    for cells, row in zip(table[2:], result["results"][1:]):
         assert float(cells[3]) == pytest.approx(row["measured_kbps"], abs=0.006)
         if _finite(row["pesq_wb"]):
             assert float(cells[4]) == pytest.approx(row["pesq_wb"], abs=0.006)
+        assert float(cells[5]) == pytest.approx(row["distillmos"], abs=0.006)
+    # the listener models' row of the unprocessed speech comes first, with no bitrate or intrusive scores,
+    # and rates it above the random-weight model's output at every rate
+    original = result["results"][0]
+    assert original["setting"] == "original" and table[1][3] == "–" and table[1][4] == "–"
+    assert not _finite(original["visqol"]) and not _finite(original["measured_kbps"])
+    for kbps in quality.QUICK_BITRATES:
+        assert original["distillmos"] > rows[f"rvqcodec-{kbps:g}k"]["distillmos"] + 0.5
     assert (out / "quality_pesq_wb.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "rvqcodec-6k" in capsys.readouterr().out
 
@@ -114,7 +123,7 @@ def test_quality_quick_writes_consistent_table_json_and_plot(tiny_model, dev_cle
 def test_quality_skips_missing_external_codecs_with_a_note(tiny_model, dev_clean, tmp_path, capsys):
     out = tmp_path / "q"
     argv = ["--quick", "--model", str(tiny_model), "--data", str(dev_clean), "--out", str(out),
-            "--bitrates", "6", "--max-files", "1", "--max-seconds", "1.5", "--ffmpeg", MISSING,
+            "--bitrates", "6", "--max-files", "1", "--max-seconds", "1.5", "--no-perceptual", "--ffmpeg", MISSING,
             "--c2enc", MISSING, "--c2dec", MISSING, "--amrwbenc-library", MISSING]
     assert quality.main(argv) == 0
     result = json.loads((out / "quality.json").read_text())

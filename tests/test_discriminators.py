@@ -87,3 +87,20 @@ def test_config_round_trip_and_errors():
 def test_rejects_non_mono_audio():
     with pytest.raises(ValueError, match=r"\(B, 1, T\)"):
         small_discriminators()(torch.randn(2, 4000))
+
+
+def test_magnitude_discriminator_sees_only_the_magnitude():
+    from rvqcodec.model.discriminators import MultiResolutionMagnitudeDiscriminator
+
+    disc = small_discriminators(kinds=("magnitude",), magnitude_n_ffts=(256, 128))
+    assert disc.names == ["magnitude256", "magnitude128"]
+    x = torch.randn(2, 1, 3000)
+    for n_fft, (logits, features), (flipped, _) in zip((256, 128), disc(x), disc(-x)):
+        assert logits.shape[:3] == (2, 1, 3000 // (n_fft // 4) + 1) and len(features) == 5
+        assert features[0].shape[-1] == n_fft // 2 + 1
+        assert torch.allclose(logits, flipped, atol=1e-5)  # |STFT(-x)| = |STFT(x)|: polarity is invisible
+    complex_disc = small_discriminators(kinds=("stft",), stft_n_ffts=(256,))
+    assert not torch.allclose(complex_disc(x)[0][0], complex_disc(-x)[0][0], atol=1e-3)  # the complex one sees it
+    assert isinstance(disc.blocks["magnitude"], MultiResolutionMagnitudeDiscriminator)
+    with pytest.raises(ValueError, match="magnitude_n_ffts"):
+        DiscriminatorConfig(kinds=("magnitude",), magnitude_n_ffts=(8,))

@@ -163,9 +163,11 @@ def test_tiny_codec_learns_on_speech_and_writes_a_complete_run(speech_root, tmp_
 
 def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
     # Discriminators start at step 2 and grad accumulation is on, so every piece of state is exercised:
-    # EMA codebooks + k-means init, quantizer dropout (python RNG), both optimisers and schedulers.
+    # EMA codebooks + k-means init, quantizer dropout (python RNG), both optimisers and schedulers, the
+    # discriminators' random crops and the input corruptions (torch RNG).
     common = ["train.steps=5", "train.ckpt_every=2", "train.valid_every=2", "train.log_every=3",
-              "loss.disc_start_step=1", "train.grad_accum=2", "model.quantizer_dropout=0.5"]
+              "loss.disc_start_step=1", "train.grad_accum=2", "model.quantizer_dropout=0.5",
+              "loss.disc_segment_seconds=0.3", "augment.prob=0.5", "augment.noise=0", "augment.n_rooms=2"]
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
     Trainer(make_config(speech_root, straight_dir, *common), show_progress=False).fit()
 

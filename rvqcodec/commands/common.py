@@ -42,6 +42,30 @@ def apply_threads(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
 
 
+def add_perceptual_argument(parser: argparse.ArgumentParser) -> None:
+    """``--perceptual`` / ``--no-perceptual``: listener-model scores beside PESQ (default: when installed)."""
+    parser.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=None,
+                        help="also score with listener models: DistillMOS, DNSMOS P.808 and P.835 OVRL (of the "
+                             "decoded audio and of the reference), ViSQOL v3 speech (intrusive); about 2.5 s per 10 s "
+                             "of audio on a CPU. Default: on when the 'perceptual' extra is installed "
+                             "(pip install \"rvqcodec[perceptual]\"), else skipped with a note")
+
+
+def perceptual_scorer(args: argparse.Namespace):
+    """The :class:`rvqcodec.perceptual.PerceptualScorer` that ``--perceptual`` asks for, or None: skipped with a
+    one-line note when the extra is missing and the option was not given, UserError (via MissingExtraError) when it
+    was."""
+    from rvqcodec import perceptual
+
+    if args.perceptual is False:
+        return None
+    if args.perceptual is None and not perceptual.available():
+        print("note: listener-model scores (DistillMOS, DNSMOS, ViSQOL) skipped: pip install \"rvqcodec[perceptual]\""
+              " to add them", file=sys.stderr)
+        return None
+    return perceptual.get_scorer()
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--device`` and ``--threads``, common to every codec command."""
     parser.add_argument("--model", metavar="PATH", default=None,

@@ -4,7 +4,8 @@ Both files are streamed with soundfile and averaged to mono (with a notice on st
 rate, or both to ``--sample-rate`` when given. Unless ``--no-align``, the delay of DEG (up to ``--max-shift-ms``)
 is found on the first 30 s and removed (:func:`rvqcodec.metrics.find_delay`: a significant waveform
 cross-correlation peak, else an envelope match, else none; the table says which), then both are cropped to their
-common length. Files longer than 60 s are scored in equal segments of at most 60 s (length-weighted means; a note
+common length. With the ``perceptual`` extra (or ``--perceptual``) the listener models DistillMOS, DNSMOS and
+ViSQOL are scored too (:mod:`rvqcodec.perceptual`). Files longer than 60 s are scored in equal segments of at most 60 s (length-weighted means; a note
 says so), in bounded memory. Any length is accepted, 0 samples included; metrics undefined for so short a signal
 are n/a. Prints a table, or one JSON object with ``--json`` (NaN/inf written as ``null``). Exit codes: 0 scored,
 2 user mistake (missing/unreadable file, bad option, missing ``eval`` extra).
@@ -17,7 +18,7 @@ import math
 import sys
 
 from rvqcodec.errors import UserError
-from rvqcodec.commands.common import add_threads_argument, apply_threads
+from rvqcodec.commands.common import add_perceptual_argument, add_threads_argument, apply_threads, perceptual_scorer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="score at this rate, resampling both files (default: REF's rate)")
     parser.add_argument("--max-shift-ms", type=float, default=100.0, metavar="MS",
                         help="largest delay searched for when aligning, milliseconds (default: 100)")
+    add_perceptual_argument(parser)
     add_threads_argument(parser)
 
 
@@ -73,6 +75,12 @@ def _format_table(result: dict, ref_path: str, deg_path: str) -> str:
         ("SI-SDR", number("si_sdr", ".2f", " dB")),
         ("mel distance", number("mel_distance", ".4f")),
     ]
+    if "visqol" in result:
+        from rvqcodec.perceptual import LABELS
+
+        rows += [(LABELS[key], number(key, ".3f")) for key in ("distillmos", "dnsmos_p808", "dnsmos_ovrl", "visqol")]
+        rows += [(f"{LABELS[key]} of REF", number(f"reference_{key}", ".3f"))
+                 for key in ("distillmos", "dnsmos_p808", "dnsmos_ovrl")]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
 
@@ -91,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args)
     for module in ("pesq", "pystoi"):
         require(module, "to score audio")
+    scorer = perceptual_scorer(args)
     ref_rate = _notes(args.reference, "REF", args.sample_rate)
     rate = args.sample_rate or ref_rate
     _notes(args.degraded, "DEG", rate)
@@ -107,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate_files(args.reference, args.degraded, sample_rate=rate, align=args.align,
-                                max_shift_seconds=args.max_shift_ms / 1000.0, on_segment=progress)
+                                max_shift_seconds=args.max_shift_ms / 1000.0, on_segment=progress,
+                                perceptual=scorer)
     except AudioReadError as exc:
         raise UserError(str(exc)) from None
     except InputError as exc:  # NaN samples, an impractical resampling ratio

@@ -3,7 +3,7 @@
 IN is a file, a folder (searched recursively for audio) or a quoted glob. Each file is streamed at the codec rate
 (resampled, averaged to mono), compressed to a ``.rvq`` bitstream in memory, decoded chunk by chunk and scored
 against the input with PESQ-WB/NB, STOI, SI-SDR and mel distance (``rvqcodec.scoring``; no delay search, the codec
-is time-aligned by construction). Memory is bounded whatever the length: the audio is never held whole, files
+is time-aligned by construction), and with the ``perceptual`` extra by DistillMOS, DNSMOS and ViSQOL. Memory is bounded whatever the length: the audio is never held whole, files
 longer than 60 s are scored in equal segments of at most 60 s (the scores are length-weighted means; a note says
 so). Any length is accepted, 0 samples included; a metric that is undefined for so short a signal is n/a.
 
@@ -31,8 +31,10 @@ from rvqcodec.commands.common import (
     AUDIO_SUFFIXES,
     InputFile,
     add_model_arguments,
+    add_perceptual_argument,
     collect_inputs,
     load_model,
+    perceptual_scorer,
     plan_outputs,
     protected_paths,
     resolve_stages,
@@ -44,6 +46,8 @@ _COLUMNS = (  # key, header, format
     ("pesq_nb", "PESQ-NB", ".3f"), ("stoi", "STOI", ".4f"), ("si_sdr", "SI-SDR", ".2f"),
     ("mel_distance", "mel", ".4f"),
 )
+_PERCEPTUAL_COLUMNS = (("distillmos", "DistillMOS", ".3f"), ("dnsmos_p808", "DNSMOS", ".3f"),
+                       ("visqol", "ViSQOL", ".3f"))
 _NUMBER_WIDTH = 9  # wide enough for every column's numbers (e.g. "-123.45", "3600.00")
 PROGRESS_MIN_SECONDS = 60.0  # a single file at least this long gets a progress bar
 
@@ -59,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output-dir", metavar="DIR", default=None,
                         help="also keep each file's .rvq and decoded .wav in this folder")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing files in --output-dir")
+    add_perceptual_argument(parser)
     add_model_arguments(parser)
 
 
@@ -77,13 +82,14 @@ def _written(blocks: Iterable, write: Callable) -> Iterator:
 
 
 def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overwrite: bool = False,
-                  progress: bool = False) -> dict[str, Any]:
+                  progress: bool = False, perceptual=None) -> dict[str, Any]:
     """Compress + decompress + score one file in bounded memory -> its row (a JSON-safe dict but for NaN).
 
     With ``output`` (a ``.wav`` path) the bitstream is also written to ``output.with_suffix(".rvq")`` and the
     decoded audio, as it is decoded, to ``output`` (both atomically). ``progress`` shows a bar over the audio.
     Row keys: ``file``, ``seconds``, ``bytes``, ``kbps`` (NaN for 0 samples), ``source_sample_rate``,
-    ``source_channels``, ``segments`` and the metrics (NaN where undefined).
+    ``source_channels``, ``segments`` and the metrics (NaN where undefined), with a ``perceptual`` scorer
+    (:class:`rvqcodec.perceptual.PerceptualScorer`) the listener-model scores too.
     """
     from tqdm import tqdm
 
@@ -92,8 +98,7 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
     from rvqcodec.codec_header import make_header
     from rvqcodec.data.audio_io import audio_info, streamed_audio_file
     from rvqcodec.fileio import already_exists_message, atomic_write_bytes
-    from rvqcodec.metrics import METRIC_NAMES
-    from rvqcodec.scoring import file_blocks, score_streams
+    from rvqcodec.scoring import file_blocks, metric_names, score_streams
 
     info = audio_info(path)
     sr = codec.sample_rate
@@ -115,22 +120,23 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
                 atomic_write_bytes(rvq_path, data, overwrite=overwrite,
                                    exists_message=already_exists_message(rvq_path), fsync=True)
                 decoded = _written(decoded, stack.enter_context(streamed_audio_file(output, sr, None, overwrite)))
-            scores = score_streams(file_blocks(path, sr), decoded, sr, num_samples)
+            scores = score_streams(file_blocks(path, sr), decoded, sr, num_samples, perceptual=perceptual)
             for _ in decoded:  # let the decoded file be complete even if scoring stopped early
                 pass
     seconds = num_samples / sr
     return {"file": str(path), "seconds": seconds, "bytes": len(data),
             "kbps": len(data) * 8 / seconds / 1000 if num_samples else math.nan,
             "source_sample_rate": int(info.samplerate), "source_channels": int(info.channels),
-            "segments": scores["segments"], **{key: float(scores[key]) for key in METRIC_NAMES}}
+            "segments": scores["segments"],
+            **{key: float(scores[key]) for key in metric_names(perceptual is not None)}}
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean of every numeric column over files, ignoring NaN (undefined metric); NaN if none is defined."""
-    from rvqcodec.metrics import METRIC_NAMES
+    from rvqcodec.scoring import metric_names
 
     out: dict[str, Any] = {"files": len(rows)}
-    for key in ("seconds", "kbps", *METRIC_NAMES):
+    for key in ("seconds", "kbps", *metric_names(bool(rows) and "visqol" in rows[0])):
         values = np.array([row[key] for row in rows], dtype=np.float64)
         finite = values[np.isfinite(values)]
         out[key] = float(finite.mean()) if finite.size else float("nan")
@@ -143,10 +149,11 @@ class TableWriter:
     Column widths are fixed up front (file names are known before the work starts), so rows line up whatever
     order they finish in."""
 
-    def __init__(self, names: list[str]):
+    def __init__(self, names: list[str], perceptual: bool = False):
         total = len(names)
+        self.columns = _COLUMNS + (_PERCEPTUAL_COLUMNS if perceptual else ())
         self.widths = [max(len("file"), len(f"mean ({total} of {total} files)"), *map(len, names))]
-        self.widths += [max(_NUMBER_WIDTH, len(title)) for _, title, _ in _COLUMNS]
+        self.widths += [max(_NUMBER_WIDTH, len(title)) for _, title, _ in self.columns]
 
     @staticmethod
     def _cell(value: Any, fmt: str) -> str:
@@ -157,24 +164,18 @@ class TableWriter:
                          for i, (c, w) in enumerate(zip(cells, self.widths))).rstrip()
 
     def header(self) -> str:
-        line = self._line(["file"] + [title for _, title, _ in _COLUMNS])
+        line = self._line(["file"] + [title for _, title, _ in self.columns])
         return line + "\n" + "-" * len(line)
 
     def row(self, row: dict[str, Any]) -> str:
-        return self._line([Path(row["file"]).name] + [self._cell(row[k], f) for k, _, f in _COLUMNS])
+        return self._line([Path(row["file"]).name] + [self._cell(row[k], f) for k, _, f in self.columns])
 
     def footer(self, mean: dict[str, Any], total: int) -> str:
         files = mean["files"]
         label = f"mean ({files} file{'s' if files != 1 else ''})" if files == total else \
             f"mean ({files} of {total} files)"
-        line = self._line([label] + [self._cell(mean[k], f) for k, _, f in _COLUMNS])
-        return "-" * len(self._line(["file"] + [t for _, t, _ in _COLUMNS])) + "\n" + line
-
-
-def format_table(rows: list[dict[str, Any]], mean: dict[str, Any]) -> str:
-    """The whole table at once (header, rows, mean), as printed line by line by ``rvqcodec roundtrip``."""
-    table = TableWriter([Path(row["file"]).name for row in rows])
-    return "\n".join([table.header(), *map(table.row, rows), table.footer(mean, len(rows))])
+        line = self._line([label] + [self._cell(mean[k], f) for k, _, f in self.columns])
+        return "-" * len(self._line(["file"] + [t for _, t, _ in self.columns])) + "\n" + line
 
 
 def _progress_line(row: dict[str, Any]) -> str:
@@ -202,10 +203,11 @@ def run(args: argparse.Namespace) -> int:
         outputs = plan_outputs(inputs, args.output_dir.rstrip("/") + "/", True, ".wav")
     codec = load_model(args)
     n_q = resolve_stages(codec, args.bitrate, args.n_q)
+    scorer = perceptual_scorer(args)
     model_id = codec.model_id
     protected = protected_paths(inputs)
     rows: list[dict[str, Any]] = []
-    table = TableWriter([item.path.name for item in inputs])
+    table = TableWriter([item.path.name for item in inputs], perceptual=scorer is not None)
     print(f"roundtrip of {len(inputs)} file(s) at {codec.bitrate(n_q):g} kbps ({n_q} stages, model {model_id})",
           file=sys.stderr)
 
@@ -222,7 +224,8 @@ def run(args: argparse.Namespace) -> int:
         if info.channels > 1:
             tqdm.write(f"note: {item.path}: {info.channels} channels downmixed to mono", file=sys.stderr)
         long_file = info.frames / info.samplerate >= PROGRESS_MIN_SECONDS
-        row = roundtrip_one(codec, item.path, n_q, out, overwrite=args.force, progress=long_file and not batch)
+        row = roundtrip_one(codec, item.path, n_q, out, overwrite=args.force, progress=long_file and not batch,
+                            perceptual=scorer)
         rows.append(row)
         n = round(row["seconds"] * codec.sample_rate)
         for note in (short_signal_note(n, codec.sample_rate),

@@ -1,4 +1,5 @@
-"""GAN discriminators for codec training: multi-scale STFT (EnCodec) and multi-period (HiFi-GAN / DAC).
+"""GAN discriminators for codec training: multi-scale complex STFT (EnCodec), multi-resolution magnitude
+(UnivNet / Vocos) and multi-period (HiFi-GAN / DAC).
 
 Every sub-discriminator maps audio ``(B, 1, T)`` to ``(logits, feature_maps)``: ``logits`` is a ``(B, 1, H, W)``
 map of per-patch real/fake scores (no sigmoid; the losses in :mod:`rvqcodec.losses` use hinge or least squares)
@@ -23,7 +24,7 @@ from rvqcodec.dicts import DictConfig
 DiscriminatorOutput = tuple[torch.Tensor, list[torch.Tensor]]
 """``(logits (B, 1, H, W), [feature map (B, C_i, H_i, W_i), ...])`` of one sub-discriminator."""
 
-DISCRIMINATOR_KINDS = ("stft", "period")
+DISCRIMINATOR_KINDS = ("stft", "magnitude", "period")
 PRESETS = ("tiny", "base")
 
 
@@ -83,6 +84,63 @@ class MultiScaleSTFTDiscriminator(nn.Module):
     @property
     def names(self) -> list[str]:
         return [f"stft{n}" for n in self.n_ffts]
+
+    def forward(self, wav: torch.Tensor) -> list[DiscriminatorOutput]:
+        _check_audio(wav)
+        return [d(wav) for d in self.discriminators]
+
+
+class MagnitudeDiscriminator(nn.Module):
+    """One resolution of the multi-resolution magnitude discriminator (UnivNet's MRD, as in Vocos).
+
+    Input: the log-magnitude spectrogram ``log(|STFT| + 1e-5)`` (Hann window ``n_fft``, hop ``n_fft // 4``) as
+    one channel over (time, frequency). A (3, 9) convolution, three (3, 9) convolutions with stride 2 in
+    frequency, a (3, 3) layer and a (3, 3) projection to one logit channel; LeakyReLU(0.2). It sees only the
+    magnitude, at a fraction of :class:`STFTDiscriminator`'s cost (1 input channel, no dilations), which is
+    what over-smoothed harmonics and noisy valleys between them show up in.
+    """
+
+    def __init__(self, n_fft: int, channels: int = 16):
+        super().__init__()
+        self.n_fft = n_fft
+        self.hop_length = n_fft // 4
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        convs = [weight_norm(nn.Conv2d(1, channels, (3, 9), padding=(1, 4)))]
+        for _ in range(3):
+            convs.append(weight_norm(nn.Conv2d(channels, channels, (3, 9), stride=(1, 2), padding=(1, 4))))
+        convs.append(weight_norm(nn.Conv2d(channels, channels, (3, 3), padding=(1, 1))))
+        self.convs = nn.ModuleList(convs)
+        self.post = weight_norm(nn.Conv2d(channels, 1, (3, 3), padding=(1, 1)))
+
+    def spectrogram(self, wav: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) -> (B, 1, frames, n_fft // 2 + 1) log-magnitudes, computed in float32."""
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            spec = torch.stft(wav[:, 0].float(), self.n_fft, hop_length=self.hop_length, win_length=self.n_fft,
+                              window=self.window.float(), center=True, pad_mode="constant", return_complex=True)
+        return torch.log(spec.abs() + 1e-5).transpose(1, 2).unsqueeze(1)
+
+    def forward(self, wav: torch.Tensor) -> DiscriminatorOutput:
+        x = self.spectrogram(wav)
+        features = []
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+            features.append(x)
+        return self.post(x), features
+
+
+class MultiResolutionMagnitudeDiscriminator(nn.Module):
+    """Magnitude discriminators at several FFT sizes (default 1024, 512, 256; hop = n_fft / 4).
+
+    ``forward(wav (B, 1, T)) -> [(logits, feature_maps) per FFT size]`` in ``n_ffts`` order."""
+
+    def __init__(self, n_ffts: Sequence[int] = (1024, 512, 256), channels: int = 16):
+        super().__init__()
+        self.n_ffts = tuple(int(n) for n in n_ffts)
+        self.discriminators = nn.ModuleList(MagnitudeDiscriminator(n, channels) for n in self.n_ffts)
+
+    @property
+    def names(self) -> list[str]:
+        return [f"magnitude{n}" for n in self.n_ffts]
 
     def forward(self, wav: torch.Tensor) -> list[DiscriminatorOutput]:
         _check_audio(wav)
@@ -149,8 +207,9 @@ class MultiPeriodDiscriminator(nn.Module):
 class DiscriminatorConfig(DictConfig):
     """Which discriminators to use and their sizes. Defaults are the ``base`` preset.
 
-    kinds: any of ``"stft"`` (:class:`MultiScaleSTFTDiscriminator`) and ``"period"``
-    (:class:`MultiPeriodDiscriminator`), run in that order.
+    kinds: any of ``"stft"`` (:class:`MultiScaleSTFTDiscriminator`), ``"magnitude"``
+    (:class:`MultiResolutionMagnitudeDiscriminator`) and ``"period"`` (:class:`MultiPeriodDiscriminator`), run
+    in the order given.
     """
 
     dict_name: ClassVar[str] = "discriminator config"
@@ -158,6 +217,8 @@ class DiscriminatorConfig(DictConfig):
     kinds: tuple[str, ...] = ("stft", "period")
     stft_n_ffts: tuple[int, ...] = (2048, 1024, 512)
     stft_channels: int = 32
+    magnitude_n_ffts: tuple[int, ...] = (1024, 512, 256)
+    magnitude_channels: int = 16
     periods: tuple[int, ...] = (2, 3, 5, 7, 11)
     period_channels: int = 32
     period_max_channels: int = 1024
@@ -165,6 +226,7 @@ class DiscriminatorConfig(DictConfig):
     def __post_init__(self) -> None:
         self.kinds = tuple(self.kinds)
         self.stft_n_ffts = tuple(int(n) for n in self.stft_n_ffts)
+        self.magnitude_n_ffts = tuple(int(n) for n in self.magnitude_n_ffts)
         self.periods = tuple(int(p) for p in self.periods)
         bad = [k for k in self.kinds if k not in DISCRIMINATOR_KINDS]
         if bad or not self.kinds:
@@ -174,18 +236,21 @@ class DiscriminatorConfig(DictConfig):
             raise ValueError(f"discriminator kinds repeat: {list(self.kinds)}")
         if "stft" in self.kinds and (not self.stft_n_ffts or min(self.stft_n_ffts) < 16):
             raise ValueError(f"stft_n_ffts must be FFT sizes >= 16, got {self.stft_n_ffts}")
+        if "magnitude" in self.kinds and (not self.magnitude_n_ffts or min(self.magnitude_n_ffts) < 16):
+            raise ValueError(f"magnitude_n_ffts must be FFT sizes >= 16, got {self.magnitude_n_ffts}")
         if "period" in self.kinds and (not self.periods or min(self.periods) < 1):
             raise ValueError(f"periods must be positive ints, got {self.periods}")
-        if min(self.stft_channels, self.period_channels, self.period_max_channels) < 1:
+        if min(self.stft_channels, self.magnitude_channels, self.period_channels, self.period_max_channels) < 1:
             raise ValueError("discriminator channel counts must be >= 1")
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "DiscriminatorConfig":
-        """``base``: EnCodec/HiFi-GAN widths. ``tiny``: 8 STFT channels, period widths 4-64 (CPU training)."""
+        """``base``: EnCodec/HiFi-GAN widths. ``tiny``: 8 STFT and magnitude channels, period widths 4-64 (CPU
+        training)."""
         if name == "base":
             config = cls()
         elif name == "tiny":
-            config = cls(stft_channels=8, period_channels=4, period_max_channels=64)
+            config = cls(stft_channels=8, magnitude_channels=8, period_channels=4, period_max_channels=64)
         else:
             raise ValueError(f"unknown discriminator preset {name!r}; choose from {', '.join(PRESETS)}")
         return dataclasses.replace(config, **overrides) if overrides else config
@@ -208,6 +273,9 @@ class Discriminators(nn.Module):
         for kind in self.config.kinds:
             if kind == "stft":
                 blocks[kind] = MultiScaleSTFTDiscriminator(self.config.stft_n_ffts, self.config.stft_channels)
+            elif kind == "magnitude":
+                blocks[kind] = MultiResolutionMagnitudeDiscriminator(self.config.magnitude_n_ffts,
+                                                                     self.config.magnitude_channels)
             else:
                 blocks[kind] = MultiPeriodDiscriminator(self.config.periods, self.config.period_channels,
                                                         self.config.period_max_channels)

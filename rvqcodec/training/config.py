@@ -1,6 +1,6 @@
 """Training configuration (recipes): dataclasses, YAML loading and ``key=value`` command-line overrides.
 
-A recipe is a YAML file with up to six sections::
+A recipe is a YAML file with up to seven sections::
 
     model:  {preset: tiny, n_q: 8}          # a CodecConfig preset plus any CodecConfig field
     disc:   {preset: tiny}                  # a DiscriminatorConfig preset plus any of its fields
@@ -8,6 +8,7 @@ A recipe is a YAML file with up to six sections::
     optim:  {lr: 3.0e-4}
     loss:   {mel: 15.0, disc_start_step: 2000}
     train:  {steps: 20000, run_dir: runs/tiny}
+    augment: {prob: 0.5, noise_dirs: [../shared/data/noise]}   # noisy, reverberant, quiet input (off by default)
 
 Every field has a working default, so a section (or the whole file) may be left out. Overrides given on the
 command line use dotted keys (``data.root=/x``, ``model.n_q=8``, ``train.valid_bitrates=[1.5,6]``) and are
@@ -31,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from rvqcodec.data.augment import AugmentConfig
 from rvqcodec.dicts import plain
 from rvqcodec.fileio import atomic_write_text
 
@@ -83,6 +85,8 @@ class LossConfig:
     adv: float = 1.0  # generator adversarial loss
     fm: float = 2.0  # feature matching
     disc_start_step: int = 0  # adversarial + feature-matching terms and discriminator updates start here
+    disc_segment_seconds: float | None = None  # the discriminators see a random crop of this length of each
+    # real/generated pair (the same samples of both; None: the whole training segment): their cost scales with it
     adv_kind: str = "hinge"  # hinge | lsgan
 
     @property
@@ -142,10 +146,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
+    "augment": AugmentConfig,
     "optim": OptimConfig,
     "loss": LossConfig,
     "train": TrainSection,
@@ -403,6 +409,10 @@ def _check(cond: bool, key: str, message: str, value: Any) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Range and choice checks; raises a one-line ValueError naming the key."""
     d, o, lo, t = cfg.data, cfg.optim, cfg.loss, cfg.train
+    try:
+        cfg.augment.check()
+    except ValueError as exc:
+        raise ValueError(f"config {exc}") from None
     _check(bool(d.root), "data.root", "must name the folder that contains LibriSpeech/", d.root)
     _check(len(d.train_subsets) > 0, "data.train_subsets", "needs at least one subset", d.train_subsets)
     _check(d.valid_subset not in d.train_subsets, "data.valid_subset", "must not be one of data.train_subsets", d.valid_subset)
@@ -425,6 +435,8 @@ def validate(cfg: TrainConfig) -> None:
     _check(lo.mel + lo.mrstft + lo.complex + lo.l1 > 0, "loss.mel",
            "at least one reconstruction weight (mel, mrstft, complex, l1) must be > 0", lo.mel)
     _check(lo.disc_start_step >= 0, "loss.disc_start_step", "must be >= 0", lo.disc_start_step)
+    _check(lo.disc_segment_seconds is None or lo.disc_segment_seconds > 0, "loss.disc_segment_seconds",
+           "must be > 0 or null", lo.disc_segment_seconds)
     _check(lo.adv_kind in ADV_KIND_CHOICES, "loss.adv_kind", f"must be one of {', '.join(ADV_KIND_CHOICES)}", lo.adv_kind)
     _check(t.steps >= 1, "train.steps", "must be >= 1", t.steps)
     _check(t.grad_accum >= 1, "train.grad_accum", "must be >= 1", t.grad_accum)

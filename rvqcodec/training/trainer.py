@@ -243,6 +243,11 @@ class Trainer:
             else:
                 self.codec, self.opt_g = acc.prepare(self.codec, self.opt_g)
         self.recon_loss.to(acc.device)
+        self.augment = None
+        if cfg.augment.prob > 0:
+            from rvqcodec.data.augment import Augmenter
+
+            self.augment = Augmenter(cfg.augment, sr, acc.device)
         self.clips = None
         if cfg.data.preload:
             from rvqcodec.data.clips import PreloadedClips
@@ -387,6 +392,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ data
     def _train_batches(self) -> Iterator[torch.Tensor]:
+        """Training micro-batches ``(B, 1, T)``, corrupted by ``augment`` when it is on (the target too)."""
+        batches = self._clean_batches()
+        try:
+            for batch in batches:
+                yield batch if self.augment is None else self.augment(batch)
+        finally:
+            batches.close()  # a DataLoader's worker processes end with the run
+
+    def _clean_batches(self) -> Iterator[torch.Tensor]:
         acc = self.accelerator
         if self.clips is not None:
             batch = self.step * self.cfg.train.grad_accum
@@ -438,6 +452,17 @@ class Trainer:
         norm = self.accelerator.clip_grad_norm_(model.parameters(), max_norm)
         return torch.as_tensor(norm, dtype=torch.float32)
 
+    def _disc_crops(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same random crop of ``loss.disc_segment_seconds`` from each real/generated pair ``(B, 1, T)``
+        (an offset per example), or both whole when it is unset or not shorter than ``T``."""
+        seconds = self.cfg.loss.disc_segment_seconds
+        length = real.shape[-1] if not seconds else int(round(seconds * self.codec_config.sample_rate))
+        if length >= real.shape[-1]:
+            return real, fake
+        offsets = torch.randint(0, real.shape[-1] - length + 1, (real.shape[0], 1, 1), device=real.device)
+        index = offsets + torch.arange(length, device=real.device)
+        return real.gather(-1, index), fake.gather(-1, index)
+
     def train_step(self, micro_batches: list[torch.Tensor]) -> StepResult:
         """One optimiser step of the generator and (once started) the discriminators."""
         from rvqcodec.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
@@ -467,9 +492,10 @@ class Trainer:
                 with acc.autocast():
                     out = self.codec(x, quantize=quantize)
                     if adversarial:
-                        fake_outputs = disc_raw(out.audio)  # bare module: no DDP sync for these gradients
+                        real_crop, fake_crop = self._disc_crops(x, out.audio)
+                        fake_outputs = disc_raw(fake_crop)  # bare module: no DDP sync for these gradients
                         with torch.no_grad():
-                            real_outputs = disc_raw(x)
+                            real_outputs = disc_raw(real_crop)
                 terms = self.recon_loss(out.audio, x)
                 loss = terms["total"] + w.commit * out.commit_loss.float() + w.codebook * out.codebook_loss.float()
                 if adversarial:
@@ -481,7 +507,7 @@ class Trainer:
                 acc.backward(loss / accum)
             losses.append(loss.detach())
             if adversarial:
-                fakes.append(out.audio.detach())
+                fakes.append((real_crop, fake_crop.detach()))
             for name, value in terms.items():
                 add(f"loss/{'recon' if name == 'total' else name}", value)
             add("loss/commit", out.commit_loss)
@@ -501,7 +527,7 @@ class Trainer:
         if adversarial:
             self.opt_d.zero_grad(set_to_none=True)  # also drops what the generator loss left there
             d_losses = []
-            for i, (x, fake) in enumerate(zip(micro_batches, fakes)):
+            for i, (x, fake) in enumerate(fakes):
                 sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.disc)
                 with sync:
                     with acc.autocast():

@@ -66,6 +66,48 @@ def test_wiring_jacobian_matches_formula_fp64(estimator, residual_grad):
         assert torch.equal(J, eye if residual_grad == "live" else n_q * eye)
 
 
+@pytest.mark.parametrize("estimator", ["rotation", "ste"])
+@pytest.mark.parametrize("n_q", [1, 2, 4])
+def test_cumulative_scope_rotates_the_latent_onto_the_running_reconstruction(estimator, n_q):
+    d = 6
+    rvq = toy_rvq(estimator, "live", d=d)
+    stagewise = copy.deepcopy(rvq)
+    rvq.estimator_scope = "cumulative"
+    x = torch.randn(d, dtype=torch.float64)
+    # the forward value is the stages' reconstruction, bit for bit as with the per-stage estimators
+    assert torch.equal(rvq(x.view(1, d, 1), n_q=n_q).quantized, stagewise(x.view(1, d, 1), n_q=n_q).quantized)
+    # the Jacobian is one λR from x onto x̂ = Σ_{k<=n} q_k, built here explicitly
+    J = torch.autograd.functional.jacobian(lambda v: rvq(v.view(1, d, 1), n_q=n_q).quantized.view(d), x)
+    x_hat = rvq(x.view(1, d, 1), n_q=n_q).quantized.view(d).detach()
+    eye = torch.eye(d, dtype=torch.float64)
+    expected = eye if estimator == "ste" else (x_hat.norm() / x.norm()) * plane_rotation(x, x_hat)
+    assert torch.allclose(J, expected, atol=1e-10, rtol=0)
+    # with one stage both are the same rotation (x is the stage's residual); with more, the per-stage wiring
+    # composes several rotations and the cumulative one does not
+    if estimator == "rotation" and n_q > 1:
+        J_stage = torch.autograd.functional.jacobian(
+            lambda v: stagewise(v.view(1, d, 1), n_q=n_q).quantized.view(d), x)
+        assert not torch.allclose(J, J_stage, atol=1e-3)
+    with pytest.raises(ValueError, match="estimator_scope"):
+        ResidualVQ(d, 2, 4, estimator_scope="global")
+
+
+def test_cumulative_scope_sends_every_stage_commitment_to_the_encoder():
+    d = 6
+    rvq = toy_rvq("rotation", "live", d=d)
+    rvq.estimator_scope = "cumulative"
+    x = torch.randn(1, d, 1, dtype=torch.float64, requires_grad=True)
+    out = rvq(x)
+    grad_stage = torch.autograd.grad(out.commit_loss, x)[0].view(d)
+    # residuals are passed on detached: d/dx of mse(r_k, sg q_k) with r_k = x − sg(...) is 2(r_k − q_k)/d each
+    residual, expected = x.detach().view(d), torch.zeros(d, dtype=torch.float64)
+    for layer in rvq.layers:
+        q = layer.codebook.embed[nearest_code(residual.view(1, d), layer.codebook.embed)[0]]
+        expected += 2 * (residual - q) / d
+        residual = residual - q
+    assert torch.allclose(grad_stage, expected, atol=1e-12)
+
+
 def test_per_stage_jacobian_uses_own_residual():
     d = 6
     rvq = toy_rvq("rotation", "live", d=d)

@@ -57,6 +57,7 @@ V1_FIELDS = frozenset((
 only when it differs from its default, so models saved before it existed keep their id."""
 QUANTIZER_FIELDS = MappingProxyType({
     "codebook_dim": "codebook_dim", "estimator": "estimator", "residual_grad": "residual_grad",
+    "estimator_scope": "estimator_scope",
     "quantizer_dropout": "quantizer_dropout", "quantizer_dropout_skew": "dropout_skew", "scale_clamp": "scale_clamp",
     "commitment_weight": "commitment_weight", "codebook_weight": "codebook_weight", "codebook_learning": "learning",
     "ema_decay": "decay", "kmeans_init": "kmeans_init", "kmeans_iters": "kmeans_iters",
@@ -126,7 +127,7 @@ class CodecConfig(DictConfig):
         first layer per stage count, zero at first; see :class:`rvqcodec.model.framerate.FrameRateDecoder`).
     Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages, see ``QUANTIZER_FIELDS``):
         n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
-        (None = latent_dim). estimator, residual_grad, quantizer_dropout, quantizer_dropout_skew (the quantizer's
+        (None = latent_dim). estimator, residual_grad, estimator_scope, quantizer_dropout, quantizer_dropout_skew (the quantizer's
         ``dropout_skew``), scale_clamp, commitment_weight, codebook_weight, codebook_learning (``"ema"``/``"grad"``),
         ema_decay, kmeans_init, kmeans_iters, dead_code_threshold, dead_code_interval, dead_code_patience,
         l2_normalize_lookup: documented, with their defaults, where the quantizer uses them. ``quantizer_dropout``
@@ -159,6 +160,7 @@ class CodecConfig(DictConfig):
     codebook_dim: int | None = _quantizer_default("codebook_dim")
     estimator: str = _quantizer_default("estimator")
     residual_grad: str = _quantizer_default("residual_grad")
+    estimator_scope: str = _quantizer_default("estimator_scope")
     quantizer_dropout: float = 0.5
     quantizer_dropout_skew: float = _quantizer_default("quantizer_dropout_skew")
     scale_clamp: tuple[float, float] | None = _quantizer_default("scale_clamp")

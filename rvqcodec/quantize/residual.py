@@ -11,6 +11,16 @@ G_k = ∂q̃_k/∂r_k (I for STE, λ_k·R_k for the rotation trick) and output �
   directly and ∂(Σ q̃_k)/∂x = Σ_k G_k (STE: n·I, i.e. the encoder gradient is multiplied by the number of
   stages); every stage's commitment loss reaches the encoder.
 
+**Estimator scope.** ``estimator_scope="stage"`` (above) applies each stage's estimator to that stage's own
+residual and code, so with the rotation trick the encoder gradient passes through n rotations, each as large
+as the angle between a residual and its code (near 90° in the late stages, where a code removes little of the
+residual). ``"cumulative"`` keeps the stages' codes as values and applies the estimator once per prefix, from
+the latent x onto the running reconstruction x̂_n = Σ_{k≤n} q_k: the output is ``estimator(x, x̂_n)``, whose
+value is exactly x̂_n and whose Jacobian is λR with R the rotation taking x onto x̂_n (λ = ‖x̂_n‖/‖x‖). That
+angle shrinks as stages are added (R → I as x̂ → x), whatever the stages' own angles. The residuals are then
+passed on detached (r_{k+1} = r_k − sg(q_k)), so every stage's commitment loss reaches the encoder, as with
+``residual_grad="detached"``.
+
 **Quantizer dropout.** In training, with probability ``quantizer_dropout`` a batch uses only the first
 ``n`` stages (one draw per batch, identical on every process), so any prefix of stages is a valid lower bitrate.
 ``n`` is uniform on 1..n_q, or with ``dropout_skew`` = α > 0 drawn with P(n) ∝ n^−α, which trains the low bitrates
@@ -27,9 +37,11 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .distributed import broadcast_int
+from .estimators import apply_estimator
 from .vq import VectorQuantizer
 
 RESIDUAL_GRAD = ("live", "detached")
+ESTIMATOR_SCOPES = ("stage", "cumulative")
 
 
 @dataclass
@@ -51,6 +63,8 @@ class ResidualVQ(nn.Module):
         n_q: number of stages.
         codebook_size: codes per stage K (log2 K bits per code).
         residual_grad: ``"live"`` or ``"detached"`` (see module docstring).
+        estimator_scope: ``"stage"`` (each stage's estimator on its own residual) or ``"cumulative"`` (the
+            stages' estimator once, from the latent onto the running reconstruction; see module docstring).
         quantizer_dropout: probability that a training batch uses a random prefix of the stages.
         dropout_skew: α ≥ 0; a dropped batch keeps n stages with probability ∝ n^−α (0: uniform on 1..n_q).
         **stage_options: forwarded to every :class:`VectorQuantizer`, which documents them and their defaults
@@ -66,6 +80,7 @@ class ResidualVQ(nn.Module):
         n_q: int,
         codebook_size: int,
         residual_grad: str = "live",
+        estimator_scope: str = "stage",
         quantizer_dropout: float = 0.0,
         dropout_skew: float = 0.0,
         **stage_options,
@@ -73,6 +88,8 @@ class ResidualVQ(nn.Module):
         super().__init__()
         if residual_grad not in RESIDUAL_GRAD:
             raise ValueError(f"unknown residual_grad {residual_grad!r}; choose from {', '.join(RESIDUAL_GRAD)}")
+        if estimator_scope not in ESTIMATOR_SCOPES:
+            raise ValueError(f"unknown estimator_scope {estimator_scope!r}; choose from {', '.join(ESTIMATOR_SCOPES)}")
         if not 0.0 <= quantizer_dropout <= 1.0:
             raise ValueError(f"quantizer_dropout must be in [0, 1], got {quantizer_dropout}")
         if not dropout_skew >= 0.0:
@@ -83,6 +100,7 @@ class ResidualVQ(nn.Module):
         self.n_q = n_q
         self.codebook_size = codebook_size
         self.residual_grad = residual_grad
+        self.estimator_scope = estimator_scope
         self.quantizer_dropout = quantizer_dropout
         self.dropout_skew = dropout_skew
         self.layers = nn.ModuleList(
@@ -118,16 +136,23 @@ class ResidualVQ(nn.Module):
         else:
             n_use = self._check_n_q(n_q)
         track = self.training or self.record_eval_stats
+        cumulative = self.estimator_scope == "cumulative"
         residual = z
         quantized = torch.zeros_like(z)
         codes, commit, codebook = [], [], []
         for layer in self.layers[:n_use]:
             out = layer(residual, mask=mask, track_stats=track)
-            quantized = quantized + out.quantized
-            residual = residual - (out.quantized if self.residual_grad == "live" else out.quantized.detach())
+            stage = out.quantized.detach() if cumulative else out.quantized
+            quantized = quantized + stage
+            residual = residual - (stage if self.residual_grad == "live" else stage.detach())
             codes.append(out.codes)
             commit.append(out.commit_loss)
             codebook.append(out.codebook_loss)
+        if cumulative:
+            first = self.layers[0]
+            rows = apply_estimator(first.estimator, rearrange(z, "b d t -> (b t) d"),
+                                   rearrange(quantized, "b d t -> (b t) d"), first.scale_clamp)
+            quantized = rearrange(rows, "(b t) d -> b d t", b=z.shape[0])
         return QuantizerOutput(
             quantized=quantized,
             codes=torch.stack(codes, dim=1),

@@ -229,6 +229,14 @@ def encode_bitstream(header: RVQHeader, codes: np.ndarray) -> bytes:
     return head + payload + _CRC_STRUCT.pack(crc)
 
 
+def _shorter_than_header(size: int) -> TruncatedBitstreamError:
+    """The error for a file too short to hold its header. It states :data:`OVERHEAD_BYTES` (39), the size the README
+    and docs/bitstream.md give for the header with its checksums (the 35 bytes of :data:`HEADER_SIZE` plus the
+    trailing CRC), so the message and the documentation say the same number."""
+    return TruncatedBitstreamError(f"truncated .rvq file: {size} of at least {OVERHEAD_BYTES} bytes (every .rvq file "
+                                   "has a header and checksums of that size)")
+
+
 def read_header(data: bytes | memoryview) -> RVQHeader:
     """Parse and check the header at the start of ``data`` (magic, version, header CRC, field values).
 
@@ -241,16 +249,14 @@ def read_header(data: bytes | memoryview) -> RVQHeader:
     if bytes(data[:min(size, len(MAGIC))]) != MAGIC[:min(size, len(MAGIC))]:
         raise NotRVQFileError(f"not an .rvq file (starts with {bytes(data[:len(MAGIC)])!r}, expected {MAGIC!r})")
     if size <= len(MAGIC):
-        raise TruncatedBitstreamError(f"truncated .rvq file: {size} bytes, shorter than the "
-                                      f"{HEADER_SIZE}-byte header")
+        raise _shorter_than_header(size)
     version = data[len(MAGIC)]
     if version != FORMAT_VERSION:
         newer = " (written by a newer rvqcodec; upgrade to read it)" if version > FORMAT_VERSION else ""
         raise UnsupportedVersionError(f"unsupported .rvq format version {version}{newer}; "
                                       f"this rvqcodec reads version {FORMAT_VERSION}")
     if size < HEADER_SIZE:
-        raise TruncatedBitstreamError(f"truncated .rvq file: {size} bytes, shorter than the "
-                                      f"{HEADER_SIZE}-byte header")
+        raise _shorter_than_header(size)
     fields = bytes(data[:_HEADER_STRUCT.size])
     (stored_crc,) = _CRC_STRUCT.unpack_from(data, _HEADER_STRUCT.size)
     if zlib.crc32(fields) != stored_crc:

@@ -6,11 +6,19 @@ fast and ``rvqcodec compress`` never imports the training code. A user mistake r
 :class:`rvqcodec.errors.UserError` (or ``FileNotFoundError``/``ValueError`` from argument checking) and is printed
 as one line, never a traceback; so is a missing optional dependency (``rvqcodec.extras``: the message names the
 pip extra to install).
+
+Output piped into a reader that stops early (``rvqcodec info | head -1``): the first write after the reader is gone
+raises ``BrokenPipeError``; the command stops there, quietly, and exits with :data:`EXIT_BROKEN_PIPE` (141 = 128 +
+SIGPIPE, the status a shell reports for ``yes | head -1``'s ``yes``, so ``set -o pipefail`` scripts see the output
+was cut short). It is an exception, not the default SIGPIPE action, so ``finally`` blocks still run and no
+temporary file is left behind; stdout is pointed at ``/dev/null`` so that the interpreter's final flush stays
+quiet too.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rvqcodec.errors import UserError
@@ -26,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ablation": ("rvqcodec.commands.ablation", "run the gradient-estimator ablation and write its report"),
     "info": ("rvqcodec.commands.info", "print a checkpoint's configuration, size and bitrates"),
 }
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
 
 def build_parser(load_subcommands: bool = True) -> argparse.ArgumentParser:
@@ -46,6 +55,28 @@ def build_parser(load_subcommands: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``rvqcodec ARGV`` and return its exit code (module docstring; 141 when stdout's reader went away)."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a buffered pipe is written here, not at exit, where the error could not be caught
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that nothing more (the interpreter's flush at exit included) is written to a
+    pipe whose reader is gone."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a real file (e.g. captured in tests): nothing to redirect
+        pass
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Only import the module of the command actually used (keeps --help and startup fast).
     parser = build_parser(load_subcommands=False)

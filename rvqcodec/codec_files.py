@@ -50,6 +50,7 @@ class CompressReport:
     n_bytes: int
     source_sample_rate: int
     source_channels: int
+    warnings: tuple[str, ...] = ()  # what the input held that reading worked around (audio_io.input_warnings)
 
     @property
     def downmixed(self) -> bool:
@@ -65,9 +66,10 @@ def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.Path
                   model_id: str | None = None, protected: Sequence[str | os.PathLike] = ()) -> CompressReport:
     """Compress an audio file (any format/rate/channels soundfile reads) into a ``.rvq`` file, in bounded memory.
 
-    The input is read block by block, resampled to the codec rate and averaged to mono. An audio file with
-    zero samples gives a valid empty stream. The output is written atomically and never over ``source`` or a
-    ``protected`` path.
+    The input is read block by block, resampled to the codec rate and averaged to mono; a float file beyond full
+    scale is scaled to peak at full scale and a truncated file is encoded as far as it goes (both listed in
+    ``CompressReport.warnings``). An audio file with zero samples gives a valid empty stream. The output is written
+    atomically and never over ``source`` or a ``protected`` path.
 
     Raises:
         AudioReadError: unreadable / non-audio input. FileExistsError: output exists and not ``overwrite``.
@@ -78,15 +80,17 @@ def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.Path
     n_q = resolve_n_q(codec, n_q=n_q)
     info = audio_io.audio_info(source)
     _check_output(output, overwrite, [source, *protected])
+    warnings = tuple(audio_io.input_warnings(source))
     if info.frames == 0:
         codes, num_samples = np.zeros((n_q, 0), dtype=np.int64), 0
     else:
         block_frames = max(1, round(chunking.read_block_seconds * info.samplerate))
-        blocks = audio_io.iter_audio_blocks(source, block_frames, target_sr=codec.sample_rate, mono=True)
+        blocks = audio_io.iter_audio_blocks(source, block_frames, target_sr=codec.sample_rate, mono=True,
+                                            fit_full_scale=True)
         codes, num_samples = encode_blocks(codec, blocks, n_q, chunking)
     header = make_header(codec, n_q, num_samples, model_id)
     n_bytes = bitstream.write_rvq(output, header, codes, overwrite=overwrite)
-    return CompressReport(source, output, header, n_bytes, int(info.samplerate), int(info.channels))
+    return CompressReport(source, output, header, n_bytes, int(info.samplerate), int(info.channels), warnings)
 
 
 @dataclass

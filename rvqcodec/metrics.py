@@ -6,8 +6,17 @@ tensors (``(T,)`` or ``(1, T)``), float, nominally in ``[-1, 1]``, at sample rat
 PESQ and STOI are undefined for some inputs (shorter than 0.25 s for PESQ, fewer than 30 speech frames of
 25.6 ms for STOI, i.e. under 0.4 s at all, digital silence). For those they return ``NaN`` quietly (no exception,
 no warning), so a batch evaluation never stops on one odd file (:func:`rvqcodec.scoring.evaluate_pair` reports
-them as NaN too).
-SI-SDR returns ``NaN`` for a silent reference and ``+inf`` for a bit-exact copy.
+them as NaN too). Wideband PESQ is also ``NaN`` below a 16 kHz sample rate (P.862.2 is defined for wideband
+signals; an 8 kHz signal has nothing above 4 kHz): narrowband PESQ is the score there.
+SI-SDR returns ``NaN`` for a silent reference, ``+inf`` for a bit-exact copy and ``-inf`` for a silent degraded
+signal.
+
+**Digital silence** (peak ``|x|`` below 1e-8, :func:`is_digital_silence`): a silent reference leaves every metric
+undefined. PESQ, STOI and SI-SDR are ``NaN``, and so is the mel distance unless the degraded signal is silent too:
+against a silent reference the log-mel difference would only measure the degraded signal's level against the
+``MEL_FLOOR`` of 1e-5 (e.g. 1.12 for a codec's faint hiss: an artefact of the floor, not a distance). When both are
+digital silence the mel distance is ``0.0``: the two spectrograms are identical, whatever the floor. A silent
+*degraded* signal against speech keeps its (large) mel distance: that loss is real.
 
 Long signals: the ITU PESQ C library crashes the whole process (SIGSEGV) on buffers of more than about 140 s at
 16 kHz, so :func:`pesq_wb` / :func:`pesq_nb` score longer signals in equal segments of at most
@@ -36,6 +45,7 @@ from rvqcodec.extras import require
 
 PESQ_MIN_SECONDS = 0.25  # the ITU P.862 implementation refuses shorter buffers
 PESQ_MAX_SECONDS = 60.0  # longer signals are scored in equal segments (the C library segfaults beyond ~140 s)
+PESQ_WB_MIN_RATE = 16000  # wideband PESQ is undefined for a signal sampled below this (no content above 4-8 kHz)
 STOI_RATE, STOI_FRAME, STOI_MIN_FRAMES = 10000, 256, 30  # pystoi's internal rate, frame length and minimum frames
 STOI_MIN_SECONDS = ((STOI_MIN_FRAMES - 1) * STOI_FRAME // 2 + STOI_FRAME) / STOI_RATE  # 0.397 s: fewer -> NaN
 MEL_SAMPLE_RATE = 16000
@@ -82,8 +92,10 @@ def _resample(x: np.ndarray, sr: int, target_sr: int) -> np.ndarray:
     return resample(torch.from_numpy(x), sr, target_sr).numpy()
 
 
-def _is_silent(x: np.ndarray) -> bool:
-    return float(np.max(np.abs(x))) < _SILENCE
+def is_digital_silence(x) -> bool:
+    """Whether a signal is digital silence: its peak ``|x|`` is below 1e-8 (also True for an empty signal)."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
+    return x.size == 0 or float(np.max(np.abs(x))) < _SILENCE
 
 
 def equal_segments(num_samples: int, max_samples: int) -> list[tuple[int, int]]:
@@ -112,7 +124,7 @@ def weighted_mean(values, weights) -> float:
 
 
 def _pesq_one(pesq_lib, ref: np.ndarray, deg: np.ndarray, pesq_sr: int, mode: str) -> float:
-    if ref.size < PESQ_MIN_SECONDS * pesq_sr or _is_silent(ref) or _is_silent(deg):
+    if ref.size < PESQ_MIN_SECONDS * pesq_sr or is_digital_silence(ref) or is_digital_silence(deg):
         return math.nan
     try:
         return float(pesq_lib.pesq(pesq_sr, ref, deg, mode))
@@ -135,10 +147,14 @@ def pesq_wb(ref, deg, sr: int) -> float:
 
     Signals are resampled to 16 kHz (band 50-7000 Hz) and cropped to their common length; they are not
     aligned here (PESQ aligns internally; see :func:`align` for a global delay). ``NaN`` if shorter than
-    0.25 s, silent, or if PESQ finds no utterance. Longer than ``PESQ_MAX_SECONDS`` (60 s): the length-weighted
+    0.25 s, silent, if PESQ finds no utterance, or if ``sr`` is below 16 kHz (``PESQ_WB_MIN_RATE``: no wide band to
+    score; see :func:`pesq_nb`). Longer than ``PESQ_MAX_SECONDS`` (60 s): the length-weighted
     mean over equal segments of at most 60 s (:func:`equal_segments`; NaN segments left out), because the C
     library crashes the process on long buffers.
     """
+    if _check_sr(sr) < PESQ_WB_MIN_RATE:
+        _pair(ref, deg)  # the same checks of the signals as at any other rate
+        return math.nan
     return _pesq(ref, deg, sr, 16000, "wb")
 
 
@@ -159,7 +175,7 @@ def stoi(ref, deg, sr: int, extended: bool = False) -> float:
     """
     sr = _check_sr(sr)
     ref, deg = _pair(ref, deg)
-    if ref.size < STOI_MIN_SECONDS * sr or _is_silent(ref) or _is_silent(deg):
+    if ref.size < STOI_MIN_SECONDS * sr or is_digital_silence(ref) or is_digital_silence(deg):
         return math.nan  # pystoi itself raises on signals under one frame (25.6 ms)
     pystoi_stoi = require("pystoi", "for STOI").stoi
     with warnings.catch_warnings(record=True) as caught:
@@ -175,7 +191,8 @@ def si_sdr(ref, deg) -> float:
 
     With zero-mean ``r`` (ref) and ``d`` (deg), cropped to their common length:
     ``a = <d, r> / <r, r>``, target ``s = a r``, error ``e = d - s``, ``SI-SDR = 10 log10(|s|^2 / |e|^2)``.
-    ``NaN`` for a silent (constant) reference, ``+inf`` when ``e`` is exactly zero.
+    ``NaN`` for a silent (constant) reference, ``-inf`` for a silent (constant) degraded signal (no target at all),
+    ``+inf`` when ``e`` is exactly zero otherwise (a bit-exact copy, up to scale).
     """
     ref, deg = _pair(ref, deg)
     ref = ref - ref.mean()
@@ -187,10 +204,10 @@ def si_sdr(ref, deg) -> float:
     target = scale * ref
     error = deg - target
     target_energy, error_energy = float(np.dot(target, target)), float(np.dot(error, error))
+    if target_energy == 0.0:  # before the exact-copy test: a silent deg leaves no error *and* no target
+        return -math.inf
     if error_energy == 0.0:
         return math.inf
-    if target_energy == 0.0:
-        return -math.inf
     return 10.0 * math.log10(target_energy / error_energy)
 
 
@@ -211,10 +228,13 @@ def mel_distance(ref, deg, sr: int) -> float:
 
         D = mean over mel bins and frames of | log10(max(M_ref, 1e-5)) - log10(max(M_deg, 1e-5)) |.
 
-    D = 1 means a typical 10x (20 dB) magnitude error per mel bin.
+    D = 1 means a typical 10x (20 dB) magnitude error per mel bin. Digital silence (module docstring): ``NaN`` for a
+    silent reference (D would only measure ``deg`` against the floor), ``0.0`` when both are silent.
     """
     sr = _check_sr(sr)
     ref, deg = _pair(ref, deg)
+    if is_digital_silence(ref):
+        return 0.0 if is_digital_silence(deg) else math.nan
     ref, deg = _resample(ref, sr, MEL_SAMPLE_RATE), _resample(deg, sr, MEL_SAMPLE_RATE)
     if ref.size <= MEL_N_FFT // 2:  # reflect padding needs more than n_fft/2 samples
         pad = MEL_N_FFT // 2 + 1 - ref.size
@@ -303,7 +323,7 @@ def find_delay(ref, deg, max_shift_samples: int, sample_rate: int = 16000) -> De
     ref, deg = _as_1d(ref, "ref"), _as_1d(deg, "deg")
     max_shift = int(min(max_shift_samples, max(ref.size, deg.size) - 1))
     none = DelayEstimate(0, "none", math.nan)
-    if max_shift == 0 or _is_silent(ref) or _is_silent(deg):
+    if max_shift == 0 or is_digital_silence(ref) or is_digital_silence(deg):
         return none
     lags, corr = _normalised_xcorr(ref, deg, max_shift)
     best = int(np.argmax(corr))
@@ -361,13 +381,14 @@ def align(ref, deg, max_shift_samples: int, sample_rate: int = 16000) -> tuple[n
 METRIC_NAMES = ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance")
 
 
-def score_aligned(ref: np.ndarray, deg: np.ndarray, sr: int) -> dict[str, float]:
+def score_aligned(ref: np.ndarray, deg: np.ndarray, sr: int, wideband: bool = True) -> dict[str, float]:
     """The five metrics (:data:`METRIC_NAMES`) of two aligned signals at ``sr`` Hz, cropped to the common length;
-    NaN where undefined (for empty signals every metric is NaN)."""
+    NaN where undefined (for empty signals every metric is NaN). ``wideband=False``: the reference has no wide band
+    (recorded below 16 kHz, then upsampled), so wideband PESQ is NaN whatever ``sr``."""
     ref, deg = np.asarray(ref, dtype=np.float64).reshape(-1), np.asarray(deg, dtype=np.float64).reshape(-1)
     n = min(ref.size, deg.size)
     if n == 0:
         return {name: math.nan for name in METRIC_NAMES}
     ref, deg = ref[:n], deg[:n]
-    return {"pesq_wb": pesq_wb(ref, deg, sr), "pesq_nb": pesq_nb(ref, deg, sr), "stoi": stoi(ref, deg, sr),
-            "si_sdr": si_sdr(ref, deg), "mel_distance": mel_distance(ref, deg, sr)}
+    return {"pesq_wb": pesq_wb(ref, deg, sr) if wideband else math.nan, "pesq_nb": pesq_nb(ref, deg, sr),
+            "stoi": stoi(ref, deg, sr), "si_sdr": si_sdr(ref, deg), "mel_distance": mel_distance(ref, deg, sr)}

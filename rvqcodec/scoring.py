@@ -15,8 +15,13 @@ all of them give the same numbers for the same signals.
   memory: signals are consumed as streams of blocks, so only one segment of each is held (60 s at 16 kHz in
   float64: 7.7 MB, plus the metrics' working memory), whatever the length.
 
+* **Undefined scores are said once**: a metric that is undefined is NaN (n/a) and a one-line note says why:
+  :func:`short_signal_note` (too short for PESQ/STOI), :func:`silence_note` (digital silence),
+  :func:`narrowband_note` (a reference recorded below 16 kHz has no wideband PESQ, whatever rate it is scored at).
+
 Result dicts have the keys of :data:`rvqcodec.metrics.METRIC_NAMES` plus ``delay_samples``, ``delay_seconds``,
-``delay_method``, ``delay_correlation``, ``num_samples`` (compared length), ``sample_rate`` and ``segments``.
+``delay_method``, ``delay_correlation``, ``num_samples`` (compared length), ``sample_rate``, ``segments``,
+``silent_reference`` and ``silent_degraded`` (every compared sample of that signal is digital silence).
 """
 from __future__ import annotations
 
@@ -52,6 +57,27 @@ def short_signal_note(num_samples: int, sample_rate: int) -> str | None:
     if seconds < metrics.STOI_MIN_SECONDS:
         undefined.append(f"STOI needs {metrics.STOI_MIN_SECONDS:.2f} s")
     return f"only {seconds:.3f} s to compare ({', '.join(undefined)}): reported as n/a"
+
+
+def silence_note(result: dict[str, Any]) -> str | None:
+    """A one-line explanation when a signal of a result is digital silence (the metrics it leaves undefined are
+    n/a; :mod:`rvqcodec.metrics`), else None."""
+    if result.get("silent_reference") and result.get("silent_degraded"):
+        return ("reference and degraded signal are digital silence: PESQ, STOI and SI-SDR are undefined, reported "
+                "as n/a (mel distance 0: identical)")
+    if result.get("silent_reference"):
+        return "reference is digital silence: PESQ, STOI, SI-SDR and mel distance are undefined, reported as n/a"
+    if result.get("silent_degraded"):
+        return "degraded signal is digital silence: PESQ and STOI are undefined, reported as n/a"
+    return None
+
+
+def narrowband_note(reference_rate: int | None) -> str | None:
+    """A one-line explanation when the reference was recorded below 16 kHz (no wideband PESQ), else None."""
+    if reference_rate is None or reference_rate >= metrics.PESQ_WB_MIN_RATE:
+        return None
+    return (f"reference sampled at {reference_rate} Hz: wideband PESQ needs at least {metrics.PESQ_WB_MIN_RATE} Hz, "
+            "reported as n/a (PESQ-NB is scored)")
 
 
 def segments_note(result: dict[str, Any]) -> str | None:
@@ -119,7 +145,8 @@ def reblock(blocks: Iterable[torch.Tensor | np.ndarray], lengths: Iterable[int],
 
 def score_streams(ref_blocks: Iterable[torch.Tensor | np.ndarray], deg_blocks: Iterable[torch.Tensor | np.ndarray],
                   sample_rate: int, num_samples: int, ref_skip: int = 0, deg_skip: int = 0,
-                  on_segment: Callable[[int, int], None] | None = None, perceptual=None) -> dict[str, Any]:
+                  on_segment: Callable[[int, int], None] | None = None, perceptual=None,
+                  reference_rate: int | None = None) -> dict[str, Any]:
     """Score two mono streams at ``sample_rate`` over ``num_samples`` samples in equal segments (module docstring).
 
     Args:
@@ -129,21 +156,27 @@ def score_streams(ref_blocks: Iterable[torch.Tensor | np.ndarray], deg_blocks: I
         on_segment: called as ``on_segment(done, total)`` after each scored segment (progress).
         perceptual: a :class:`rvqcodec.perceptual.PerceptualScorer` to add the listener-model scores
             (:data:`rvqcodec.perceptual.PERCEPTUAL_NAMES`), or None.
+        reference_rate: the rate the reference was recorded at, if known; below 16 kHz wideband PESQ is NaN
+            (:func:`narrowband_note`).
 
     Returns:
         The metrics (length-weighted means; NaN where undefined), ``num_samples`` actually compared,
-        ``sample_rate`` and ``segments``.
+        ``sample_rate``, ``segments``, ``silent_reference`` and ``silent_degraded``.
     """
     names = metric_names(perceptual is not None)
     lengths = segment_lengths(num_samples, sample_rate)
+    wideband = narrowband_note(reference_rate) is None  # (below 16 kHz metrics.pesq_wb is NaN by itself)
     scores: list[dict[str, float]] = []
     weights: list[int] = []
+    silent = {"silent_reference": True, "silent_degraded": True}
     for ref, deg in zip(reblock(ref_blocks, lengths, ref_skip), reblock(deg_blocks, lengths, deg_skip)):
         n = min(ref.size, deg.size)
         for name, x in (("reference", ref), ("degraded signal", deg)):
             if not np.all(np.isfinite(x[:n])):
                 raise InputError(f"the {name} contains NaN or infinite samples")
-        scores.append(metrics.score_aligned(ref[:n], deg[:n], sample_rate))
+        silent["silent_reference"] &= metrics.is_digital_silence(ref[:n])
+        silent["silent_degraded"] &= metrics.is_digital_silence(deg[:n])
+        scores.append(metrics.score_aligned(ref[:n], deg[:n], sample_rate, wideband=wideband))
         if perceptual is not None:
             scores[-1].update(perceptual.score(ref[:n], deg[:n], sample_rate))
         weights.append(n)
@@ -153,6 +186,7 @@ def score_streams(ref_blocks: Iterable[torch.Tensor | np.ndarray], deg_blocks: I
             break  # a stream ended early
     result: dict[str, Any] = {name: metrics.weighted_mean([s[name] for s in scores], weights) for name in names}
     result.update(num_samples=int(sum(weights)), sample_rate=int(sample_rate), segments=len(scores))
+    result.update({key: bool(value and sum(weights) > 0) for key, value in silent.items()})
     return result
 
 
@@ -178,7 +212,7 @@ def _check_max_shift(max_shift_seconds: float) -> None:
 
 
 def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: float = 0.1,
-                  perceptual=None) -> dict[str, Any]:
+                  perceptual=None, reference_rate: int | None = None) -> dict[str, Any]:
     """All metrics for one reference/degraded pair at sample rate ``sr`` (signals in memory, any length).
 
     ``ref`` and ``deg`` are ``(T,)`` or ``(1, T)``, numpy or torch, any length including 0. With ``align=True``
@@ -191,7 +225,9 @@ def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: floa
     NaN where undefined; length-weighted means over segments), ``delay_samples`` (int), ``delay_seconds``,
     ``delay_method`` (see :class:`rvqcodec.metrics.DelayEstimate`; ``"off"`` without alignment),
     ``delay_correlation``, ``num_samples`` (compared length, int), ``sample_rate`` (int) and ``segments`` (int);
-    with a ``perceptual`` scorer (:class:`rvqcodec.perceptual.PerceptualScorer`) also its scores.
+    with a ``perceptual`` scorer (:class:`rvqcodec.perceptual.PerceptualScorer`) also its scores;
+    ``silent_reference`` and ``silent_degraded`` (:func:`silence_note`). ``reference_rate``: the rate ``ref`` was
+    recorded at, when it was resampled to ``sr`` (below 16 kHz: no wideband PESQ).
     """
     sample_rate = sr
     sample_rate = metrics._check_sr(sample_rate)
@@ -211,7 +247,8 @@ def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: floa
     delay = estimate.samples if estimate is not None else 0
     ref_skip, deg_skip = max(0, -delay), max(0, delay)
     n = max(0, min(ref.size - ref_skip, deg.size - deg_skip))
-    result = score_streams([ref], [deg], sample_rate, n, ref_skip, deg_skip, perceptual=perceptual)
+    result = score_streams([ref], [deg], sample_rate, n, ref_skip, deg_skip, perceptual=perceptual,
+                           reference_rate=reference_rate)
     result.update(_delay_fields(estimate, sample_rate))
     return result
 
@@ -223,14 +260,16 @@ def resampled_length(frames: int, source_rate: int, target_rate: int) -> int:
 
 def file_blocks(path: str | os.PathLike, target_sr: int) -> Iterator[torch.Tensor]:
     """Mono float32 blocks ``(1, t)`` of an audio file at ``target_sr`` (streamed resampling; nothing for a file
-    with no samples). :class:`rvqcodec.data.audio_io.AudioReadError` for an unreadable file."""
+    with no samples). A float file beyond full scale is scaled to peak at full scale
+    (:func:`rvqcodec.data.audio_io.input_warnings` says so). :class:`rvqcodec.data.audio_io.AudioReadError` for an
+    unreadable file."""
     from rvqcodec.data import audio_io
 
     info = audio_io.audio_info(path)
     if info.frames == 0:
         return iter(())
     block_frames = max(1, round(READ_BLOCK_SECONDS * info.samplerate))
-    return audio_io.iter_audio_blocks(path, block_frames, target_sr=target_sr, mono=True)
+    return audio_io.iter_audio_blocks(path, block_frames, target_sr=target_sr, mono=True, fit_full_scale=True)
 
 
 def _head(blocks: Iterable[torch.Tensor], count: int) -> np.ndarray:
@@ -243,9 +282,10 @@ def evaluate_files(ref_path: str | os.PathLike, deg_path: str | os.PathLike, sam
                    on_segment: Callable[[int, int], None] | None = None, perceptual=None) -> dict[str, Any]:
     """Score an audio file against a reference file, streamed (bounded memory whatever their length).
 
-    Both are averaged to mono; ``deg_path`` is resampled to the reference's rate, or both to ``sample_rate``.
-    The delay is found on the first 30 s (``align=True``) and the common length scored in segments; a
-    ``perceptual`` scorer adds the listener-model scores.
+    Both are averaged to mono (and a float file beyond full scale scaled to peak at full scale); ``deg_path`` is
+    resampled to the reference's rate, or both to ``sample_rate``. The delay is found on the first 30 s
+    (``align=True``) and the common length scored in segments; a ``perceptual`` scorer adds the listener-model
+    scores. A reference recorded below 16 kHz gets no wideband PESQ (:func:`narrowband_note`).
 
     Raises:
         AudioReadError: a file cannot be read. InputError: NaN/inf samples. ValueError: a bad ``sample_rate`` or
@@ -273,7 +313,8 @@ def evaluate_files(ref_path: str | os.PathLike, deg_path: str | os.PathLike, sam
     ref_skip, deg_skip = max(0, -delay), max(0, delay)
     n = max(0, min(ref_len - ref_skip, deg_len - deg_skip))
     result = score_streams(file_blocks(ref_path, rate), file_blocks(deg_path, rate), rate, n, ref_skip, deg_skip,
-                           on_segment=on_segment, perceptual=perceptual)
+                           on_segment=on_segment, perceptual=perceptual,
+                           reference_rate=min(int(ref_info.samplerate), rate))
     result.update(_delay_fields(estimate, rate))
     return result
 

@@ -178,3 +178,64 @@ def test_failed_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_audio(tmp_path / "new.wav", torch.ones(1, 100) * 0.1, 16000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.wav"]
+
+
+# ------------------------------------------------------------------ what a file holds, said once (issue 28)
+
+
+def test_float_file_beyond_full_scale_is_scaled_to_full_scale_with_a_warning(tmp_path):
+    speech = read_audio(SAMPLE_WAV).samples[0].numpy()
+    loud = (speech * (6.5 / np.abs(speech).max())).astype(np.float32)
+    peak = float(np.abs(loud).max())
+    path = tmp_path / "loud.wav"
+    soundfile.write(path, loud, 16000, subtype="FLOAT")
+    fitted = torch.cat(list(iter_audio_blocks(path, 5000, fit_full_scale=True)), dim=1)[0].numpy()
+    np.testing.assert_array_equal(fitted, loud / peak)  # scaled as a whole: the waveform is kept, not clipped
+    np.testing.assert_array_equal(read_audio(path, fit_full_scale=True).samples[0].numpy(), fitted)
+    resampled = torch.cat(list(iter_audio_blocks(path, 5000, target_sr=8000, fit_full_scale=True)), dim=1)
+    np.testing.assert_allclose(resampled.numpy(), read_audio(path, target_sr=8000, fit_full_scale=True).samples,
+                               atol=1e-4)
+    # as stored, unless asked
+    np.testing.assert_array_equal(torch.cat(list(iter_audio_blocks(path, 5000)), dim=1)[0].numpy(), loud)
+    (warning,) = audio_io.input_warnings(path)
+    assert warning == ("float samples reach 6.50, beyond full scale (1.0): the whole file is scaled by 1/6.50 "
+                       "(-16.3 dB) to peak at full scale")
+    # nothing to say about a float file within full scale, or about integer PCM (which cannot exceed it)
+    soundfile.write(tmp_path / "ok.wav", speech, 16000, subtype="FLOAT")
+    soundfile.write(tmp_path / "pcm.wav", speech, 16000, subtype="PCM_16")
+    for name in ("ok.wav", "pcm.wav"):
+        assert audio_io.input_warnings(tmp_path / name) == []
+        np.testing.assert_array_equal(read_audio(tmp_path / name, fit_full_scale=True).samples,
+                                      read_audio(tmp_path / name).samples)
+
+
+def test_non_finite_float_samples_are_left_for_the_nan_check(tmp_path):
+    samples = np.full(1000, 0.5, dtype=np.float32)
+    samples[10] = np.inf
+    soundfile.write(tmp_path / "inf.wav", samples, 16000, subtype="FLOAT")
+    assert audio_io.input_warnings(tmp_path / "inf.wav") == []
+    block = next(iter_audio_blocks(tmp_path / "inf.wav", 5000, fit_full_scale=True))
+    assert block[0, 0] == 0.5 and torch.isinf(block[0, 10])  # not scaled to zero by 1/inf
+
+
+@pytest.mark.parametrize("subtype, bytes_per_sample", [("PCM_16", 2), ("FLOAT", 4)])
+def test_truncated_wav_is_read_as_far_as_it_goes_with_a_warning(tmp_path, subtype, bytes_per_sample):
+    speech = read_audio(SAMPLE_WAV).samples[0].numpy()  # 3 s
+    full = tmp_path / "full.wav"
+    soundfile.write(full, speech, 16000, subtype=subtype)
+    cut = tmp_path / "cut.wav"
+    header = full.stat().st_size - speech.size * bytes_per_sample
+    cut.write_bytes(full.read_bytes()[:header + 16000 * bytes_per_sample])  # 1 s of the 3 s its header declares
+    blocks = torch.cat(list(iter_audio_blocks(cut, 4000)), dim=1)[0].numpy()
+    np.testing.assert_array_equal(blocks, read_audio(full).samples[0, :16000].numpy())
+    (warning,) = audio_io.input_warnings(cut)
+    assert warning == ("truncated file: its header declares 3.00 s but the file ends after 1.00 s (16000 samples); "
+                       "read what it holds")
+    assert audio_io.input_warnings(full) == []
+    # a streamed WAV whose header leaves the length open (0xFFFFFFFF, as written to a pipe) is not truncated
+    data = bytearray(full.read_bytes())
+    at = data.index(b"data")
+    data[at + 4:at + 8] = b"\xff\xff\xff\xff"
+    data[4:8] = b"\xff\xff\xff\xff"
+    (tmp_path / "streamed.wav").write_bytes(bytes(data))
+    assert audio_io.input_warnings(tmp_path / "streamed.wav") == []

@@ -1,9 +1,11 @@
 """The .rvq container: exact round trips, the size formula, and a specific error for every kind of damage."""
 from __future__ import annotations
 
+import re
 import struct
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,6 +119,18 @@ def test_truncated_file_gives_truncation_error(good_stream, keep):
     cut = good_stream[:keep] if keep >= 0 else good_stream[:len(good_stream) + keep]
     with pytest.raises(TruncatedBitstreamError, match="truncated|empty"):
         bs.decode_bitstream(cut)
+
+
+@pytest.mark.parametrize("keep", [5, 20, 34])
+def test_a_file_shorter_than_the_header_states_the_documented_size(good_stream, keep):
+    """The README and docs/bitstream.md call the 39 bytes every .rvq file has its header (issue 28: an error said
+    '35-byte header'); the error message states the same number, from the module's constant."""
+    with pytest.raises(TruncatedBitstreamError) as info:
+        bs.decode_bitstream(good_stream[:keep])
+    assert str(info.value) == (f"truncated .rvq file: {keep} of at least {bs.OVERHEAD_BYTES} bytes "
+                               "(every .rvq file has a header and checksums of that size)")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert re.findall(r"(\d+)-byte header", readme) == [str(bs.OVERHEAD_BYTES)]
 
 
 def test_flipped_payload_bit_gives_checksum_error(good_stream):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -304,7 +307,7 @@ def test_roundtrip_json_and_table(capsys, tmp_path, model, clips):
     assert code == 1 and len(_errors(err)) == 1 and "bad.wav" in err
     lines = out.strip().splitlines()
     assert lines[0].split()[:3] == ["file", "sec", "kbps"]
-    assert sum(line.startswith("clip") for line in lines) == 3 and lines[-1].startswith("mean (3 of 4 files)")
+    assert sum(line.startswith("clip") for line in lines) == 3 and lines[-2].startswith("mean (3 of 4 files)")
     kept = sorted(p.name for p in (tmp_path / "kept").iterdir())
     assert kept == sorted([f"clip{i}.{ext}" for i in range(3) for ext in ("rvq", "wav")])
     assert bitstream.read_rvq(tmp_path / "kept" / "clip0.rvq")[0].n_q == 2
@@ -497,3 +500,160 @@ def test_info_names_the_torch_version_that_saved_the_model_once(capsys, tmp_path
     mentions = [line for line in out.splitlines() if torch.__version__ in line]
     assert mentions == [f"saved with  torch {torch.__version__} (running torch {torch.__version__})"]
     assert "meta        name=test model" in out
+
+
+# ------------------------------------------------------------------------- crashes and silent oddities (issue 28)
+
+
+def _child_env(buffered: bool = True) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]))
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _run_into_closed_pipe(*args: str, buffered: bool = True) -> subprocess.CompletedProcess:
+    """``python -m rvqcodec ARGS`` with stdout a real pipe whose reader is gone before the first byte (what
+    ``| head -1`` leaves once head has exited; deterministic: every write to it fails with EPIPE)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run([sys.executable, "-m", "rvqcodec", *map(str, args)], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=300, env=_child_env(buffered),
+                              cwd=REPO_ROOT)
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+def test_info_into_a_closed_pipe_exits_quietly_with_141(buffered):
+    proc = _run_into_closed_pipe("info", buffered=buffered)
+    assert proc.returncode == 141 and proc.stderr == "", proc.stderr
+
+
+def test_roundtrip_into_a_closed_pipe_exits_quietly_with_141(tmp_path, model, clips):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for clip in clips[:2]:
+        (folder / clip.name).write_bytes(clip.read_bytes())
+    proc = _run_into_closed_pipe("roundtrip", folder, "--bitrate", "6", "--no-perceptual", "--model", model[1])
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr and "Exception" not in proc.stderr
+
+
+@pytest.mark.parametrize("device, message", [("xpu", "device 'xpu' is not available"),
+                                             ("meta", "device 'meta' is not supported")])
+def test_devices_torch_knows_but_cannot_run_give_one_line(capsys, tmp_path, model, clips, device, message):
+    if device == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available():
+        pytest.skip("this machine has an XPU")
+    for command in (["compress", clips[0], tmp_path / "a.rvq"], ["roundtrip", clips[0], "--no-perceptual"]):
+        code, out, err = run_cli(capsys, *command, "--device", device, "--model", model[1])
+        assert code == 2 and out == "", err
+        errors = _errors(err)
+        assert len(errors) == 1 and message in errors[0] and "--device cpu" in errors[0], err
+    assert not (tmp_path / "a.rvq").exists()
+
+
+def _loud_and_cut_files(folder: Path, clip: Path) -> tuple[Path, Path, np.ndarray]:
+    """``loud.wav``: the clip as a float WAV peaking at 6.5; ``cut.wav``: a 16-bit WAV whose header declares 3 s
+    but whose file ends after 1 s. Returns them and the loud samples."""
+    speech = read_audio(clip).samples[0].numpy()
+    loud = (speech * (6.5 / np.abs(speech).max())).astype(np.float32)
+    soundfile.write(folder / "loud.wav", loud, 16000, subtype="FLOAT")
+    soundfile.write(folder / "full.wav", speech, 16000, subtype="PCM_16")
+    data = (folder / "full.wav").read_bytes()
+    (folder / "full.wav").unlink()
+    (folder / "cut.wav").write_bytes(data[:44 + 2 * 16000])  # 44-byte header + 1 s of 16-bit samples
+    return folder / "loud.wav", folder / "cut.wav", loud
+
+
+def _warnings(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("warning:")]
+
+
+def test_out_of_range_float_and_truncated_inputs_are_warned_about_in_one_line(capsys, tmp_path, model, clips):
+    codec, model_path = model
+    folder = tmp_path / "in"
+    folder.mkdir()
+    loud_path, cut_path, loud = _loud_and_cut_files(folder, clips[0])
+    (folder / "ok.wav").write_bytes(clips[1].read_bytes())
+    code, _, err = run_cli(capsys, "compress", folder, tmp_path / "out", "-b", "3", "--model", model_path)
+    assert code == 0 and not _errors(err), err
+    cut_line, loud_line = sorted(_warnings(err))  # cut.wav, loud.wav
+    assert loud_line.startswith(f"warning: {loud_path}: ") and "6.50" in loud_line and "scaled" in loud_line
+    assert cut_line.startswith(f"warning: {cut_path}: ") and "truncated" in cut_line
+    assert "3.00 s" in cut_line and "1.00 s (16000 samples)" in cut_line
+    # what the codec does, as the warning says: the whole file scaled to peak at full scale (not clipped)
+    peak = float(np.abs(loud).max())
+    assert (tmp_path / "out" / "loud.rvq").read_bytes() == api.compress(codec, loud / peak, 16000, n_q=6)
+    assert bitstream.read_rvq(tmp_path / "out" / "cut.rvq")[0].num_samples == 16000
+
+    code, out, err = run_cli(capsys, "roundtrip", folder, "-b", "3", "--json", "--no-perceptual",
+                             "--model", model_path)
+    assert code == 0 and not _errors(err), err
+    assert sorted(line.split(":")[1].strip() for line in _warnings(err)) == [str(cut_path), str(loud_path)]
+    rows = {Path(row["file"]).name: row for row in json.loads(out)["files"]}
+    assert sorted(rows) == ["cut.wav", "loud.wav", "ok.wav"]
+    assert rows["cut.wav"]["seconds"] == 1.0
+    assert len(rows["loud.wav"]["warnings"]) == 1 and rows["ok.wav"]["warnings"] == []
+
+
+def test_digital_silence_is_na_with_a_note_in_roundtrip(capsys, tmp_path, model):
+    soundfile.write(tmp_path / "silence.wav", np.zeros(2 * 16000, dtype=np.float32), 16000, subtype="PCM_16")
+    code, out, err = run_cli(capsys, "roundtrip", tmp_path / "silence.wav", "-b", "3", "--json", "--no-perceptual",
+                             "--model", model[1])
+    assert code == 0, err
+    (row,) = json.loads(out)["files"]
+    assert all(row[key] is None for key in ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance")), row
+    notes = [line for line in err.splitlines() if "digital silence" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "n/a" in notes[0]
+
+
+def test_roundtrip_table_shows_relative_paths_and_a_duration_weighted_mean_kbps(capsys, tmp_path, model, clips):
+    root = tmp_path / "root"
+    for sub, clip in (("a", clips[0]), ("b", clips[1])):
+        (root / sub).mkdir(parents=True)
+        (root / sub / "x.wav").write_bytes(clip.read_bytes())
+    (root / "c").mkdir()
+    soundfile.write(root / "c" / "tiny.wav", read_audio(clips[2]).samples[0, :160].numpy(), 16000)  # 10 ms
+    code, out, err = run_cli(capsys, "roundtrip", root, "-b", "6", "--json", "--no-perceptual", "--model", model[1])
+    assert code == 0, err
+    result = json.loads(out)
+    rows = result["files"]
+    total_kbps = sum(r["bytes"] for r in rows) * 8 / sum(r["seconds"] for r in rows) / 1000
+    assert result["mean"]["kbps"] == pytest.approx(total_kbps)
+    assert result["mean"]["kbps"] != pytest.approx(np.mean([r["kbps"] for r in rows]), rel=0.01)
+    assert result["mean"]["total_bytes"] == sum(r["bytes"] for r in rows)
+    assert "total bytes" in result["mean"]["kbps_is"]
+
+    code, out, err = run_cli(capsys, "roundtrip", root, "-b", "6", "--no-perceptual", "--model", model[1])
+    assert code == 0, err
+    lines = out.splitlines()
+    names = [line.split()[0] for line in lines[2:] if line.split() and line.split()[0].endswith(".wav")]
+    assert sorted(names) == ["a/x.wav", "b/x.wav", "c/tiny.wav"]
+    mean_line = next(line for line in lines if line.startswith("mean (3 files)"))
+    assert float(mean_line.split()[4]) == pytest.approx(total_kbps, abs=5e-4)
+    assert any("total bytes" in line for line in lines[lines.index(mean_line) + 1:])
+
+
+def test_info_lists_only_the_fields_of_the_models_architecture(capsys, tmp_path):
+    from rvqcodec.commands.info import ARCHITECTURE_FIELDS, COMMON_FIELDS, quantizer_config_fields
+
+    every = set(CodecConfig().to_dict())
+    groups = [set(COMMON_FIELDS), set(quantizer_config_fields()), *map(set, ARCHITECTURE_FIELDS.values())]
+    assert set().union(*groups) == every and sum(map(len, groups)) == len(every)  # each field in one group
+    seanet_only = {"channels", "strides", "n_residual_units", "kernel_size", "residual_kernel_size", "compress"}
+    convnext_only = {"frame_hop", "frame_dim", "encoder_blocks", "decoder_blocks", "stem_n_fft", "head_n_fft"}
+    torch.manual_seed(0)
+    seanet = Codec(CodecConfig.preset("tiny")).save(tmp_path / "seanet.pt")
+    for model_args, present, absent in ((["--model", seanet], seanet_only, convnext_only),
+                                        ([], convnext_only, seanet_only)):  # [] = the shipped ConvNeXt model
+        code, out, _ = run_cli(capsys, "info", *model_args)
+        assert code == 0
+        config_line = next(line for line in out.splitlines() if line.startswith("config"))
+        listed = {item.split("=")[0] for item in config_line.split(None, 1)[1].split(", ") if "=" in item}
+        assert present | {"n_q", "codebook_size", "estimator", "sample_rate"} <= listed and not listed & absent
+        code, out, _ = run_cli(capsys, "info", *model_args, "--json")
+        config = json.loads(out)["config"]
+        assert present <= set(config) and not set(config) & absent

@@ -92,3 +92,55 @@ def test_not_audio_file_exits_2_and_inputs_are_never_written(capsys, tmp_path):
     capsys.readouterr()
     assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (ref, fake)} == before  # byte for byte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fake.wav", "ref.wav"]  # nothing else written
+
+
+# ------------------------------------------------------------------------------------------------ issue 28
+
+
+def test_narrowband_reference_has_no_wideband_pesq(capsys, tmp_path):
+    speech = read_audio(SAMPLE_WAV).samples
+    noisy = speech + 0.01 * torch.from_numpy(np.random.default_rng(0).standard_normal(speech.shape)).float()
+    ref = write_audio(tmp_path / "ref8k.wav", resample(speech, 16000, 8000), 8000)
+    deg = write_audio(tmp_path / "deg8k.wav", resample(noisy, 16000, 8000), 8000)
+    for extra in ([], ["--sample-rate", "16000"]):  # upsampling the reference adds no wide band
+        assert main(["eval", str(ref), str(deg), "--json", *extra]) == 0
+        captured = capsys.readouterr()
+        result = json.loads(captured.out)
+        assert result["pesq_wb"] is None and 1.0 < result["pesq_nb"] < 4.6
+        notes = [line for line in captured.err.splitlines() if "wideband PESQ" in line]
+        assert len(notes) == 1 and notes[0].startswith("note: ") and "8000 Hz" in notes[0] and "n/a" in notes[0]
+    assert main(["eval", str(ref), str(deg)]) == 0
+    table = capsys.readouterr().out
+    assert next(line for line in table.splitlines() if line.startswith("PESQ-WB")).split()[1] == "n/a"
+
+
+def test_silent_reference_and_out_of_range_input_are_said_in_one_line(capsys, tmp_path):
+    silence = write_audio(tmp_path / "silence.wav", torch.zeros(1, 32000), 16000)
+    hiss = write_audio(tmp_path / "hiss.wav", 1e-3 * torch.randn(1, 32000), 16000)
+    result = _json_run(capsys, silence, hiss)
+    assert all(result[key] is None for key in ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance"))
+    assert main(["eval", str(silence), str(hiss)]) == 0
+    captured = capsys.readouterr()
+    notes = [line for line in captured.err.splitlines() if "digital silence" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: ") and "n/a" in notes[0]
+    assert next(line for line in captured.out.splitlines() if line.startswith("mel distance")).split()[2] == "n/a"
+
+    speech = read_audio(SAMPLE_WAV).samples
+    loud = write_audio(tmp_path / "loud.wav", speech * (6.5 / speech.abs().max()), 16000, subtype="FLOAT")
+    assert main(["eval", str(loud), str(SAMPLE_WAV), "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(loud) in warnings[0] and "scaled by 1/6.50" in warnings[0]
+    result = json.loads(captured.out)
+    assert result["pesq_wb"] > 4.4
+    assert result["warnings"] == {"reference": [warnings[0].split(": ", 2)[2]], "degraded": []}
+
+
+def test_a_silent_degraded_signal_is_the_worst_case_not_identical(capsys, tmp_path):
+    silence = write_audio(tmp_path / "silence.wav", torch.zeros(1, 48000), 16000)
+    assert main(["eval", str(SAMPLE_WAV), str(silence)]) == 0
+    captured = capsys.readouterr()
+    si_sdr_line = next(line for line in captured.out.splitlines() if line.startswith("SI-SDR"))
+    assert si_sdr_line.split()[1] == "-inf" and "identical" not in si_sdr_line
+    notes = [line for line in captured.err.splitlines() if "digital silence" in line]
+    assert notes == ["note: degraded signal is digital silence: PESQ and STOI are undefined, reported as n/a"]

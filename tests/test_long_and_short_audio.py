@@ -134,7 +134,7 @@ def test_roundtrip_prints_each_row_as_it_finishes_and_ctrl_c_keeps_them(tmp_path
     assert lines[0].split()[:3] == ["file", "sec", "kbps"]
     rows = [line for line in lines if line.startswith("clip")]
     assert 1 <= len(rows) < 6 and rows[0].startswith("clip0.wav")
-    assert lines[-1].startswith(f"mean ({len(rows)} of 6 files)")
+    assert lines[-2].startswith(f"mean ({len(rows)} of 6 files)") and lines[-1].startswith("(mean row: kbps")
 
     code, out, err = _interrupt_after([*common, "--json"], str(tmp_path / "set" / "clip0.wav"), "stderr")
     assert code == 130 and "interrupted" in err

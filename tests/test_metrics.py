@@ -96,7 +96,8 @@ def test_evaluate_pair_keys_delay_and_nan_cases(speech):
     result = scoring.evaluate_pair(torch.from_numpy(speech).float(), delayed, 16000)
     assert set(result) == {"pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance", "delay_samples",
                            "delay_seconds", "delay_method", "delay_correlation", "num_samples", "sample_rate",
-                           "segments"}
+                           "segments", "silent_reference", "silent_degraded"}
+    assert result["silent_reference"] is False and result["silent_degraded"] is False
     assert result["delay_samples"] == 40 and result["delay_seconds"] == pytest.approx(40 / 16000)
     assert result["delay_method"] == "waveform" and result["delay_correlation"] > 0.99 and result["segments"] == 1
     assert result["num_samples"] == speech.size and result["pesq_wb"] > 4.4 and result["si_sdr"] > 60
@@ -175,3 +176,36 @@ def test_nothing_is_removed_without_a_significant_match(speech):
     assert delay == 0 and ref_a.size == speech.size
     estimate = metrics.find_delay(speech, noise, 1600)
     assert (estimate.samples, estimate.method) == (0, "none") and math.isnan(estimate.correlation)
+
+
+# ------------------------------------------------------------------ digital silence and narrowband (issue 28)
+
+
+def test_digital_silence_gives_no_made_up_distance(speech):
+    silence = np.zeros(speech.size)
+    hiss = 1e-4 * np.random.default_rng(3).standard_normal(speech.size)  # what a codec makes of silence
+    # a silent reference: the log-mel difference would only measure the hiss against the 1e-5 floor
+    assert math.isnan(metrics.mel_distance(silence, hiss, 16000))
+    assert metrics.mel_distance(silence, silence, 16000) == 0.0  # identical: exactly 0 whatever the floor
+    assert metrics.mel_distance(speech, silence, 16000) > 1.0  # speech lost: a real (large) distance
+    # a silent degraded signal is the worst case, never the +inf of a bit-exact copy
+    assert metrics.si_sdr(speech, silence) == -math.inf
+    result = scoring.evaluate_pair(silence, hiss, 16000)
+    assert result["silent_reference"] is True and result["silent_degraded"] is False
+    assert all(math.isnan(result[key]) for key in metrics.METRIC_NAMES)
+    assert scoring.silence_note(result) == ("reference is digital silence: PESQ, STOI, SI-SDR and mel distance "
+                                            "are undefined, reported as n/a")
+    assert scoring.silence_note(scoring.evaluate_pair(speech, speech, 16000)) is None
+
+
+def test_wideband_pesq_is_undefined_for_a_narrowband_reference(speech):
+    at_8k = resample(torch.from_numpy(speech), 16000, 8000).numpy()
+    assert math.isnan(metrics.pesq_wb(at_8k, at_8k, 8000))
+    assert metrics.pesq_nb(at_8k, at_8k, 8000) > 4.0
+    # scored at 16 kHz, a reference recorded at 8 kHz still has no wide band
+    upsampled = resample(torch.from_numpy(at_8k), 8000, 16000).numpy()
+    result = scoring.evaluate_pair(upsampled, upsampled, 16000, reference_rate=8000)
+    assert math.isnan(result["pesq_wb"]) and result["pesq_nb"] > 4.0
+    assert scoring.narrowband_note(8000) == ("reference sampled at 8000 Hz: wideband PESQ needs at least 16000 Hz, "
+                                             "reported as n/a (PESQ-NB is scored)")
+    assert scoring.narrowband_note(16000) is None

@@ -14,6 +14,7 @@ import argparse
 import glob
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,6 +144,15 @@ def collect_inputs(specs: Sequence[str], suffixes: Sequence[str]) -> tuple[list[
     return list(unique.values()), batch
 
 
+def display_names(inputs: Sequence[InputFile]) -> dict[InputFile, str]:
+    """How a table names each input: its path relative to the folder or glob root it was found under (``a/x.wav``,
+    ``b/x.wav``), or, where two inputs would get the same name (``x.wav`` of two folders given separately), the
+    path as given."""
+    relative = [item.relative.as_posix() for item in inputs]
+    counts = Counter(relative)
+    return {item: name if counts[name] == 1 else str(item.path) for item, name in zip(inputs, relative)}
+
+
 def _glob_root(pattern: str) -> Path:
     """The folder part of a glob pattern before its first wildcard."""
     parts = Path(pattern).parts
@@ -222,6 +232,8 @@ def run_batch(command: str, inputs: Sequence[InputFile], outputs: Sequence[Path 
                     claimed[key] = item.path
                     out.parent.mkdir(parents=True, exist_ok=True)
                 line = work(item, out)
+            except BrokenPipeError:
+                raise  # the reader of our output went away: not this file's fault (rvqcodec.cli stops quietly)
             except MissingExtraError as exc:
                 raise UserError(str(exc)) from None  # the same for every file: stop at once
             except (InputError, OSError) as exc:

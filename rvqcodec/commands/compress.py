@@ -2,7 +2,9 @@
 
 IN is a file, a folder (searched recursively for audio files) or a quoted glob pattern (several may be
 given); for such batch input OUT is an output folder that mirrors the input layout. Any sample rate is
-resampled to the codec's, multi-channel audio is averaged to mono (with a notice). Long files are
+resampled to the codec's, multi-channel audio is averaged to mono (with a notice); a float file beyond full scale
+is scaled to peak at full scale and a truncated file encoded as far as it goes, each with a one-line warning
+(:func:`rvqcodec.data.audio_io.input_warnings`). Long files are
 processed in bounded memory (see :mod:`rvqcodec.codec_files`). Exit codes: 0, 1 (some file of a batch failed),
 2 (user mistake); see :mod:`rvqcodec.commands.common`.
 """
@@ -64,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     def work(item: InputFile, out: Path | None) -> str:
         report = compress_file(codec, item.path, out, n_q, overwrite=args.force, chunking=chunking,
                                model_id=model_id, protected=protected)
+        for warning in report.warnings:
+            tqdm.write(f"warning: {item.path}: {warning}", file=sys.stderr)
         if report.downmixed:
             tqdm.write(f"note: {item.path}: {report.source_channels} channels downmixed to mono", file=sys.stderr)
         resampled = f", resampled {report.source_sample_rate} -> {report.header.sample_rate} Hz" \

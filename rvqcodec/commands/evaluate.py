@@ -6,9 +6,12 @@ is found on the first 30 s and removed (:func:`rvqcodec.metrics.find_delay`: a s
 cross-correlation peak, else an envelope match, else none; the table says which), then both are cropped to their
 common length. With the ``perceptual`` extra (or ``--perceptual``) the listener models DistillMOS, DNSMOS and
 ViSQOL are scored too (:mod:`rvqcodec.perceptual`). Files longer than 60 s are scored in equal segments of at most 60 s (length-weighted means; a note
-says so), in bounded memory. Any length is accepted, 0 samples included; metrics undefined for so short a signal
-are n/a. Prints a table, or one JSON object with ``--json`` (NaN/inf written as ``null``). Exit codes: 0 scored,
-2 user mistake (missing/unreadable file, bad option, missing ``eval`` extra).
+says so), in bounded memory. Any length is accepted, 0 samples included; metrics undefined for so short a signal,
+for digital silence or (wideband PESQ) for a reference recorded below 16 kHz are n/a, with a one-line note saying
+why. A truncated file or a float file beyond full scale (scaled to peak at full scale) gets a one-line warning
+(:func:`rvqcodec.data.audio_io.input_warnings`; also under ``"warnings"`` in the JSON). Prints a table, or one JSON
+object with ``--json`` (NaN/inf written as ``null``). Exit codes: 0 scored, 2 user mistake (missing/unreadable
+file, bad option, missing ``eval`` extra).
 """
 from __future__ import annotations
 
@@ -35,28 +38,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
 
 
-def _notes(path: str, role: str, target_sr: int | None) -> int:
-    """Print the downmix/resampling notices for one input; return its sample rate. UserError if unreadable."""
-    from rvqcodec.data.audio_io import AudioReadError, audio_info
+def _notes(path: str, role: str, target_sr: int | None) -> tuple[int, list[str]]:
+    """Print the downmix/resampling notices and the warnings (truncated, beyond full scale) for one input; return
+    its sample rate and the warnings. UserError if unreadable."""
+    from rvqcodec.data.audio_io import AudioReadError, audio_info, input_warnings
 
     try:
         info = audio_info(path)
+        warnings = input_warnings(path)
     except AudioReadError as exc:
         raise UserError(f"{role}: {exc}") from None
+    for warning in warnings:
+        print(f"warning: {path}: {warning}", file=sys.stderr)
     if info.channels > 1:
         print(f"note: {role} {path} has {info.channels} channels; averaged to mono", file=sys.stderr)
     if target_sr is not None and target_sr != info.samplerate:
         print(f"note: {role} {path} resampled from {info.samplerate} Hz to {target_sr} Hz", file=sys.stderr)
-    return int(info.samplerate)
+    return int(info.samplerate), warnings
 
 
-def _format_table(result: dict, ref_path: str, deg_path: str) -> str:
+def _format_table(result: dict, ref_path: str, deg_path: str, narrowband: bool = False) -> str:
     def number(key: str, fmt: str, unit: str = "") -> str:
         value = result[key]
         if isinstance(value, float) and math.isnan(value):
+            if key == "pesq_wb" and narrowband:
+                return "n/a (reference below 16 kHz)"
+            if result.get("silent_reference"):
+                return "n/a (reference is digital silence)"
             return "n/a (signal too short or silent)"
         if isinstance(value, float) and math.isinf(value):
-            return f"{'+' if value > 0 else '-'}inf{unit} (identical signals)"
+            if value > 0:
+                return f"+inf{unit} (identical signals)"
+            return f"-inf{unit} (nothing of the reference in the degraded signal, e.g. silence)"
         return f"{value:{fmt}}{unit}"
 
     sr = result["sample_rate"]
@@ -90,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from rvqcodec.errors import InputError
     from rvqcodec.extras import require
     from rvqcodec.fileio import json_safe
-    from rvqcodec.scoring import evaluate_files, segments_note, short_signal_note
+    from rvqcodec.scoring import evaluate_files, narrowband_note, segments_note, short_signal_note, silence_note
 
     if args.sample_rate is not None and args.sample_rate <= 0:
         raise UserError(f"--sample-rate must be a positive number of Hz, got {args.sample_rate}")
@@ -100,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
     for module in ("pesq", "pystoi"):
         require(module, "to score audio")
     scorer = perceptual_scorer(args)
-    ref_rate = _notes(args.reference, "REF", args.sample_rate)
+    ref_rate, ref_warnings = _notes(args.reference, "REF", args.sample_rate)
     rate = args.sample_rate or ref_rate
-    _notes(args.degraded, "DEG", rate)
+    _, deg_warnings = _notes(args.degraded, "DEG", rate)
     from tqdm import tqdm
 
     bar = None
@@ -126,12 +139,15 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     result["aligned"] = bool(args.align)
-    for note in (short_signal_note(result["num_samples"], rate), segments_note(result)):
+    narrowband = narrowband_note(min(ref_rate, rate))
+    for note in (short_signal_note(result["num_samples"], rate), silence_note(result), narrowband,
+                 segments_note(result)):
         if note:
             print(f"note: {note}", file=sys.stderr)
     if args.json:
-        payload = {"reference": str(args.reference), "degraded": str(args.degraded), **result}
+        payload = {"reference": str(args.reference), "degraded": str(args.degraded), **result,
+                   "warnings": {"reference": ref_warnings, "degraded": deg_warnings}}
         print(json.dumps(json_safe(payload), allow_nan=False))
     else:
-        print(_format_table(result, args.reference, args.degraded))
+        print(_format_table(result, args.reference, args.degraded, narrowband=narrowband is not None))
     return 0

@@ -1,6 +1,8 @@
 """``rvqcodec info [PATH]``: describe a codec checkpoint (configuration, size, bitrates) or a ``.rvq`` file.
 
-Without PATH (and without ``--model``) the shipped default model is described. For a ``.rvq`` file the header
+Without PATH (and without ``--model``) the shipped default model is described; its configuration lists the fields of
+its own architecture (SEANet or frame-rate ConvNeXt) and of its quantizer, not the other family's, which every
+checkpoint also stores at their defaults (:func:`model_config`). For a ``.rvq`` file the header
 is printed (duration, bitrate, stages, model id) and, if ``--model`` is given or the default model is
 installed, whether that model can decode it.
 """
@@ -29,6 +31,32 @@ def _is_rvq(path: Path) -> bool:
         return handle.read(len(MAGIC)) == MAGIC or path.suffix.lower() == ".rvq"
 
 
+COMMON_FIELDS = ("sample_rate", "architecture", "latent_dim")
+"""The :class:`rvqcodec.model.codec.CodecConfig` fields every architecture uses."""
+ARCHITECTURE_FIELDS = {
+    "seanet": ("channels", "strides", "n_residual_units", "kernel_size", "residual_kernel_size", "compress"),
+    "convnext": ("frame_hop", "frame_dim", "encoder_blocks", "decoder_blocks", "mlp_ratio", "frame_kernel",
+                 "stem_n_fft", "head_n_fft", "causal", "rate_conditioning"),
+}
+"""The fields only one encoder/decoder family reads (``CodecConfig``'s docstring); a checkpoint stores them all."""
+
+
+def quantizer_config_fields() -> tuple[str, ...]:
+    """The quantizer's fields: ``n_q``, ``codebook_size`` and :data:`rvqcodec.model.codec.QUANTIZER_FIELDS`."""
+    from rvqcodec.model.codec import QUANTIZER_FIELDS
+
+    return ("n_q", "codebook_size", *QUANTIZER_FIELDS)
+
+
+def model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a ``CodecConfig.to_dict()`` that its model uses: the common ones, its architecture's and the
+    quantizer's (the other family's fields sit in every checkpoint at their defaults and mean nothing for it), in
+    the config's order. A field in no group (a newer config) is kept."""
+    other = {name for arch, names in ARCHITECTURE_FIELDS.items() if arch != config.get("architecture")
+             for name in names}
+    return {k: v for k, v in config.items() if k not in other}
+
+
 def checkpoint_info(path: Path) -> dict[str, Any]:
     """Everything worth knowing about a checkpoint, as a JSON-safe dict."""
     from rvqcodec.model.codec import Codec
@@ -50,7 +78,7 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
         "bits_per_code": codec.bits_per_code,
         "bitrates_kbps": codec.bitrates(),
         "parameters": counts,
-        "config": codec.config.to_dict(),
+        "config": model_config(codec.config.to_dict()),
         "meta": meta,
         "saved_with_torch": meta.get("torch_version"),
     }

@@ -7,9 +7,14 @@ is time-aligned by construction), and with the ``perceptual`` extra by DistillMO
 longer than 60 s are scored in equal segments of at most 60 s (the scores are length-weighted means; a note says
 so). Any length is accepted, 0 samples included; a metric that is undefined for so short a signal is n/a.
 
-The table gives the bitrate actually spent (file size including the 39-byte header, over the duration). Each
+The table names each file by its path under the input folder or glob root (two ``x.wav`` of different folders stay
+apart) and gives the bitrate actually spent (file size including the 39-byte header, over the duration). Each
 file's row is printed as soon as it is done, so Ctrl-C (or a failure) keeps the rows already printed; the mean
-follows at the end (also after Ctrl-C, marked as interrupted). ``--json`` prints one JSON object at the end
+follows at the end (also after Ctrl-C, marked as interrupted): its kbps is the rate of the whole set, all bytes
+over all audio (a short file's header weighs as much as its few bytes of audio, so a mean of per-file rates would
+overstate it), its scores the means over the files that have them; a line under it says so (``kbps_is`` in the
+JSON). A truncated file or a float file beyond full scale gets a one-line warning (``warnings`` in its JSON row),
+digital silence and a reference recorded below 16 kHz a note on the scores they leave n/a. ``--json`` prints one JSON object at the end
 (after Ctrl-C too, with ``"interrupted": true``) and each finished file as one line on stderr. ``--output-dir``
 also keeps the ``.rvq`` and decoded ``.wav`` of every file. Exit codes: 0, 1 (some file failed), 2 (user
 mistake), 130 (interrupted).
@@ -33,6 +38,7 @@ from rvqcodec.commands.common import (
     add_model_arguments,
     add_perceptual_argument,
     collect_inputs,
+    display_names,
     load_model,
     perceptual_scorer,
     plan_outputs,
@@ -88,19 +94,22 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
     With ``output`` (a ``.wav`` path) the bitstream is also written to ``output.with_suffix(".rvq")`` and the
     decoded audio, as it is decoded, to ``output`` (both atomically). ``progress`` shows a bar over the audio.
     Row keys: ``file``, ``seconds``, ``bytes``, ``kbps`` (NaN for 0 samples), ``source_sample_rate``,
-    ``source_channels``, ``segments`` and the metrics (NaN where undefined), with a ``perceptual`` scorer
-    (:class:`rvqcodec.perceptual.PerceptualScorer`) the listener-model scores too.
+    ``source_channels``, ``segments``, ``silent_reference``, ``silent_degraded``, ``warnings`` (the lines of
+    :func:`rvqcodec.data.audio_io.input_warnings`) and the metrics (NaN where undefined; no wideband PESQ for a file
+    recorded below 16 kHz), with a ``perceptual`` scorer (:class:`rvqcodec.perceptual.PerceptualScorer`) the
+    listener-model scores too.
     """
     from tqdm import tqdm
 
     from rvqcodec import bitstream
     from rvqcodec.chunking import decode_chunks, encode_blocks
     from rvqcodec.codec_header import make_header
-    from rvqcodec.data.audio_io import audio_info, streamed_audio_file
+    from rvqcodec.data.audio_io import audio_info, input_warnings, streamed_audio_file
     from rvqcodec.fileio import already_exists_message, atomic_write_bytes
     from rvqcodec.scoring import file_blocks, metric_names, score_streams
 
     info = audio_info(path)
+    warnings = input_warnings(path)
     sr = codec.sample_rate
     seconds_in = info.frames / info.samplerate
     with tqdm(total=round(2 * seconds_in, 1), unit="s", desc=path.name, leave=False, file=sys.stderr,
@@ -120,31 +129,43 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
                 atomic_write_bytes(rvq_path, data, overwrite=overwrite,
                                    exists_message=already_exists_message(rvq_path), fsync=True)
                 decoded = _written(decoded, stack.enter_context(streamed_audio_file(output, sr, None, overwrite)))
-            scores = score_streams(file_blocks(path, sr), decoded, sr, num_samples, perceptual=perceptual)
+            scores = score_streams(file_blocks(path, sr), decoded, sr, num_samples, perceptual=perceptual,
+                                   reference_rate=min(int(info.samplerate), sr))
             for _ in decoded:  # let the decoded file be complete even if scoring stopped early
                 pass
     seconds = num_samples / sr
     return {"file": str(path), "seconds": seconds, "bytes": len(data),
             "kbps": len(data) * 8 / seconds / 1000 if num_samples else math.nan,
             "source_sample_rate": int(info.samplerate), "source_channels": int(info.channels),
-            "segments": scores["segments"],
+            "segments": scores["segments"], "silent_reference": scores["silent_reference"],
+            "silent_degraded": scores["silent_degraded"], "warnings": warnings,
             **{key: float(scores[key]) for key in metric_names(perceptual is not None)}}
 
 
+MEAN_KBPS_IS = "total bytes x 8 / total seconds / 1000: the rate of the whole set (weighted by duration)"
+MEAN_ROW_NOTE = "mean row: kbps = total bytes / total duration (the set's rate); scores = mean over the files scored"
+
+
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean of every numeric column over files, ignoring NaN (undefined metric); NaN if none is defined."""
+    """The mean row: ``kbps`` is the rate of the whole set (:data:`MEAN_KBPS_IS`; NaN without audio), the other
+    columns are means over files, ignoring NaN (an undefined metric; NaN if no file has it). Also ``total_bytes``,
+    ``total_seconds`` and ``kbps_is``."""
     from rvqcodec.scoring import metric_names
 
     out: dict[str, Any] = {"files": len(rows)}
-    for key in ("seconds", "kbps", *metric_names(bool(rows) and "visqol" in rows[0])):
+    for key in ("seconds", *metric_names(bool(rows) and "visqol" in rows[0])):
         values = np.array([row[key] for row in rows], dtype=np.float64)
         finite = values[np.isfinite(values)]
         out[key] = float(finite.mean()) if finite.size else float("nan")
+    total_bytes, total_seconds = sum(row["bytes"] for row in rows), float(sum(row["seconds"] for row in rows))
+    out.update(kbps=total_bytes * 8 / total_seconds / 1000 if total_seconds > 0 else float("nan"),
+               total_bytes=total_bytes, total_seconds=total_seconds, kbps_is=MEAN_KBPS_IS)
     return out
 
 
 class TableWriter:
-    """The text table, printed a line at a time: header first, a row per file as it finishes, the mean last.
+    """The text table, printed a line at a time: header first, a row per file as it finishes, the mean last (with
+    a line saying what its kbps is).
 
     Column widths are fixed up front (file names are known before the work starts), so rows line up whatever
     order they finish in."""
@@ -167,15 +188,16 @@ class TableWriter:
         line = self._line(["file"] + [title for _, title, _ in self.columns])
         return line + "\n" + "-" * len(line)
 
-    def row(self, row: dict[str, Any]) -> str:
-        return self._line([Path(row["file"]).name] + [self._cell(row[k], f) for k, _, f in self.columns])
+    def row(self, row: dict[str, Any], name: str) -> str:
+        return self._line([name] + [self._cell(row[k], f) for k, _, f in self.columns])
 
     def footer(self, mean: dict[str, Any], total: int) -> str:
         files = mean["files"]
         label = f"mean ({files} file{'s' if files != 1 else ''})" if files == total else \
             f"mean ({files} of {total} files)"
         line = self._line([label] + [self._cell(mean[k], f) for k, _, f in self.columns])
-        return "-" * len(self._line(["file"] + [t for _, t, _ in self.columns])) + "\n" + line
+        rule = "-" * len(self._line(["file"] + [t for _, t, _ in self.columns]))
+        return f"{rule}\n{line}\n({MEAN_ROW_NOTE})"
 
 
 def _progress_line(row: dict[str, Any]) -> str:
@@ -193,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     from rvqcodec.errors import InputError
     from rvqcodec.extras import require
     from rvqcodec.fileio import already_exists_message, json_safe, same_file
-    from rvqcodec.scoring import segments_note, short_signal_note
+    from rvqcodec.scoring import narrowband_note, segments_note, short_signal_note, silence_note
 
     for module in ("pesq", "pystoi"):  # before any work: scoring needs the eval extra
         require(module, "to score the roundtrip")
@@ -207,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
     model_id = codec.model_id
     protected = protected_paths(inputs)
     rows: list[dict[str, Any]] = []
-    table = TableWriter([item.path.name for item in inputs], perceptual=scorer is not None)
+    names = display_names(inputs)
+    table = TableWriter([names[item] for item in inputs], perceptual=scorer is not None)
     print(f"roundtrip of {len(inputs)} file(s) at {codec.bitrate(n_q):g} kbps ({n_q} stages, model {model_id})",
           file=sys.stderr)
 
@@ -227,15 +250,18 @@ def run(args: argparse.Namespace) -> int:
         row = roundtrip_one(codec, item.path, n_q, out, overwrite=args.force, progress=long_file and not batch,
                             perceptual=scorer)
         rows.append(row)
+        for warning in row["warnings"]:
+            tqdm.write(f"warning: {item.path}: {warning}", file=sys.stderr)
         n = round(row["seconds"] * codec.sample_rate)
-        for note in (short_signal_note(n, codec.sample_rate),
+        for note in (short_signal_note(n, codec.sample_rate), silence_note(row),
+                     narrowband_note(min(row["source_sample_rate"], codec.sample_rate)),
                      segments_note({"segments": row["segments"], "num_samples": n, "sample_rate": codec.sample_rate})):
             if note:
                 tqdm.write(f"note: {item.path}: {note}", file=sys.stderr)
         if args.json:
             tqdm.write(_progress_line(row), file=sys.stderr)
             return None
-        return table.row(row)
+        return table.row(row, names[item])
 
     if not args.json:
         print(table.header(), flush=True)

@@ -11,11 +11,24 @@ All samples are float32, channel-first ``(C, T)``, nominally in ``[-1, 1]``.
   :func:`streamed_audio_file` writes the same way block by block (a decoded stream never held whole).
 
 A file that cannot be read raises :class:`AudioReadError` (a ``ValueError``) with a one-line message.
+
+What a file holds that a user should hear about (:func:`input_warnings`, one line each; the commands print them
+as ``warning:`` lines and go on):
+
+* **float samples beyond full scale** (a ``FLOAT``/``DOUBLE`` file peaking above 1.0, e.g. at 6.5: integer PCM
+  cannot): with ``fit_full_scale=True`` (what ``compress``, ``roundtrip`` and ``eval`` read with) the whole file is
+  divided by its peak as it is read, so it peaks at full scale and keeps its waveform; clipping it would destroy
+  it. The peak comes from a first pass over the file (streamed, cached per file version). Peaks up to
+  :data:`FULL_SCALE_TOLERANCE` are float rounding and left as they are.
+* **a truncated file** (its header declares more audio than the file holds, e.g. a copy cut short): libsndfile
+  reads what is there; the warning says how much that is and what the header declared (:func:`find_truncation`).
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,7 +147,8 @@ def resample(samples: torch.Tensor, orig_sr: int, target_sr: int) -> torch.Tenso
                                           rolloff=RESAMPLE_ROLLOFF)
 
 
-def read_audio(path: str | os.PathLike, target_sr: int | None = None, mono: bool = True) -> AudioFile:
+def read_audio(path: str | os.PathLike, target_sr: int | None = None, mono: bool = True,
+               fit_full_scale: bool = False) -> AudioFile:
     """Read a whole audio file.
 
     Args:
@@ -142,6 +156,7 @@ def read_audio(path: str | os.PathLike, target_sr: int | None = None, mono: bool
         target_sr: resample to this rate in Hz; ``None`` keeps the file's rate.
         mono: average all channels into one (the caller decides whether to print a notice; see
             ``AudioFile.was_downmixed``).
+        fit_full_scale: divide a float file whose samples exceed full scale by its peak (module docstring).
 
     Returns:
         :class:`AudioFile` with float32 ``samples (C, T)``.
@@ -160,6 +175,9 @@ def read_audio(path: str | os.PathLike, target_sr: int | None = None, mono: bool
         raise _open_error(path, exc) from None
     if data.shape[0] == 0:
         raise AudioReadError(f"audio file contains no samples: {path}")
+    peak = _beyond_full_scale(path) if fit_full_scale else None
+    if peak is not None:
+        data = data / np.float32(peak)
     source_channels = int(data.shape[1])
     samples = torch.from_numpy(np.ascontiguousarray(data.T))  # (C, T)
     if mono and source_channels > 1:
@@ -184,6 +202,132 @@ def audio_info(path: str | os.PathLike) -> soundfile._SoundFileInfo:
         return soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
         raise _open_error(path, exc) from None
+
+
+FULL_SCALE_TOLERANCE = 1.001
+"""Float samples up to this (0.01 dB over full scale: rounding) are read as they are; beyond it a float file is
+scaled to peak at full scale when read with ``fit_full_scale`` (module docstring)."""
+PEAK_BLOCK_FRAMES = 1 << 18  # frames per block of the pass that finds a float file's peak
+UNKNOWN_LENGTH = 0x7FFF0000
+"""Declared sizes from this up are the 'length unknown' placeholders of files written to a pipe (0xFFFFFFFF,
+0x7FFFFFFF, ...): not a truncation."""
+_SHORT_SIZE = re.compile(r"^\s*([^:\n]*?)\s*:\s*(\d+) \(should be (\d+)\)\s*$", re.MULTILINE)
+
+
+def float_peak(path: str | os.PathLike) -> float | None:
+    """The largest ``|sample|`` of a file stored as floating point (``FLOAT``/``DOUBLE``), from one streamed pass
+    (cached per file version: path, size, modification time); ``None`` for any other subtype (integer PCM cannot
+    exceed full scale) or a file without samples. NaN or inf if the file holds such samples.
+    :class:`AudioReadError` if unreadable."""
+    path = Path(path)
+    info = audio_info(path)
+    if info.subtype not in FLOAT_SUBTYPES or info.frames == 0:
+        return None
+    stat = path.stat()
+    return _float_peak(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _float_peak(path: str, size: int, mtime_ns: int) -> float:
+    peak = 0.0
+    try:
+        with soundfile.SoundFile(path) as handle:
+            for block in handle.blocks(blocksize=PEAK_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                if block.size:
+                    block_peak = float(np.max(np.abs(block)))
+                    if not math.isfinite(block_peak):
+                        return block_peak  # left for the NaN/inf check of whoever reads the samples
+                    peak = max(peak, block_peak)
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _open_error(Path(path), exc) from None
+    return peak
+
+
+def _beyond_full_scale(path: Path) -> float | None:
+    """The peak a float file is divided by when read with ``fit_full_scale``, or None (nothing to scale)."""
+    peak = float_peak(path)
+    return peak if peak is not None and math.isfinite(peak) and peak > FULL_SCALE_TOLERANCE else None
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """A file whose header declares more audio than it holds (:func:`find_truncation`).
+
+    Attributes:
+        frames: frames the file holds (what is read). sample_rate: Hz.
+        declared_frames: frames its header declares, where the header says (None where it only gives sizes).
+        missing_bytes: how many bytes more than the file holds its header declares.
+    """
+
+    frames: int
+    sample_rate: int
+    declared_frames: int | None
+    missing_bytes: int
+
+    def message(self) -> str:
+        held = f"{self.frames / self.sample_rate:.2f} s ({self.frames} samples)"
+        if self.declared_frames is None:
+            return (f"truncated file: its header declares {self.missing_bytes} bytes more than the file holds; "
+                    f"read what it holds: {held}")
+        return (f"truncated file: its header declares {self.declared_frames / self.sample_rate:.2f} s but the file "
+                f"ends after {held}; read what it holds")
+
+
+def find_truncation(path: str | os.PathLike) -> Truncation | None:
+    """Whether ``path``'s header declares more audio than the file holds (WAV, AIFF, W64, RF64, ...), else None.
+
+    libsndfile reads such a file as far as it goes and logs each size it corrected as ``name : declared (should be
+    actual)``; that log is read here. For WAV and AIFF only the audio chunk counts (``data``, ``SSND``: a trailing
+    metadata chunk cut off loses no audio). The declared length comes from the data chunk and block size (WAV), a
+    ``Frames`` field (AIFF, RF64) or the byte rate (W64). Sizes from :data:`UNKNOWN_LENGTH` up are the placeholders
+    of a file streamed to a pipe, not a truncation. :class:`AudioReadError` if unreadable.
+    """
+    path = Path(path)
+    info = audio_info(path)
+    try:
+        with soundfile.SoundFile(str(path)) as handle:
+            log = handle.extra_info
+    except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+        raise _open_error(path, exc) from None
+    short = [(name, int(declared), int(actual)) for name, declared, actual in _SHORT_SIZE.findall(log)
+             if int(actual) < int(declared) < UNKNOWN_LENGTH]
+    wav, aiff = (re.search(pattern, log, re.MULTILINE) is not None for pattern in (r"^RIF[FX]\s*:", r"^FORM\s*:"))
+    if wav or aiff:
+        short = [entry for entry in short if entry[0] == ("data" if wav else "SSND")]
+    if not short:
+        return None
+
+    def number(field: str) -> int | None:
+        found = re.search(rf"^\s*{re.escape(field)}\s*:\s*(\d+)\s*$", log, re.MULTILINE)
+        return int(found.group(1)) if found else None
+
+    missing = max(declared - actual for _, declared, actual in short)
+    block_align, frames_field, byte_rate = number("Block Align"), number("Frames"), number("Bytes/sec")
+    declared_frames = None
+    if wav and block_align:
+        declared_frames = short[0][1] // block_align
+    elif frames_field:
+        declared_frames = frames_field
+    elif byte_rate:
+        declared_frames = info.frames + round(missing / byte_rate * info.samplerate)
+    if declared_frames is not None and declared_frames <= info.frames:
+        declared_frames = None  # the length fields disagree with the sizes: report the missing bytes only
+    return Truncation(int(info.frames), int(info.samplerate), declared_frames, missing)
+
+
+def input_warnings(path: str | os.PathLike) -> list[str]:
+    """One line for each thing about ``path`` that reading it with ``fit_full_scale`` quietly works around (module
+    docstring): a truncated file, float samples beyond full scale. ``[]`` for an ordinary file.
+    :class:`AudioReadError` if unreadable."""
+    lines = []
+    truncation = find_truncation(path)
+    if truncation is not None:
+        lines.append(truncation.message())
+    peak = _beyond_full_scale(Path(path))
+    if peak is not None:
+        lines.append(f"float samples reach {peak:.2f}, beyond full scale (1.0): the whole file is scaled by "
+                     f"1/{peak:.2f} ({20 * math.log10(1 / peak):.1f} dB) to peak at full scale")
+    return lines
 
 
 class StreamingResampler:
@@ -257,7 +401,7 @@ class StreamingResampler:
 
 
 def iter_audio_blocks(path: str | os.PathLike, block_frames: int, target_sr: int | None = None,
-                      mono: bool = True) -> Iterator[torch.Tensor]:
+                      mono: bool = True, fit_full_scale: bool = False) -> Iterator[torch.Tensor]:
     """Stream a (long) audio file in bounded-memory blocks.
 
     Args:
@@ -266,11 +410,13 @@ def iter_audio_blocks(path: str | os.PathLike, block_frames: int, target_sr: int
             ``O(block_frames + resampler context)`` whatever the file length.
         target_sr: resample to this rate (``None``: the file's rate).
         mono: average channels.
+        fit_full_scale: divide a float file whose samples exceed full scale by its peak (module docstring; the
+            peak is found by a first pass over the file).
 
     Yields:
         float32 tensors ``(C, t)`` at ``target_sr``. Block sizes vary (about ``block_frames * target_sr /
         file_rate``; resampled blocks are emitted in whole resampler frames). Their concatenation equals
-        ``read_audio(path, target_sr, mono).samples``: exactly without resampling, and with resampling
+        ``read_audio(path, target_sr, mono, fit_full_scale).samples``: exactly without resampling, and with resampling
         the same length and values within float32 rounding (``<= 1e-4`` absolute for full-scale input).
 
     Raises:
@@ -291,11 +437,12 @@ def iter_audio_blocks(path: str | os.PathLike, block_frames: int, target_sr: int
             resampler = StreamingResampler(int(info.samplerate), int(target_sr))
         except ValueError as exc:
             raise AudioReadError(f"{path}: {exc}") from None
-    return _generate_blocks(path, int(block_frames), resampler, mono)
+    peak = _beyond_full_scale(path) if fit_full_scale else None
+    return _generate_blocks(path, int(block_frames), resampler, mono, peak)
 
 
 def _generate_blocks(path: Path, block_frames: int, resampler: StreamingResampler | None,
-                     mono: bool) -> Iterator[torch.Tensor]:
+                     mono: bool, peak: float | None = None) -> Iterator[torch.Tensor]:
     try:
         handle = soundfile.SoundFile(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -308,6 +455,8 @@ def _generate_blocks(path: Path, block_frames: int, resampler: StreamingResample
                 raise _open_error(path, exc) from None
             if data.shape[0] == 0:
                 break
+            if peak is not None:
+                data = data / np.float32(peak)  # as read_audio does, so both give the same samples
             block = torch.from_numpy(np.ascontiguousarray(data.T))
             if mono and block.shape[0] > 1:
                 block = block.mean(dim=0, keepdim=True)

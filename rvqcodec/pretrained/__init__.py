@@ -34,12 +34,21 @@ def expected_default_model_id() -> str:
     return str(default_model_card()["model_id"])
 
 
+UNSUPPORTED_DEVICE_TYPES = {"meta": "it holds tensor shapes but no data, so no audio can be computed on it"}
+"""Device types torch accepts that can never run the codec -> why (a one-line error names it)."""
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` as a ``torch.device`` that exists on this machine.
+    """``device`` as a ``torch.device`` that exists on this machine and can run the codec.
+
+    ``cpu``; ``cuda``/``cuda:N`` and ``mps`` when present; another backend (``xpu``, ``hpu``, ...) when its torch
+    module says it is available (or, without one, a tensor can be made on it). ``meta`` is refused: it computes
+    nothing (:data:`UNSUPPORTED_DEVICE_TYPES`).
 
     Raises:
-        InputError: an unknown device string, or a device this machine does not have (e.g. ``cuda`` without a
-            usable GPU), with a one-line message.
+        InputError: an unknown device string, a device type that cannot run the codec, or a device this machine
+            (or this torch build) does not have (e.g. ``cuda`` without a usable GPU, ``xpu`` on a CPU-only build),
+            with a one-line message.
     """
     import torch
 
@@ -47,22 +56,35 @@ def resolve_device(device: str | torch.device) -> torch.device:
         resolved = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise InputError(f"unknown device {str(device)!r} ({str(exc).splitlines()[0]}); use cpu, cuda or cuda:N") from None
+    name = str(device)
+    if resolved.type in UNSUPPORTED_DEVICE_TYPES:
+        raise InputError(f"device {name!r} is not supported: {UNSUPPORTED_DEVICE_TYPES[resolved.type]}; "
+                         "use --device cpu")
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
-            raise InputError(f"device {str(device)!r} is not available: no usable CUDA GPU on this machine "
+            raise InputError(f"device {name!r} is not available: no usable CUDA GPU on this machine "
                              f"(torch {torch.__version__}, {build}); use --device cpu")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise InputError(f"device {str(device)!r} is not available: this machine has "
+            raise InputError(f"device {name!r} is not available: this machine has "
                              f"{torch.cuda.device_count()} CUDA GPU(s)")
     elif resolved.type == "mps":
         if not torch.backends.mps.is_available():
-            raise InputError(f"device {str(device)!r} is not available on this machine; use --device cpu")
+            raise InputError(f"device {name!r} is not available on this machine; use --device cpu")
     elif resolved.type != "cpu":
+        backend = getattr(torch, resolved.type, None)
+        if callable(getattr(backend, "is_available", None)) and not backend.is_available():
+            raise InputError(f"device {name!r} is not available: no usable {resolved.type.upper()} device on this "
+                             f"machine (torch {torch.__version__}); use --device cpu")
         try:
             torch.empty(0, device=resolved)
-        except RuntimeError as exc:
-            raise InputError(f"device {str(device)!r} is not available: {str(exc).splitlines()[0]}") from None
+        except ImportError:
+            raise InputError(f"device {name!r} is not available: this torch build ({torch.__version__}) has no "
+                             f"{resolved.type.upper()} support; use --device cpu") from None
+        except Exception as exc:  # noqa: BLE001 - whatever a backend raises (AssertionError, NotImplementedError,
+            # RuntimeError), it means that the device cannot hold a tensor here
+            reason = (str(exc).splitlines()[0].split(". ")[0] if str(exc) else "") or type(exc).__name__
+            raise InputError(f"device {name!r} is not available: {reason}; use --device cpu") from None
     return resolved
 
 

@@ -205,7 +205,7 @@ def test_quantizer_dropout_skew_draws_prefix_lengths_with_probability_n_to_the_m
     rvq = ResidualVQ(16, 8, 32, quantizer_dropout=1.0, dropout_skew=skew)
     random.seed(0)
     draws = 20000
-    counts = collections.Counter(rvq._sample_n_q(torch.device("cpu")) for _ in range(draws))
+    counts = collections.Counter(rvq.sample_n_q(torch.device("cpu")) for _ in range(draws))
     weights = [k ** -skew for k in range(1, 9)]
     for k in range(1, 9):
         expected = draws * weights[k - 1] / sum(weights)

@@ -212,6 +212,25 @@ def test_interrupted_and_resumed_run_is_bit_identical(speech_root, tmp_path):
                             "train.valid_bitrates=[0.6]"), show_progress=False)
 
 
+def test_discriminator_warmup_trains_only_the_discriminators(speech_root, tmp_path):
+    cfg = make_config(speech_root, tmp_path / "run", "train.steps=4", "loss.disc_start_step=0",
+                      "loss.disc_warmup_steps=3", "loss.disc_segment_seconds=0.25", "train.valid_every=100",
+                      "train.ckpt_every=100", "train.log_every=1", "model.quantizer_dropout=1.0")
+    trainer = Trainer(cfg, show_progress=False)
+    codec, disc = trainer.codec_module, trainer.disc_module
+    trainer.fit(stop_after_step=1)  # k-means initialises the codebooks, then the first warm-up step
+    codec_before = {k: v.clone() for k, v in codec.state_dict().items()}
+    disc_before = {k: v.clone() for k, v in disc.state_dict().items()}
+    trainer.fit(stop_after_step=3)
+    assert all(torch.equal(v, codec.state_dict()[k]) for k, v in codec_before.items())  # weights and codebooks
+    assert any(not torch.equal(v, disc.state_dict()[k]) for k, v in disc_before.items())
+    trainer.fit()  # step 4: the generator learns again
+    assert any(not torch.equal(v, codec.state_dict()[k]) for k, v in codec_before.items())
+    train_records = [r for r in read_log(tmp_path / "run") if r["kind"] == "train"]
+    assert [("loss/generator" in r, "loss/discriminator" in r) for r in train_records] == [
+        (False, True), (False, True), (False, True), (True, True)]
+
+
 def test_nan_loss_skips_the_step_and_never_reaches_a_checkpoint(speech_root, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     cfg = make_config(speech_root, run_dir, "train.steps=6", "train.ckpt_every=1", "train.valid_every=100",

@@ -116,7 +116,8 @@ class ResidualVQ(nn.Module):
             raise ValueError(f"n_q must be between 1 and {self.n_q}, got {n_q}")
         return int(n_q)
 
-    def _sample_n_q(self, device: torch.device) -> int:
+    def sample_n_q(self, device: torch.device) -> int:
+        """How many stages a training batch uses under quantizer dropout (the same on every process)."""
         n = self.n_q
         if random.random() < self.quantizer_dropout:
             if self.dropout_skew:
@@ -132,7 +133,7 @@ class ResidualVQ(nn.Module):
         if z.ndim != 3 or z.shape[1] != self.dim:
             raise ValueError(f"expected (B, {self.dim}, T) input, got shape {tuple(z.shape)}")
         if n_q is None and self.training and self.quantizer_dropout > 0:
-            n_use = self._sample_n_q(z.device)
+            n_use = self.sample_n_q(z.device)
         else:
             n_use = self._check_n_q(n_q)
         track = self.training or self.record_eval_stats

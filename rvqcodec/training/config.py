@@ -85,6 +85,8 @@ class LossConfig:
     adv: float = 1.0  # generator adversarial loss
     fm: float = 2.0  # feature matching
     disc_start_step: int = 0  # adversarial + feature-matching terms and discriminator updates start here
+    disc_warmup_steps: int = 0  # the first steps from disc_start_step train only the discriminators (the
+    # generator decodes without learning): a fine-tune's discriminators first learn to see the codec's artefacts
     disc_segment_seconds: float | None = None  # the discriminators see a random crop of this length of each
     # real/generated pair (the same samples of both; None: the whole training segment): their cost scales with it
     adv_kind: str = "hinge"  # hinge | lsgan
@@ -435,6 +437,7 @@ def validate(cfg: TrainConfig) -> None:
     _check(lo.mel + lo.mrstft + lo.complex + lo.l1 > 0, "loss.mel",
            "at least one reconstruction weight (mel, mrstft, complex, l1) must be > 0", lo.mel)
     _check(lo.disc_start_step >= 0, "loss.disc_start_step", "must be >= 0", lo.disc_start_step)
+    _check(lo.disc_warmup_steps >= 0, "loss.disc_warmup_steps", "must be >= 0", lo.disc_warmup_steps)
     _check(lo.disc_segment_seconds is None or lo.disc_segment_seconds > 0, "loss.disc_segment_seconds",
            "must be > 0 or null", lo.disc_segment_seconds)
     _check(lo.adv_kind in ADV_KIND_CHOICES, "loss.adv_kind", f"must be one of {', '.join(ADV_KIND_CHOICES)}", lo.adv_kind)

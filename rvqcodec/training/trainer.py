@@ -12,7 +12,9 @@ rvqcodec.training CONFIG ...``. The same code runs on a CPU.
    ``step >= loss.disc_start_step``, ``w_adv·adversarial + w_fm·feature matching`` against the current
    discriminators; gradients are accumulated, clipped and applied.
 2. Discriminators (alternating, same step, only once adversarial training has started): real clips against the
-   detached reconstructions of step 1, accumulated, clipped, applied.
+   detached reconstructions of step 1, accumulated, clipped, applied. For the first ``loss.disc_warmup_steps`` of
+   adversarial training only the discriminators learn (step 1 decodes without gradient or any update), so that
+   they can tell a trained codec's output from real speech before the codec is trained against them.
 
 A non-finite loss (or gradient) on any process skips the whole step: gradients are dropped and every model
 buffer (EMA codebooks, statistics) is restored to its value before the step. After ``train.max_bad_steps``
@@ -471,6 +473,7 @@ class Trainer:
         w = cfg.loss
         accum = len(micro_batches)
         adversarial = self.disc is not None and self.step >= w.disc_start_step
+        generator_frozen = adversarial and self.step < w.disc_start_step + w.disc_warmup_steps
         quantize = self.step >= cfg.train.ae_warmup_steps
         disc_raw = self.disc_module
         snapshot = self._snapshot_buffers()
@@ -486,7 +489,9 @@ class Trainer:
         if self.disc is not None:
             self.disc.train()
         self.opt_g.zero_grad(set_to_none=True)
-        for i, x in enumerate(micro_batches):
+        if generator_frozen:
+            fakes, n_q_total = self._frozen_generator_outputs(micro_batches, quantize)
+        for i, x in enumerate(micro_batches if not generator_frozen else ()):
             sync = contextlib.nullcontext() if i == accum - 1 else acc.no_sync(self.codec)
             with sync:
                 with acc.autocast():
@@ -515,14 +520,15 @@ class Trainer:
             add("loss/generator", loss)
             n_q_total += out.n_q / accum
 
-        if self._any_bad(losses):
-            return self._skip_step(snapshot, self._to_floats(sums), "loss")
-        g_norm = self._clip(self.codec)
-        if not bool(torch.isfinite(g_norm)) and acc.scaler is None:
-            return self._skip_step(snapshot, self._to_floats(sums), "gradient")
-        self.opt_g.step()  # under fp16 the grad scaler itself skips steps with overflowed gradients
-        self.opt_g.zero_grad(set_to_none=True)
-        sums["grad_norm/generator"] = g_norm.to(acc.device)
+        if not generator_frozen:
+            if self._any_bad(losses):
+                return self._skip_step(snapshot, self._to_floats(sums), "loss")
+            g_norm = self._clip(self.codec)
+            if not bool(torch.isfinite(g_norm)) and acc.scaler is None:
+                return self._skip_step(snapshot, self._to_floats(sums), "gradient")
+            self.opt_g.step()  # under fp16 the grad scaler itself skips steps with overflowed gradients
+            self.opt_g.zero_grad(set_to_none=True)
+            sums["grad_norm/generator"] = g_norm.to(acc.device)
 
         if adversarial:
             self.opt_d.zero_grad(set_to_none=True)  # also drops what the generator loss left there
@@ -549,6 +555,26 @@ class Trainer:
         metrics: dict[str, float | torch.Tensor] = dict(sums)  # device scalars: read at log time, not per step
         metrics["n_q"] = n_q_total
         return StepResult(ok=True, metrics=metrics)
+
+    def _frozen_generator_outputs(self, micro_batches: list[torch.Tensor], quantize: bool
+                                  ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float]:
+        """The discriminators' warm-up (``loss.disc_warmup_steps``): the codec decodes each micro-batch without
+        learning anything (eval mode: no gradient, no codebook update, no statistics), at a prefix of stages drawn
+        as quantizer dropout draws it, so the discriminators learn to tell real clips from every bitrate's output
+        before the generator is trained against them. Returns the (real, decoded) crops and the mean stages."""
+        codec = self.codec_module
+        crops, n_q_total = [], 0.0
+        codec.eval()
+        try:
+            with torch.no_grad(), self.accelerator.autocast():
+                for x in micro_batches:
+                    n_q = codec.quantizer.sample_n_q(x.device) if quantize else None
+                    out = codec(x, n_q=n_q, quantize=quantize)
+                    crops.append(self._disc_crops(x, out.audio.float()))
+                    n_q_total += out.n_q / len(micro_batches)
+        finally:
+            codec.train()
+        return crops, n_q_total
 
     @staticmethod
     def _to_floats(sums: dict[str, torch.Tensor]) -> dict[str, float]:

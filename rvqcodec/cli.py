@@ -54,8 +54,17 @@ def build_parser(load_subcommands: bool = True) -> argparse.ArgumentParser:
     return parser
 
 
+OMP_WAIT_POLICY = "PASSIVE"
+"""The OpenMP wait policy of an ``rvqcodec`` process unless ``OMP_WAIT_POLICY`` is already set: PyTorch's CPU
+threads sleep while they wait instead of spinning, so that the default thread count stays close to one thread's
+speed on a busy machine (spinning threads made the default 2.5-3x slower than ``--threads 1`` there, passive ones
+1.2x; ``benchmarks/threads.py``). It takes effect only when set before torch is first imported, which the command
+modules do after this."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``rvqcodec ARGV`` and return its exit code (module docstring; 141 when stdout's reader went away)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY)
     try:
         code = _main(argv)
         sys.stdout.flush()  # a buffered pipe is written here, not at exit, where the error could not be caught

@@ -657,3 +657,21 @@ def test_info_lists_only_the_fields_of_the_models_architecture(capsys, tmp_path)
         code, out, _ = run_cli(capsys, "info", *model_args, "--json")
         config = json.loads(out)["config"]
         assert present <= set(config) and not set(config) & absent
+
+
+def test_cli_processes_wait_passively_unless_told_otherwise():
+    """Spinning OpenMP threads made the default thread count 2.5-3x slower than one thread on a busy machine
+    (benchmarks/threads.py); the CLI sets a passive wait policy for its process before torch is imported, and
+    leaves a policy the user set alone."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os, sys, rvqcodec.cli as cli; cli.main(['info', '--json']); "
+              "print(os.environ['OMP_WAIT_POLICY'], file=sys.stderr)")
+    for preset, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if preset:
+            env["OMP_WAIT_POLICY"] = preset
+        done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        assert done.stderr.strip().splitlines()[-1] == expected

@@ -33,6 +33,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("rvqcodec.commands.train", "train a codec from a recipe config (runs under Accelerate)"),
     "ablation": ("rvqcodec.commands.ablation", "run the gradient-estimator ablation and write its report"),
     "info": ("rvqcodec.commands.info", "print a checkpoint's configuration, size and bitrates"),
+    "export": ("rvqcodec.commands.export", "export a trained run as an inference checkpoint (or as the shipped model)"),
 }
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 

@@ -22,7 +22,7 @@ sample; its predecessors 239e153ca376fea2 (98791 steps: 0.920, 0.161, 2.40), f62
 bb985a07def5a299 (10000 steps: 0.889, 0.186, 1.99) pass these floors too: the floors catch a broken model, not a
 slightly older one; the default before the convnext family (tiny SEANet 059cc00b57a626e6) scored STOI 0.793, mel
 0.312, PESQ-WB 1.12, and a randomly initialised model STOI 0.51, mel 1.18-1.24, PESQ-WB 1.03-1.12: either fails
-every floor. When the shipped model is replaced (recipes/librispeech/export_default.py rewrites ``default.json``),
+every floor. When the shipped model is replaced (``rvqcodec export RUN --as-default`` rewrites ``default.json``),
 raise these to the new model's scores minus a margin."""
 
 

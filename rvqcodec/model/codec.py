@@ -514,7 +514,12 @@ class Codec(nn.Module):
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "Codec":
         """Rebuild a codec from :meth:`save`'s file, in eval mode. Clear errors for missing or foreign files."""
-        payload = cls.read_checkpoint(path, map_location)
+        return cls.from_checkpoint_payload(cls.read_checkpoint(path), path).to(map_location)
+
+    @classmethod
+    def from_checkpoint_payload(cls, payload: dict[str, Any], path: str | os.PathLike = "checkpoint") -> "Codec":
+        """The codec (on the CPU, in eval mode) of a payload :meth:`read_checkpoint` returned; ``path`` only names
+        it in errors. Rebuilds the EMA sums an inference-only checkpoint leaves out."""
         try:
             config = CodecConfig.from_dict(payload["config"])
         except (TypeError, ValueError) as exc:
@@ -531,4 +536,4 @@ class Codec(nn.Module):
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ValueError(f"{path}: checkpoint weights do not match its config ({first})") from None
-        return codec.to(map_location).eval()
+        return codec.eval()

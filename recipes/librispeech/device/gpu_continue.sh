@@ -55,8 +55,8 @@ $PY -m rvqcodec train "${COMMON[@]}" train.run_dir=$RUN train.steps=$STEPS \
     train.max_minutes=$(awk "BEGIN { print $MINUTES + 1 }") train.valid_every=$(( STEPS / 4 > 0 ? STEPS / 4 : 1 )) \
     train.ckpt_every=$STEPS
 # 3. Bank it: exported model + card, log, and the training state in parts that fit the way back.
-$PY recipes/librispeech/export_default.py "$RUN/codec.pt" --recipe recipes/librispeech/convnext.yaml \
-    --out "$OUT/default.pt" --note "Continued on a GPU from $INIT at batch $BATCH ($ESTIMATOR estimator)."
+$PY -m rvqcodec export "$RUN" "$OUT/default.pt" --as-default --recipe recipes/librispeech/convnext.yaml \
+    --note "Continued on a GPU from $INIT at batch $BATCH ($ESTIMATOR estimator)."
 cp "$RUN/log.jsonl" "$OUT/log.jsonl"
 STATE=$(ls "$RUN"/checkpoints/step_*.pt | tail -1)
 split -b 15M "$STATE" "$OUT/$(basename "$STATE").part-"

@@ -1,0 +1,59 @@
+"""``rvqcodec export RUN_OR_CHECKPOINT [OUT]``: a trained run as a small inference checkpoint, or as the shipped model.
+
+RUN_OR_CHECKPOINT is a run folder (its ``codec.pt``), a codec checkpoint or a training checkpoint
+(``checkpoints/step_*.pt``). OUT defaults to ``export.pt`` beside the source. The file is float16 and inference-only
+(a third of a training checkpoint's size; loads back in float32 and still fine-tunes), with the run's training
+facts in its meta (:mod:`rvqcodec.training.export`). ``--as-default`` writes the shipped default model (OUT, by
+default ``rvqcodec/pretrained/default.pt``) and its card ``default.json`` beside it. Exit codes: 0, 2 (user mistake).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rvqcodec.errors import UserError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="RUN_OR_CHECKPOINT",
+                        help="run folder, codec.pt or training checkpoint (checkpoints/step_*.pt)")
+    parser.add_argument("out", nargs="?", default=None, metavar="OUT",
+                        help="output checkpoint (default: export.pt beside the source)")
+    parser.add_argument("--as-default", action="store_true",
+                        help="write the shipped default model (OUT, default rvqcodec/pretrained/default.pt) and its "
+                             "card default.json beside it")
+    parser.add_argument("--recipe", default=None, metavar="YAML", help="the recipe the run was trained with (named "
+                                                                       "on the card)")
+    parser.add_argument("--note", default="", help="a sentence added to the card's description (--as-default)")
+    parser.add_argument("--float32", action="store_true", help="keep float32 weights (default: float16, half the size)")
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing OUT")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rvqcodec.training.export import export_codec, export_default, read_trained_codec
+
+    if args.recipe is not None and not Path(args.recipe).is_file():
+        raise UserError(f"recipe not found: {args.recipe}")
+    try:
+        trained = read_trained_codec(args.source)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    if args.as_default:
+        path, card = export_default(trained, args.recipe, args.note, out=args.out)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, model id {trained_id(path)}) and {card}")
+        return 0
+    out = Path(args.out) if args.out is not None else trained.source.parent / "export.pt"
+    if out.resolve() == trained.source.resolve():
+        raise UserError(f"refusing to write {out}: it is the source")
+    if out.exists() and not args.force:
+        raise UserError(f"{out} exists; pass --force to overwrite it")
+    path = export_codec(trained, out, args.recipe, float16=not args.float32)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, model id {trained_id(path)})")
+    return 0
+
+
+def trained_id(path: Path) -> str:
+    """The model id recorded in an exported checkpoint (the id of the weights as written)."""
+    from rvqcodec.model import Codec
+
+    return Codec.read_checkpoint(path)["meta"]["model_id"]

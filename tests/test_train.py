@@ -426,6 +426,12 @@ def test_a_new_run_can_start_from_a_trained_codec_and_carry_its_lineage(speech_r
     tuned.fit()
     state = read_training_checkpoint(latest_checkpoint(tuned_dir))
     assert state["step"] == 1 and state["lineage"]["steps"] == 3 and state["disc"] is not None
+    # an adversarial run started from an adversarial run's training checkpoint continues with its discriminators
+    again = Trainer(make_config(speech_root, tmp_path / "again", *CONVNEXT, "train.steps=1", "loss.adv=1",
+                                "loss.fm=2", "loss.disc_start_step=0", f"train.init_from={latest_checkpoint(tuned_dir)}"),
+                    show_progress=False)
+    for name, value in state["disc"].items():
+        assert torch.equal(again.disc_module.state_dict()[name], value), name
     from_state = Trainer(make_config(speech_root, tmp_path / "from-state", *CONVNEXT, "train.steps=1",
                                      f"train.init_from={latest_checkpoint(first_dir)}"), show_progress=False)
     for name, value in start.state_dict().items():  # a training checkpoint works too

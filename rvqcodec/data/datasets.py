@@ -2,8 +2,9 @@
 
 * :class:`LibriSpeechDataset` reads the LibriSpeech layout ``<root>/LibriSpeech/<subset>/<speaker>/<chapter>/*.flac``
   (or ``<root>/<subset>/...`` when ``root`` is the folder holding the subsets), one or several subsets.
-* :class:`AudioFolderDataset` reads every audio file under a folder (recursively).
-* :class:`AudioFileListDataset` reads a given list of files (e.g. the union of the two above).
+* :class:`AudioFolderDataset` reads every audio file under a folder (recursively; :func:`find_audio_files`).
+* :class:`AudioFileListDataset` reads a given list of files (e.g. the union of the two above, or the files named
+  by a list file: :func:`read_file_list`).
 
 Both return float32 tensors ``(1, T)`` at ``sample_rate``: ``T = segment_samples`` in crop mode, the whole
 (resampled) file when ``segment_seconds=None``. Crops are deterministic functions of ``(seed, epoch, index)``,
@@ -28,7 +29,12 @@ from torch.utils.data import Dataset
 
 from rvqcodec.data.audio_io import AudioReadError, audio_info, read_audio
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
+                    ".caf", ".w64", ".rf64")
+"""File extensions an audio folder is searched for (case-insensitive): the formats soundfile (libsndfile) reads,
+of which those this build cannot decode are dropped (wav, flac and ogg always work; mp3 needs libsndfile >= 1.1)."""
+_EXTENSION_FORMATS = {".oga": "OGG", ".opus": "OGG", ".aif": "AIFF", ".aifc": "AIFF", ".snd": "AU"}
+"""Extensions whose libsndfile format is not the extension itself in capitals."""
 
 
 def _readable_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
@@ -37,9 +43,67 @@ def _readable_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
     kept = []
     for ext in extensions:
         ext = ext.lower() if ext.startswith(".") else f".{ext.lower()}"
-        if ext.lstrip(".").upper() in formats:
+        if _EXTENSION_FORMATS.get(ext, ext.lstrip(".").upper()) in formats:
             kept.append(ext)
     return tuple(kept)
+
+
+def find_audio_files(root: str | os.PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Every audio file under ``root`` (recursively), sorted by path; hidden files and folders (a name starting
+    with ``.``) are skipped, and a file counts as audio by its extension (:data:`AUDIO_EXTENSIONS`).
+
+    Raises:
+        FileNotFoundError: ``root`` is missing or not a folder.
+        ValueError: no audio file found (the message lists the extensions searched for).
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"audio folder not found: {root}")
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a folder: {root}")
+    readable = _readable_extensions(extensions)
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in readable:
+                files.append(Path(dirpath) / name)
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(readable)}) found under {root}")
+    return sorted(files)
+
+
+def read_file_list(path: str | os.PathLike) -> list[Path]:
+    """The audio files named by a list file: one path per line, in the file's order; a relative path is taken
+    relative to the folder of the list file; blank lines and lines starting with ``#`` are skipped. Every entry
+    must be an existing file (it is read as audio later, whatever its extension).
+
+    Raises:
+        FileNotFoundError: the list file is missing, or an entry names no file (the message gives its line).
+        ValueError: the list file names no file, or is not text.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"list file not found: {path}" if not path.exists() else f"not a file: {path}")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"list file {path} is not UTF-8 text (one audio path per line)") from None
+    base = path.parent
+    files = []
+    for number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        file = Path(entry).expanduser()
+        file = file if file.is_absolute() else base / file
+        if not file.is_file():
+            what = "is a folder, not an audio file" if file.is_dir() else "no such file"
+            raise FileNotFoundError(f"{path} line {number}: {what}: {file}")
+        files.append(file)
+    if not files:
+        raise ValueError(f"list file {path} names no audio file (one path per line)")
+    return files
 
 
 class _AudioSegmentDataset(Dataset):
@@ -220,15 +284,9 @@ class LibriSpeechDataset(_AudioSegmentDataset):
         self.root = Path(root)
         self.subsets = tuple(subsets)
         self.librispeech_dir = self._find_librispeech_dir(self.root, self.subsets)
-        files: list[Path] = []
-        for subset in self.subsets:
-            subset_files = sorted((self.librispeech_dir / subset).glob("*/*/*.flac"))
-            if not subset_files:
-                raise ValueError(f"no .flac files in LibriSpeech subset {self.librispeech_dir / subset} "
-                                 f"(expected <speaker>/<chapter>/*.flac)")
-            files.extend(subset_files)
-        super().__init__(sorted(files), segment_seconds=segment_seconds, sample_rate=sample_rate,
-                         gain_normalize=gain_normalize, random_crop=random_crop, seed=seed, **kwargs)
+        super().__init__(librispeech_files(self.root, self.subsets), segment_seconds=segment_seconds,
+                         sample_rate=sample_rate, gain_normalize=gain_normalize, random_crop=random_crop, seed=seed,
+                         **kwargs)
 
     @staticmethod
     def _find_librispeech_dir(root: Path, subsets: Sequence[str]) -> Path:
@@ -255,13 +313,32 @@ class LibriSpeechDataset(_AudioSegmentDataset):
         return base
 
 
+def librispeech_files(root: str | os.PathLike, subsets: Sequence[str]) -> list[Path]:
+    """The utterances ``<subset>/<speaker>/<chapter>/*.flac`` of LibriSpeech ``subsets`` under ``root`` (the folder
+    containing ``LibriSpeech/``, or the one containing the subsets), sorted by path; the files of
+    :class:`LibriSpeechDataset`, found without reading them. Raises as :class:`LibriSpeechDataset` does."""
+    if isinstance(subsets, str):
+        subsets = (subsets,)
+    if not subsets:
+        raise ValueError("no LibriSpeech subset given (e.g. subsets=('train-clean-100',))")
+    base = LibriSpeechDataset._find_librispeech_dir(Path(root), tuple(subsets))
+    files: list[Path] = []
+    for subset in subsets:
+        subset_files = sorted((base / subset).glob("*/*/*.flac"))
+        if not subset_files:
+            raise ValueError(f"no .flac files in LibriSpeech subset {base / subset} "
+                             f"(expected <speaker>/<chapter>/*.flac)")
+        files.extend(subset_files)
+    return sorted(files)
+
+
 class AudioFolderDataset(_AudioSegmentDataset):
     """Every audio file under ``root`` (recursively), sorted by path; hidden files and folders are skipped.
 
     Args:
         root: folder to scan.
-        extensions: file extensions to include (case-insensitive); those this libsndfile build cannot decode
-            are dropped (wav, flac and ogg always work; mp3 needs libsndfile >= 1.1).
+        extensions: file extensions to include (case-insensitive; default :data:`AUDIO_EXTENSIONS`); those this
+            libsndfile build cannot decode are dropped (wav, flac and ogg always work; mp3 needs libsndfile >= 1.1).
         segment_seconds, sample_rate, gain_normalize, random_crop, seed, **kwargs: see
             :class:`_AudioSegmentDataset`.
 
@@ -275,18 +352,7 @@ class AudioFolderDataset(_AudioSegmentDataset):
                  gain_normalize: bool = True, random_crop: bool = True, seed: int = 0,
                  extensions: Sequence[str] = AUDIO_EXTENSIONS, **kwargs):
         self.root = Path(root)
-        if not self.root.exists():
-            raise FileNotFoundError(f"audio folder not found: {self.root}")
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"not a folder: {self.root}")
         self.extensions = _readable_extensions(extensions)
-        files = []
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-            for name in filenames:
-                if not name.startswith(".") and Path(name).suffix.lower() in self.extensions:
-                    files.append(Path(dirpath) / name)
-        if not files:
-            raise ValueError(f"no audio files ({', '.join(self.extensions)}) found under {self.root}")
-        super().__init__(sorted(files), segment_seconds=segment_seconds, sample_rate=sample_rate,
+        files = find_audio_files(self.root, self.extensions)
+        super().__init__(files, segment_seconds=segment_seconds, sample_rate=sample_rate,
                          gain_normalize=gain_normalize, random_crop=random_crop, seed=seed, **kwargs)

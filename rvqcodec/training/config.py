@@ -4,7 +4,7 @@ A recipe is a YAML file with up to seven sections::
 
     model:  {preset: tiny, n_q: 8}          # a CodecConfig preset plus any CodecConfig field
     disc:   {preset: tiny}                  # a DiscriminatorConfig preset plus any of its fields
-    data:   {root: /path/containing/LibriSpeech, segment_seconds: 1.0, batch_size: 8}
+    data:   {root: /path/containing/LibriSpeech, segment_seconds: 1.0, batch_size: 8}   # or {train_dirs: [my_wavs]}
     optim:  {lr: 3.0e-4}
     loss:   {mel: 15.0, disc_start_step: 2000}
     train:  {steps: 20000, run_dir: runs/tiny}
@@ -43,12 +43,31 @@ ADV_KIND_CHOICES = ("hinge", "lsgan")
 
 @dataclass
 class DataConfig:
-    """Where the speech is and how training batches are cut from it."""
+    """Where the speech is and how training batches are cut from it.
 
-    root: str = "data"  # folder that contains LibriSpeech/ (relative to the working dir); recipes set their own
-    train_subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])
-    extra_train_dirs: list[str] = field(default_factory=list)  # more training audio: every file under each folder
-    valid_subset: str = "dev-clean"
+    Training audio is the union of the LibriSpeech subsets (``root`` + ``train_subsets``; ``[]``: none), the
+    folders (``train_dirs``, ``extra_train_dirs``) and the list file (``train_list``); at least one must be given.
+    Validation audio is ``valid_dirs`` if given, else the LibriSpeech ``valid_subset`` when LibriSpeech subsets are
+    trained on, else a held-out split of the training files (``valid_fraction``; see
+    :mod:`rvqcodec.training.data_files`). Relative paths are relative to the working folder.
+    """
+
+    root: str = "data"  # folder that contains LibriSpeech/ (relative to the working dir); recipes set their own;
+    # read only when train_subsets is not empty
+    train_subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])  # LibriSpeech subsets ([]: none)
+    train_dirs: list[str] = field(default_factory=list)  # folders of audio, searched recursively: every file
+    # soundfile reads (wav, flac, ogg, mp3, aiff, ...), any sample rate (resampled), hidden files and folders skipped
+    extra_train_dirs: list[str] = field(default_factory=list)  # the same as train_dirs (the name the LibriSpeech
+    # recipes use for folders added to their subsets)
+    train_list: str | None = None  # a text file naming training audio files, one path per line (relative paths
+    # are relative to the list file; blank lines and '#' lines skipped)
+    valid_subset: str = "dev-clean"  # LibriSpeech validation subset, used when train_subsets is not empty and
+    # valid_dirs is empty
+    valid_dirs: list[str] = field(default_factory=list)  # folders of validation audio (searched as train_dirs);
+    # none of their files may also be a training file
+    valid_fraction: float = 0.05  # without valid_dirs or LibriSpeech subsets: the share of the training files held
+    # out for validation, chosen by a hash of each file's path (the same split on every machine and run; at least
+    # one file on each side)
     segment_seconds: float = 1.0  # random crop length of a training example
     batch_size: int = 8  # per device, per micro-batch
     num_workers: int = 0  # DataLoader worker processes
@@ -112,7 +131,7 @@ class TrainSection:
     resume: bool = False  # continue from the latest checkpoint in run_dir
     init_from: str | None = None  # a codec (codec.pt) or training checkpoint whose weights and codebooks a new
     # run starts from (fine-tuning, e.g. adding the discriminators); the model config must match; optimisers start
-    # fresh
+    # fresh; a training checkpoint's discriminators are loaded too when this run has the same ones
     valid_bitrates: list[float] = field(default_factory=lambda: [1.5, 3.0, 6.0])  # kbps
     valid_pesq: bool = True  # PESQ-WB at validation (slowest metric; off for quick CPU runs)
     n_samples: int = 2  # validation files written as example audio
@@ -415,9 +434,23 @@ def validate(cfg: TrainConfig) -> None:
         cfg.augment.check()
     except ValueError as exc:
         raise ValueError(f"config {exc}") from None
-    _check(bool(d.root), "data.root", "must name the folder that contains LibriSpeech/", d.root)
-    _check(len(d.train_subsets) > 0, "data.train_subsets", "needs at least one subset", d.train_subsets)
-    _check(d.valid_subset not in d.train_subsets, "data.valid_subset", "must not be one of data.train_subsets", d.valid_subset)
+    _check(bool(d.train_subsets or d.train_dirs or d.extra_train_dirs or d.train_list), "data.train_dirs",
+           "no training audio: give folders of audio (data.train_dirs=[my_wavs]), a list file (data.train_list) "
+           "or LibriSpeech subsets (data.root, data.train_subsets)", d.train_dirs)
+    for key in ("train_subsets", "train_dirs", "extra_train_dirs", "valid_dirs"):
+        _check(all(str(v).strip() for v in getattr(d, key)), f"data.{key}", "must not hold an empty name",
+               getattr(d, key))
+    _check(d.train_list is None or bool(d.train_list.strip()), "data.train_list", "must be a file path or null",
+           d.train_list)
+    if d.train_subsets:
+        _check(bool(d.root), "data.root", "must name the folder that contains LibriSpeech/ (data.train_subsets is "
+               "set; data.train_subsets=[] trains on data.train_dirs / data.train_list only)", d.root)
+        if not d.valid_dirs:
+            _check(bool(d.valid_subset), "data.valid_subset",
+                   "must name the LibriSpeech subset to validate on (or give data.valid_dirs)", d.valid_subset)
+            _check(d.valid_subset not in d.train_subsets, "data.valid_subset", "must not be one of data.train_subsets",
+                   d.valid_subset)
+    _check(0 < d.valid_fraction < 1, "data.valid_fraction", "must be between 0 and 1 (exclusive)", d.valid_fraction)
     _check(d.segment_seconds > 0, "data.segment_seconds", "must be > 0", d.segment_seconds)
     _check(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
     _check(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)

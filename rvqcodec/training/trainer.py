@@ -60,6 +60,7 @@ from rvqcodec.training.config import (
     flat_dict,
     save_config,
 )
+from rvqcodec.training.data_files import data_files
 from rvqcodec.training.run_folder import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -189,7 +190,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, show_progress: bool = True):
-        from rvqcodec.data.datasets import AudioFileListDataset, AudioFolderDataset, LibriSpeechDataset
+        from rvqcodec.data.datasets import AudioFileListDataset
         from rvqcodec.losses import ReconstructionLoss, ReconstructionLossConfig
         from rvqcodec.model import Codec, Discriminators
 
@@ -203,16 +204,14 @@ class Trainer:
 
         set_seed(cfg.train.seed)
 
-        # ---- data
-        root = Path(cfg.data.root)
+        # ---- data: LibriSpeech subsets and/or folders and a list file of any audio; validation from valid_dirs,
+        # the LibriSpeech valid_subset or a held-out split of the training files (rvqcodec.training.data_files)
         sr = self.codec_config.sample_rate
-        files = LibriSpeechDataset(root, cfg.data.train_subsets, segment_seconds=None, sample_rate=sr).files
-        for folder in cfg.data.extra_train_dirs:
-            files += AudioFolderDataset(folder, segment_seconds=None, sample_rate=sr).files
-        self.train_set = AudioFileListDataset(files, segment_seconds=cfg.data.segment_seconds, sample_rate=sr,
+        self.data_files = data_files(cfg.data)
+        self.train_set = AudioFileListDataset(self.data_files.train, segment_seconds=cfg.data.segment_seconds,
+                                              sample_rate=sr, seed=cfg.train.seed)
+        self.valid_set = AudioFileListDataset(self.data_files.valid, segment_seconds=None, sample_rate=sr,
                                               seed=cfg.train.seed)
-        self.valid_set = LibriSpeechDataset(root, [cfg.data.valid_subset], segment_seconds=None, sample_rate=sr,
-                                            seed=cfg.train.seed)
 
         # ---- models and losses (checked before Accelerate writes anything)
         self.codec = Codec(self.codec_config)
@@ -251,6 +250,7 @@ class Trainer:
 
             self.augment = Augmenter(cfg.augment, sr, acc.device)
         self.clips = None
+        self._print(f"{self.data_files.describe()}; {self.train_set.total_seconds / 60:.1f} min of training audio")
         if cfg.data.preload:
             from rvqcodec.data.clips import PreloadedClips
 
@@ -425,11 +425,18 @@ class Trainer:
             max_len = None
             if self.cfg.data.max_valid_seconds is not None:
                 max_len = int(self.cfg.data.max_valid_seconds * self.codec_config.sample_rate)
+            names: set[str] = set()
             for i in range(limit):
                 wav = as_clip(self.valid_set[i])
                 if max_len is not None:
                     wav = wav[..., :max_len]
-                items.append((Path(self.valid_set.files[i]).stem, wav))
+                name = stem = Path(self.valid_set.files[i]).stem
+                copy = 1
+                while name in names:  # two files of one name in different folders: distinct example audio
+                    copy += 1
+                    name = f"{stem}-{copy}"
+                names.add(name)
+                items.append((name, wav))
             self._valid_cache = items
         return self._valid_cache
 
@@ -690,13 +697,15 @@ class Trainer:
     # ------------------------------------------------------------------------------------ the loop
     def _init_from(self, path: Path) -> None:
         """Start from the weights and codebooks of ``path``: a codec checkpoint (``codec.pt``) or a training
-        checkpoint (``checkpoints/step_*.pt``, whose optimiser state is not used). ValueError if its model config
-        differs, other than in fields that only change how the model learns
+        checkpoint (``checkpoints/step_*.pt``, whose optimiser state is not used; its discriminators' weights are,
+        when this run has the same discriminators, so that an adversarial fine-tune continues with trained ones).
+        ValueError if its model config differs, other than in fields that only change how the model learns
         (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`: e.g. fine-tuning with another gradient estimator). Its
         lineage, when it has one, is carried on."""
         from rvqcodec.model import Codec
         from rvqcodec.model.codec import GROWN_FIELDS, grown_fields, incompatible_fields, with_defaults
 
+        disc_state = None
         try:
             payload = Codec.read_checkpoint(path)
             config, state, lineage = payload["config"], Codec.load(path).state_dict(), payload["meta"].get("lineage")
@@ -706,6 +715,7 @@ class Trainer:
             except ValueError:
                 raise ValueError(f"train.init_from={path} is neither a codec nor a training checkpoint") from None
             config, state, lineage = payload["codec_config"], payload["codec"], payload.get("lineage")
+            disc_state = payload.get("disc")
         wanted = self.codec_config.to_dict()
         incompatible = incompatible_fields(config, wanted)
         if incompatible:
@@ -719,7 +729,15 @@ class Trainer:
             raise ValueError(f"cannot start from {path}: its weights do not fit this model (missing "
                              f"{', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'})")
         self.lineage = Lineage.from_dict(lineage or {})
-        self._print(f"starting from the weights of {path} ({self.lineage.steps} steps, "
+        disc_note = ""
+        if disc_state is not None and self.disc is not None:
+            own = self.disc_module.state_dict()
+            if own.keys() == disc_state.keys() and all(own[k].shape == v.shape for k, v in disc_state.items()):
+                self.disc_module.load_state_dict(disc_state)
+                disc_note = " and discriminators"
+            else:
+                disc_note = " (its discriminators differ from this run's: they start afresh)"
+        self._print(f"starting from the weights{disc_note} of {path} ({self.lineage.steps} steps, "
                     f"{self.lineage.audio_seconds / 3600:.1f} h of audio seen)"
                     + (f"; now training with other {', '.join(changed)}" if changed else ""))
 

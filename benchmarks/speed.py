@@ -77,7 +77,8 @@ from rvqcodec import api, codec_files  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from rvqcodec.model import Codec, CodecConfig, DiscriminatorConfig, Discriminators  # noqa: E402
+from rvqcodec.model import Codec, CodecConfig  # noqa: E402
+from rvqcodec.model.discriminators import DiscriminatorConfig, Discriminators  # noqa: E402
 from rvqcodec.model.codec import PRESETS  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 from rvqcodec.training.config import (  # noqa: E402

@@ -3,7 +3,7 @@
 
 Conventions: every function takes ``(estimate, target)`` in that order, audio is ``(B, 1, T)`` and every loss is a
 scalar averaged over the batch. Spectral losses run in float32 with autocast disabled whatever the input dtype.
-Discriminator outputs are the lists returned by :class:`rvqcodec.model.Discriminators`:
+Discriminator outputs are the lists returned by :class:`rvqcodec.model.discriminators.Discriminators`:
 ``[(logits, [feature maps]), ...]``, one entry per sub-discriminator.
 
 Adversarial losses are averaged over sub-discriminators (so their scale does not depend on how many there are):

@@ -8,7 +8,7 @@ import pytest
 import soundfile
 import torch
 
-from rvqcodec.data import AudioFolderDataset, LibriSpeechDataset
+from rvqcodec.data.datasets import AudioFolderDataset, LibriSpeechDataset
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,12 @@ import json
 import pytest
 import torch
 
-from rvqcodec.model import DiscriminatorConfig, Discriminators, MultiPeriodDiscriminator, MultiScaleSTFTDiscriminator
+from rvqcodec.model.discriminators import (
+    DiscriminatorConfig,
+    Discriminators,
+    MultiPeriodDiscriminator,
+    MultiScaleSTFTDiscriminator,
+)
 
 
 def small_discriminators(**overrides) -> Discriminators:

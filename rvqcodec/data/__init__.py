@@ -1,16 +1,7 @@
-"""Audio file I/O and speech datasets."""
+"""Audio: file I/O and resampling (:mod:`rvqcodec.data.audio_io`, what compressing needs) and, for training only,
+speech datasets (:mod:`rvqcodec.data.datasets`), preloaded clips (:mod:`rvqcodec.data.clips`) and augmentation
+(:mod:`rvqcodec.data.augment`), imported from their modules (this package imports none of them, so that
+compressing never loads them)."""
 from rvqcodec.data.audio_io import AudioFile, AudioReadError, iter_audio_blocks, read_audio, write_audio
-from rvqcodec.data.clips import PreloadedClips
-from rvqcodec.data.datasets import AudioFileListDataset, AudioFolderDataset, LibriSpeechDataset
 
-__all__ = [
-    "AudioFile",
-    "AudioReadError",
-    "AudioFileListDataset",
-    "AudioFolderDataset",
-    "LibriSpeechDataset",
-    "PreloadedClips",
-    "iter_audio_blocks",
-    "read_audio",
-    "write_audio",
-]
+__all__ = ["AudioFile", "AudioReadError", "iter_audio_blocks", "read_audio", "write_audio"]

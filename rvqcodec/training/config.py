@@ -15,7 +15,7 @@ command line use dotted keys (``data.root=/x``, ``model.n_q=8``, ``train.valid_b
 typed from the dataclass field types; an unknown key or a badly typed value raises a one-line ``ValueError``.
 
 The ``model`` and ``disc`` sections are resolved against :class:`rvqcodec.model.CodecConfig` and
-:class:`rvqcodec.model.DiscriminatorConfig` (preset first, then the explicit fields) by
+:class:`rvqcodec.model.discriminators.DiscriminatorConfig` (preset first, then the explicit fields) by
 :func:`codec_config_from_section` / :func:`discriminator_config_from_section`; the resolved configuration written
 next to a run lists every field, so it rebuilds the same networks even if a preset changes later.
 """
@@ -152,7 +152,7 @@ class PresetSection:
     """A preset name plus explicit fields of the preset's dataclass (which win over the preset).
 
     Used for ``model`` (:class:`rvqcodec.model.CodecConfig`) and ``disc``
-    (:class:`rvqcodec.model.DiscriminatorConfig`); ``preset: null`` starts from the dataclass defaults.
+    (:class:`rvqcodec.model.discriminators.DiscriminatorConfig`); ``preset: null`` starts from the dataclass defaults.
     """
 
     preset: str | None = "tiny"

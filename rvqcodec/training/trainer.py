@@ -192,7 +192,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, show_progress: bool = True):
         from rvqcodec.data.datasets import AudioFileListDataset
         from rvqcodec.losses import ReconstructionLoss, ReconstructionLossConfig
-        from rvqcodec.model import Codec, Discriminators
+        from rvqcodec.model import Codec
+        from rvqcodec.model.discriminators import Discriminators
 
         self.cfg = cfg
         self.show_progress = show_progress

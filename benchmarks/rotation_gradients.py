@@ -35,9 +35,10 @@ if str(BENCH_DIR) not in sys.path:
 from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, shown_path  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from rvqcodec.losses import ReconstructionLoss, ReconstructionLossConfig  # noqa: E402
+from rvqcodec.losses import ReconstructionLoss  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 from rvqcodec.quantize.estimators import rotation_trick  # noqa: E402
+from rvqcodec.training.config import LossConfig  # noqa: E402
 
 
 def crops(folder: Path, count: int, seconds: float, sample_rate: int) -> torch.Tensor:
@@ -117,8 +118,7 @@ def run(args: argparse.Namespace) -> dict:
     checkpoint = resolve_checkpoint(args.model)
     codec = load_codec(checkpoint).eval()
     wav = crops(args.data, args.crops, args.seconds, codec.sample_rate)
-    loss_fn = ReconstructionLoss(ReconstructionLossConfig(mel_weight=15.0, complex_weight=10.0, mrstft_weight=1.0,
-                                                          l1_weight=0.0, sample_rate=codec.sample_rate))
+    loss_fn = ReconstructionLoss(LossConfig(mel=15.0, complex=10.0, mrstft=1.0).reconstruction(codec.sample_rate))
     with torch.no_grad():
         latent = codec.encoder(wav)
     result = {"model": shown_path(checkpoint), "model_id": codec.model_id, "crops": args.crops,

@@ -479,7 +479,7 @@ class TrainingBench:
     steps of a freshly initialised ``preset`` codec with the given gradient ``estimator``."""
 
     def __init__(self, preset: str, estimator: str, setup: TrainingSetup, device: torch.device, seed: int = 0):
-        from rvqcodec.losses import ReconstructionLoss, ReconstructionLossConfig
+        from rvqcodec.losses import ReconstructionLoss
 
         torch.manual_seed(seed)
         self.device = device
@@ -487,9 +487,7 @@ class TrainingBench:
         optim = OptimConfig()
         self.codec = Codec(CodecConfig.preset(preset, estimator=estimator)).to(device).train()
         self.disc = Discriminators(setup.disc).to(device).train() if setup.disc is not None else None
-        self.recon = ReconstructionLoss(ReconstructionLossConfig(
-            l1_weight=self.weights.l1, mrstft_weight=self.weights.mrstft, mel_weight=self.weights.mel,
-            complex_weight=self.weights.complex, sample_rate=self.codec.sample_rate)).to(device)
+        self.recon = ReconstructionLoss(self.weights.reconstruction(self.codec.sample_rate)).to(device)
         self.opt_g = torch.optim.AdamW(self.codec.parameters(), lr=optim.lr, betas=tuple(optim.betas))
         self.opt_d = (torch.optim.AdamW(self.disc.parameters(), lr=optim.lr, betas=tuple(optim.betas))
                       if self.disc is not None else None)

@@ -168,11 +168,12 @@ class CompressedSTFTLoss(nn.Module):
 
 @dataclass
 class ReconstructionLossConfig(DictConfig):
-    """Weights and settings of :class:`ReconstructionLoss`. A weight of 0 skips the term entirely."""
+    """Weights and settings of :class:`ReconstructionLoss`. A weight of 0 skips the term entirely. These weights'
+    defaults are the training recipes' (``rvqcodec.training.config.LossConfig`` reads them from here)."""
 
     dict_name: ClassVar[str] = "reconstruction loss"
 
-    l1_weight: float = 0.1
+    l1_weight: float = 0.0
     mrstft_weight: float = 1.0
     mel_weight: float = 15.0
     complex_weight: float = 0.0

@@ -127,8 +127,8 @@ def test_block_rejects_even_kernel_unless_causal():
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("length", [1, 319, 320, 321, 4801, 16001])
 def test_frame_rate_encoder_decoder_shapes_for_any_length(length, causal):
-    enc = FrameRateEncoder(latent_dim=16, dim=32, n_blocks=1, causal=causal)
-    dec = FrameRateDecoder(latent_dim=16, dim=32, n_blocks=1, causal=causal)
+    arch = dict(hop=HOP, latent_dim=16, dim=32, n_blocks=1, mlp_ratio=3.0, kernel_size=7, causal=causal)
+    enc, dec = FrameRateEncoder(stem_n_fft=640, **arch), FrameRateDecoder(head_n_fft=1280, **arch)
     z = enc(torch.randn(2, 1, length))
     frames = math.ceil(length / HOP)
     assert z.shape == (2, 16, frames)

@@ -10,6 +10,9 @@ Decoder ``(B, latent_dim, F) -> (B, 1, F·hop)``::
     ConvNeXtStack(latent_dim -> dim, n blocks)   # optionally told how many RVQ stages made its input (n_rates)
     ISTFTHead(dim, head_n_fft, hop)          # log-magnitude + phase -> inverse STFT (overlap-add)
 
+Their sizes have no defaults here: a :class:`rvqcodec.model.codec.CodecConfig` (its presets) is the one place
+that binds them.
+
 Compared with SEANet (strided convolutions up to the sample rate), no layer runs at 16 kHz: the cost per
 second of audio is that of ~50 frames through a few small matrix products, which is what makes the family fast
 on a CPU, and Vocos-style spectral heads converge quickly. ``causal=True`` makes every part causal (left-padded
@@ -45,8 +48,8 @@ def _net_reach(net: ConvNeXtStack, causal: bool) -> tuple[int, int]:
 class FrameRateEncoder(nn.Module):
     """Waveform -> latent frames. ``(B, 1, T) -> (B, latent_dim, ceil(T / hop))``, any ``T >= 1``."""
 
-    def __init__(self, hop: int = 320, latent_dim: int = 128, dim: int = 256, n_blocks: int = 4,
-                 mlp_ratio: float = 3.0, kernel_size: int = 7, stem_n_fft: int = 640, causal: bool = False):
+    def __init__(self, *, hop: int, latent_dim: int, dim: int, n_blocks: int, mlp_ratio: float, kernel_size: int,
+                 stem_n_fft: int, causal: bool):
         super().__init__()
         self.hop_length = hop
         self.stem = STFTFeatures(stem_n_fft, hop, causal)
@@ -76,9 +79,8 @@ class FrameRateDecoder(nn.Module):
     exactly the same when it is added (``train.init_from``), and learns the differences from there.
     """
 
-    def __init__(self, hop: int = 320, latent_dim: int = 128, dim: int = 256, n_blocks: int = 6,
-                 mlp_ratio: float = 3.0, kernel_size: int = 7, head_n_fft: int = 1280, causal: bool = False,
-                 in_kernel: int = 3, n_rates: int = 0):
+    def __init__(self, *, hop: int, latent_dim: int, dim: int, n_blocks: int, mlp_ratio: float, kernel_size: int,
+                 head_n_fft: int, causal: bool, in_kernel: int = 3, n_rates: int = 0):
         super().__init__()
         self.hop_length = hop
         self.latent_dim = latent_dim

@@ -91,14 +91,26 @@ class OptimConfig:
     disc_lr: float | None = None  # discriminator learning rate (None: same as lr)
 
 
+RECONSTRUCTION_WEIGHTS = {"mel": "mel_weight", "mrstft": "mrstft_weight", "complex": "complex_weight",
+                          "l1": "l1_weight"}
+"""The ``loss`` section's reconstruction weights -> the :class:`rvqcodec.losses.ReconstructionLossConfig` field each
+one sets (their defaults are that class's)."""
+
+
+def _reconstruction_default(name: str) -> float:
+    from rvqcodec.losses import ReconstructionLossConfig
+
+    return {f.name: f.default for f in dataclasses.fields(ReconstructionLossConfig)}[RECONSTRUCTION_WEIGHTS[name]]
+
+
 @dataclass
 class LossConfig:
     """Weights of the generator loss terms and the adversarial setup."""
 
-    mel: float = 15.0  # multi-scale mel L1
-    mrstft: float = 1.0  # multi-resolution STFT (auraloss)
-    complex: float = 0.0  # power-law-compressed complex STFT MSE (ESC; phase-aware)
-    l1: float = 0.0  # waveform L1
+    mel: float = _reconstruction_default("mel")  # multi-scale mel L1
+    mrstft: float = _reconstruction_default("mrstft")  # multi-resolution STFT (auraloss)
+    complex: float = _reconstruction_default("complex")  # power-law-compressed complex STFT MSE (ESC; phase-aware)
+    l1: float = _reconstruction_default("l1")  # waveform L1
     commit: float = 1.0  # multiplies the quantizer's commitment loss
     codebook: float = 1.0  # multiplies the quantizer's codebook loss (0 for EMA codebooks anyway)
     adv: float = 1.0  # generator adversarial loss
@@ -113,6 +125,13 @@ class LossConfig:
     @property
     def uses_discriminator(self) -> bool:
         return self.adv > 0 or self.fm > 0
+
+    def reconstruction(self, sample_rate: int):
+        """The :class:`rvqcodec.losses.ReconstructionLossConfig` of these weights at ``sample_rate``."""
+        from rvqcodec.losses import ReconstructionLossConfig
+
+        return ReconstructionLossConfig(sample_rate=sample_rate,
+                                        **{field: getattr(self, name) for name, field in RECONSTRUCTION_WEIGHTS.items()})
 
 
 @dataclass

@@ -191,7 +191,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, show_progress: bool = True):
         from rvqcodec.data.datasets import AudioFileListDataset
-        from rvqcodec.losses import ReconstructionLoss, ReconstructionLossConfig
+        from rvqcodec.losses import ReconstructionLoss
         from rvqcodec.model import Codec
         from rvqcodec.model.discriminators import Discriminators
 
@@ -219,9 +219,7 @@ class Trainer:
         for kbps in cfg.train.valid_bitrates:
             self.codec.n_q_for_bitrate(kbps)  # ValueError listing the valid bitrates
         self.disc = Discriminators(self.disc_config) if cfg.loss.uses_discriminator else None
-        self.recon_loss = ReconstructionLoss(ReconstructionLossConfig(
-            l1_weight=cfg.loss.l1, mrstft_weight=cfg.loss.mrstft, mel_weight=cfg.loss.mel,
-            complex_weight=cfg.loss.complex, sample_rate=sr))
+        self.recon_loss = ReconstructionLoss(cfg.loss.reconstruction(sr))
 
         self.accelerator = _make_accelerator(cfg, self.codec)
         acc = self.accelerator

@@ -46,7 +46,6 @@ DROPPABLE_SUFFIX = "codebook.embed_sum"
 
 CHECKPOINT_FORMAT = "rvqcodec-checkpoint"
 CHECKPOINT_VERSION = 1
-PRESETS = ("convnext", "convnext-large", "tiny", "base")
 ARCHITECTURES = ("seanet", "convnext")
 V1_FIELDS = frozenset((
     "sample_rate", "channels", "strides", "latent_dim", "n_residual_units", "kernel_size", "residual_kernel_size",
@@ -231,24 +230,27 @@ class CodecConfig(DictConfig):
         (dilations 1, 3, 9), ~8 M parameters (EnCodec-sized without the LSTM). All keep 16 stages of K=1024 at
         50 frames/s, so the bitrates (0.5-8 kbps) are the same.
         """
-        if name == "base":
-            config = cls()
-        elif name == "tiny":
-            config = cls(channels=8, latent_dim=64, n_residual_units=2)
-        elif name == "convnext":
-            config = cls(architecture="convnext", codebook_dim=16)
-        elif name == "convnext-large":
-            config = cls(architecture="convnext", codebook_dim=16, frame_dim=512, encoder_blocks=8,
-                         decoder_blocks=8)
-        else:
+        if name not in CODEC_PRESETS:
             raise ValueError(f"unknown codec preset {name!r}; choose from {', '.join(PRESETS)}")
-        return dataclasses.replace(config, **overrides) if overrides else config
+        return dataclasses.replace(CODEC_PRESETS[name], **overrides)
 
     def identity_dict(self) -> dict[str, Any]:
         """:meth:`to_dict` without the fields added after the first checkpoint version that are at their
         default (see ``V1_FIELDS``): what a model id hashes."""
         defaults = CodecConfig().to_dict()
         return {k: v for k, v in self.to_dict().items() if k in V1_FIELDS or v != defaults[k]}
+
+
+CODEC_PRESETS: MappingProxyType[str, CodecConfig] = MappingProxyType({
+    "convnext": CodecConfig(architecture="convnext", codebook_dim=16),
+    "convnext-large": CodecConfig(architecture="convnext", codebook_dim=16, frame_dim=512, encoder_blocks=8,
+                                  decoder_blocks=8),
+    "tiny": CodecConfig(channels=8, latent_dim=64, n_residual_units=2),
+    "base": CodecConfig(),
+})
+"""The named configurations of :meth:`CodecConfig.preset` (described there). ``CodecConfig()`` itself is ``base``:
+its defaults are part of every model id (``identity_dict``), so they stay as the first checkpoints had them."""
+PRESETS = tuple(CODEC_PRESETS)
 
 
 @dataclass

@@ -17,7 +17,9 @@ What it does:
   real ``.rvq`` bytes, as ``benchmarks/quality.py`` does) and with the classical codecs at comparable rates:
   Opus 6 kbps, AMR-WB 6.6 kbps and Codec2 3200, through ``benchmarks/external_codecs.py`` (the code
   ``benchmarks/quality.py`` uses). A codec whose tools are missing is left out and the page says so;
-* scores every decoded version against the reference with ``rvqcodec.scoring.evaluate_pair`` (delay removed
+* scores every decoded version against the reference with ``rvqcodec.scoring.evaluate_pair`` and, with the
+  ``perceptual`` extra, the listener models DistillMOS, DNSMOS P.808 and ViSQOL (the reference gets its own
+  DistillMOS and DNSMOS) (delay removed
   by cross-correlation up to 100 ms, as in ``benchmarks/quality.py``) and measures its bitrate from the bytes
   produced (rvqcodec: the whole ``.rvq`` file; the others as in ``benchmarks/external_codecs.py``);
 * writes into ``--out`` (default ``samples/listening/``): ``audio/<utterance>_<version>.flac`` (16 kHz 16-bit
@@ -74,6 +76,7 @@ from rvqcodec import api  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample, write_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe  # noqa: E402
+from rvqcodec import perceptual  # noqa: E402
 from rvqcodec.scoring import evaluate_pair  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
@@ -229,12 +232,19 @@ def _selection_summary(clips: list[listening_clips.Clip], n_speakers: int) -> st
             f"benchmarks/listening_clips.py).")
 
 
-def _score_entry(key: str, ref: np.ndarray, decoded: np.ndarray, counted_bytes: int) -> tuple[dict, np.ndarray]:
+LISTENER_SCORES = ("distillmos", "dnsmos_p808", "visqol")
+"""The listener-model scores on the page (rvqcodec.perceptual), when the ``perceptual`` extra is installed."""
+
+
+def _score_entry(key: str, ref: np.ndarray, decoded: np.ndarray, counted_bytes: int,
+                 scorer=None) -> tuple[dict, np.ndarray]:
     seconds = ref.size / SAMPLE_RATE
-    scores = evaluate_pair(ref, decoded, SAMPLE_RATE, align=True, max_shift_seconds=MAX_SHIFT_SECONDS)
+    scores = evaluate_pair(ref, decoded, SAMPLE_RATE, align=True, max_shift_seconds=MAX_SHIFT_SECONDS,
+                           perceptual=scorer)
     entry = {"key": key, "payload_bytes": int(counted_bytes), "measured_kbps": counted_bytes * 8 / seconds / 1000,
              "pesq_wb": scores["pesq_wb"], "stoi": scores["stoi"], "pesq_nb": scores["pesq_nb"],
              "si_sdr": scores["si_sdr"], "mel_distance": scores["mel_distance"],
+             **{name: scores.get(name) for name in LISTENER_SCORES},
              "delay_ms": scores["delay_seconds"] * 1000, "delay_method": scores.get("delay_method")}
     return entry, aligned(decoded, scores["delay_samples"], ref.size)
 
@@ -249,7 +259,8 @@ def _means(versions: list[dict], clips: list[dict]) -> list[dict]:
             return sum(values) / len(values) if values else math.nan
 
         rows.append({"key": v["key"], "label": v["label"], "clips": len(entries),
-                     "measured_kbps": mean("measured_kbps"), "pesq_wb": mean("pesq_wb"), "stoi": mean("stoi")})
+                     "measured_kbps": mean("measured_kbps"), "pesq_wb": mean("pesq_wb"), "stoi": mean("stoi"),
+                     **{name: mean(name) for name in LISTENER_SCORES}})
     return rows
 
 
@@ -307,6 +318,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         raise UserError(str(exc)) from None
     versions = _versions(codec, bitrates, externals)
     labels = {v["key"]: v["label"] for v in versions}
+    scorer = perceptual.get_scorer() if perceptual.available() else None
+    if scorer is None:
+        notes.append("listener-model scores (DistillMOS, DNSMOS, ViSQOL): the perceptual extra is not installed")
 
     earlier = _earlier_files(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -323,7 +337,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
             write_audio(out / ref_name, clip.audio, SAMPLE_RATE, subtype="PCM_16", overwrite=True,
                         protected=[clip.path])
             entries = [{"key": "reference", "audio": ref_name,
-                        "file_kbps": (out / ref_name).stat().st_size * 8 / clip.seconds / 1000}]
+                        "file_kbps": (out / ref_name).stat().st_size * 8 / clip.seconds / 1000,
+                        **(scorer.non_intrusive(clip.audio, SAMPLE_RATE) if scorer else {})}]
             panels = [(labels["reference"], clip.audio)]
             written.append(ref_name)
             for version in versions[1:]:
@@ -332,7 +347,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
                     entries.append({"key": version["key"], "error": result})
                     notes.append(f"{version['label']} failed on {clip.utterance}: {result}")
                     continue
-                entry, signal = _score_entry(version["key"], clip.audio, *result)
+                entry, signal = _score_entry(version["key"], clip.audio, *result, scorer=scorer)
                 name = f"audio/{clip.utterance}_{version['key']}.flac"
                 write_audio(out / name, signal, SAMPLE_RATE, subtype="PCM_16", overwrite=True, protected=[clip.path])
                 entry["audio"] = name

@@ -119,11 +119,21 @@ footer { color: #555; font-size: 0.85em; margin-top: 24px; }
 """
 
 
+LISTENER_LABELS = (("distillmos", "DistillMOS"), ("dnsmos_p808", "DNSMOS"), ("visqol", "ViSQOL"))
+
+
+def _listener_part(entry: dict) -> str:
+    return "".join(f" · {label} {fmt_number(entry[key], '.2f')}" for key, label in LISTENER_LABELS
+                   if entry.get(key) is not None)
+
+
 def _scores_line(entry: dict) -> str:
     if entry["key"] == "reference":
-        return f"lossless FLAC, {fmt_number(entry['file_kbps'], '.0f')} kbps file · the original samples"
+        return (f"lossless FLAC, {fmt_number(entry['file_kbps'], '.0f')} kbps file · the original samples"
+                + _listener_part(entry))
     return (f"measured {fmt_number(entry['measured_kbps'], '.2f')} kbps · "
-            f"PESQ-WB {fmt_number(entry['pesq_wb'], '.2f')} · STOI {fmt_number(entry['stoi'], '.3f')}")
+            f"PESQ-WB {fmt_number(entry['pesq_wb'], '.2f')} · STOI {fmt_number(entry['stoi'], '.3f')}"
+            + _listener_part(entry))
 
 
 def _version_block(version: dict, entry: dict) -> str:
@@ -141,12 +151,14 @@ def _version_block(version: dict, entry: dict) -> str:
 
 
 def _means_table(manifest: dict) -> str:
+    listener = [(key, label) for key, label in LISTENER_LABELS if manifest["means"] and key in manifest["means"][0]]
     rows = ["<table class=\"means\"><thead><tr><th>version</th><th>measured kbps</th><th>PESQ-WB</th>"
-            "<th>STOI</th><th>clips</th></tr></thead><tbody>"]
+            "<th>STOI</th>" + "".join(f"<th>{label}</th>" for _, label in listener) + "<th>clips</th></tr></thead><tbody>"]
     for m in manifest["means"]:
         rows.append(f"<tr><td>{html.escape(m['label'])}</td><td>{fmt_number(m['measured_kbps'], '.2f')}</td>"
                     f"<td>{fmt_number(m['pesq_wb'], '.2f')}</td><td>{fmt_number(m['stoi'], '.3f')}</td>"
-                    f"<td>{m['clips']}</td></tr>")
+                    + "".join(f"<td>{fmt_number(m[key], '.2f')}</td>" for key, _ in listener)
+                    + f"<td>{m['clips']}</td></tr>")
     rows.append("</tbody></table>")
     return "".join(rows)
 
@@ -175,7 +187,9 @@ def render_html(manifest: dict) -> str:
         "decoded. Under each player: the bitrate measured from the bytes the encoder produced for this clip "
         "(rvqcodec: the whole <code>.rvq</code> file, header included; Opus: the Opus packets; AMR-WB: the speech "
         "bytes; Codec2: the bit file), and PESQ-WB (1.04-4.64) and STOI (0-1) against the reference, computed "
-        "as in <code>benchmarks/quality.py</code>. Headphones help.</p>",
+        "as in <code>benchmarks/quality.py</code>, and the listener models DistillMOS and DNSMOS P.808 (1-5, of the "
+        "version alone; the reference gets its own) and ViSQOL v3 speech (1-5, against the reference). "
+        "Headphones help.</p>",
         f"<p>Clips: {esc(selection['summary'])}</p>",
     ]
     if manifest["notes"]:

@@ -111,6 +111,10 @@ def test_page_shows_the_measured_numbers_model_and_date(page, tiny_model, dev_cl
                 f"STOI {listening_page.fmt_number(entry['stoi'], '.3f')}")
         assert line in html
         assert entry["pesq_wb"] is None or 1.0 <= entry["pesq_wb"] <= 4.7
+        # the listener models rate the original above a random-weight model's decode, and the page says so
+        if entry["key"].startswith("rvqcodec"):
+            assert clip["versions"][0]["distillmos"] > entry["distillmos"] + 0.5
+        assert f"DistillMOS {listening_page.fmt_number(entry['distillmos'], '.2f')}" in html
     # each score is the metric of the file's content against the reference (re-measured here)
     from rvqcodec.metrics import pesq_wb
 

@@ -7,7 +7,7 @@ import torch
 from rvqcodec.quantize import apply_estimator, rotation_trick, straight_through
 from rvqcodec.quantize.estimators import ESTIMATORS
 
-from helpers import plane_rotation
+from helpers import grit_reference, plane_rotation
 
 
 def generic_pairs(n: int, d: int, dtype=torch.float64, seed: int = 0):
@@ -274,3 +274,117 @@ def test_bad_inputs_raise_clear_errors():
         apply_estimator("gumbel", torch.randn(2, 3), torch.randn(2, 3))
     with pytest.raises(ValueError, match="rescale"):
         rotation_trick(torch.randn(2, 3), torch.randn(2, 3), rescale=False, scale_clamp=(0.5, 2))
+
+
+# ---------------------------------------------------------------------------------------------- GRIT estimators
+# The formula is the project's reading of the GRIT-VQ abstract (arXiv 2602.01140; see the estimators module):
+# y = e + ρ(δ)·sg(u), δ = ‖q − e‖, u = (q − e)/δ, ρ(δ) = τ‖e‖·tanh(δ/(τ‖e‖)); "grit": G = I − ρ′uuᵀ,
+# "grit_rotation": G = λ_y·R(y→q)·(I − ρ′uuᵀ). helpers.grit_reference builds G independently of the library.
+
+GRIT = ["grit", "grit_rotation"]
+
+
+@pytest.mark.parametrize("name", GRIT)
+@pytest.mark.parametrize("tau", [0.25, 1.0, 4.0, float("inf")])
+@pytest.mark.parametrize("d", [8, 64, 256])
+def test_grit_jacobian_is_the_documented_matrix_fp64(name, tau, d):
+    e, q = generic_pairs(32, d, seed=d)
+    for i in range(6):
+        J = torch.autograd.functional.jacobian(lambda x: apply_estimator(name, x, q[i], grit_radius=tau), e[i])
+        G = grit_reference(e[i], q[i], tau, rotate=name == "grit_rotation")
+        assert torch.allclose(J, G, atol=1e-12, rtol=0), (i, (J - G).abs().max().item())
+
+
+@pytest.mark.parametrize("name", GRIT)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_grit_gradient_matches_the_explicit_matrix(name, dtype, tol):
+    # the default radius (τ = 1) is the one used when none is given
+    e64, q64 = generic_pairs(256, 64, seed=5)
+    g64 = torch.randn_like(e64)
+    e, q, g = e64.to(dtype), q64.to(dtype), g64.to(dtype)
+    out, grad = grad_of(lambda a, b: apply_estimator(name, a, b), e, q, g)
+    assert torch.equal(out, q)
+    for i in range(e64.shape[0]):
+        expected = grit_reference(e[i], q[i], 1.0, rotate=name == "grit_rotation").T @ g64[i]
+        rel = (grad[i].double() - expected).norm() / expected.norm()
+        assert rel <= tol, (i, rel.item())
+
+
+@pytest.mark.parametrize("name", GRIT)
+def test_grit_gradient_with_bf16_inputs_fp32_maths(name):
+    e64, q64 = generic_pairs(128, 64, seed=6)
+    g64 = torch.randn_like(e64)
+    e, q, g = (t.to(torch.bfloat16) for t in (e64, q64, g64))
+    out, grad = grad_of(lambda a, b: apply_estimator(name, a, b, grit_radius=0.5), e, q, g)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, q)
+    for i in range(e.shape[0]):
+        expected = grit_reference(e[i], q[i], 0.5, rotate=name == "grit_rotation").T @ g[i].double()
+        assert (grad[i].double() - expected).norm() / expected.norm() <= 1e-2
+
+
+def test_grit_limits_are_ste_diveq_and_the_rotation_trick():
+    # τ → 0: grit → STE and grit_rotation → the rotation trick; τ = ∞: both → DiVeQ's I − uuᵀ
+    e, q = generic_pairs(64, 32, seed=7)
+    g = torch.randn_like(e)
+    u = (q - e) / (q - e).norm(dim=-1, keepdim=True)
+    diveq = g - (u * g).sum(-1, keepdim=True) * u
+    for name in GRIT:
+        _, grad = grad_of(lambda a, b: apply_estimator(name, a, b, grit_radius=float("inf")), e, q, g)
+        assert torch.allclose(grad, diveq, atol=1e-10, rtol=0), name
+    _, grad = grad_of(lambda a, b: apply_estimator("grit", a, b, grit_radius=1e-9), e, q, g)
+    assert torch.allclose(grad, g, atol=1e-12, rtol=0)
+    _, grad = grad_of(lambda a, b: apply_estimator("grit_rotation", a, b, grit_radius=1e-9), e, q, g)
+    _, rot = grad_of(rotation_trick, e, q, g)
+    assert torch.allclose(grad, rot, atol=1e-7, rtol=0)
+    # in between, the radius step shrinks grit_rotation's rotation: y lies on the segment from e to q
+    _, grad = grad_of(lambda a, b: apply_estimator("grit_rotation", a, b), e, q, g)
+    assert not torch.allclose(grad, rot, atol=1e-3) and not torch.allclose(grad, diveq, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", GRIT)
+def test_grit_degenerate_inputs_no_nan_exact_forward_and_guards(dtype, name):
+    e, q = degenerate_cases(dtype)
+    e = torch.cat([e, q[3:4] * 1.3])  # row 6 below: e = q exactly (no quantization direction)
+    q = torch.cat([q, q[3:4] * 1.3])
+    g = torch.randn_like(e)
+    out, grad = grad_of(lambda a, b: apply_estimator(name, a, b), e, q, g)
+    assert torch.equal(out, q)
+    assert torch.isfinite(grad).all()
+    for row in (0, 1):  # e = 0, ‖e‖ ≈ 1e-7: no radius step, and the rotation trick's guard: exactly g
+        assert torch.equal(grad[row], g[row]), row
+    if name == "grit":
+        assert torch.equal(grad[6], g[6])  # e = q: exactly the STE
+    else:
+        assert torch.allclose(grad[6], g[6], atol=1e-6, rtol=1e-6)  # rotation trick of e onto itself: I
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    for row in (2, 3, 4, 5):  # q = 0, exactly and nearly antiparallel: the documented G
+        expected = grit_reference(e[row], q[row], 1.0, rotate=name == "grit_rotation").T @ g[row].double()
+        err = (grad[row].double() - expected).norm()
+        assert err <= tol * max(expected.norm().item(), g[row].double().norm().item()), (row, err.item())
+    if name == "grit_rotation":
+        assert torch.equal(grad[2], torch.zeros_like(grad[2]))  # q = 0 → λ = 0 (the rotation trick's behaviour)
+
+
+@pytest.mark.parametrize("name", GRIT)
+def test_grit_gap_guard_gives_no_radius_step_within_1e_6_of_the_code(name):
+    # ‖q − e‖ < 1e-6·‖e‖: the latent is its code to float32 precision, no quantization direction: STE (grit) /
+    # the rotation trick (grit_rotation); just outside the band, the documented G
+    e = torch.randn(2, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    step = torch.randn(2, 64, dtype=torch.float64, generator=torch.Generator().manual_seed(10))
+    step = step / step.norm(dim=-1, keepdim=True) * e.norm(dim=-1, keepdim=True)
+    q = e + step * torch.tensor([[3e-7], [3e-6]], dtype=torch.float64)
+    g = torch.randn_like(e)
+    _, grad = grad_of(lambda a, b: apply_estimator(name, a, b), e, q, g)
+    inside = g[0] if name == "grit" else grad_of(rotation_trick, e[:1], q[:1], g[:1])[1][0]
+    assert torch.allclose(grad[0], inside, atol=1e-12, rtol=0)
+    outside = grit_reference(e[1], q[1], 1.0, rotate=name == "grit_rotation").T @ g[1]
+    assert torch.allclose(grad[1], outside, atol=1e-9, rtol=0)
+    assert not torch.allclose(grad[1], g[1], atol=1e-2)  # ρ′ ≈ 1 there: the along-u component is gone
+
+
+def test_grit_radius_must_be_positive():
+    for bad in (0.0, -1.0, float("nan")):
+        for name in GRIT:
+            with pytest.raises(ValueError, match="grit_radius"):
+                apply_estimator(name, torch.randn(2, 3), torch.randn(2, 3), grit_radius=bad)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -100,47 +98,53 @@ def _clips(folder: Path, speech: np.ndarray, count: int, seconds: float = 3.0) -
         soundfile.write(folder / f"clip{i}.wav", speech[i * n:(i + 1) * n], 16000, subtype="PCM_16")
 
 
-def _interrupt_after(args: list[str], marker: str, stream: str, timeout: float = 120) -> tuple[int, str, str]:
-    """Start ``rvqcodec ARGS``, wait for a line of ``stream`` (stdout/stderr) starting with ``marker``, send SIGINT
-    (Ctrl-C) and collect the rest."""
-    # The child gets Ctrl-C's default action even when this suite runs as a background job, whose shell starts
-    # it with SIGINT ignored (a disposition children inherit: the signal would then never arrive).
-    proc = subprocess.Popen([sys.executable, "-m", "rvqcodec", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_child_env(), cwd=REPO_ROOT,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    watched = proc.stdout if stream == "stdout" else proc.stderr
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    for line in watched:
-        seen.append(line)
-        if line.startswith(marker) or time.monotonic() > deadline:
-            break
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=timeout)
-    if stream == "stdout":
-        out = "".join(seen) + out
-    else:
-        err = "".join(seen) + err
-    return proc.returncode, out, err
+# Runs the CLI with Ctrl-C (a real SIGINT, sent by the process to itself) landing while the file after the first
+# ``argv[1]`` files is being scored: deterministic, whatever the speed of the machine.
+_CTRL_C_DRIVER = """
+import os, signal, sys
+import rvqcodec.scoring as scoring
+from rvqcodec.cli import main
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even if this suite runs as a background job
+after, real, calls = int(sys.argv[1]), scoring.score_streams, []
+def score_streams(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == after + 1:
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(*args, **kwargs)
+scoring.score_streams = score_streams
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _interrupted_run(args: list, after_files: int, timeout: float = 300) -> tuple[int, str, str]:
+    """Run ``rvqcodec ARGS`` in a child process that gets Ctrl-C in the middle of file ``after_files + 1``
+    (compressed and decoded, being scored) -> (exit code, stdout, stderr)."""
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_DRIVER, str(after_files), *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, env=_child_env(), cwd=REPO_ROOT)
+    return proc.returncode, proc.stdout, proc.stderr
 
 
 def test_roundtrip_prints_each_row_as_it_finishes_and_ctrl_c_keeps_them(tmp_path, tiny_model, dev_clean_speech):
     _clips(tmp_path / "set", dev_clean_speech, 6)
     common = ["roundtrip", tmp_path / "set", "-b", "3", "--model", tiny_model, "--threads", "1"]
 
-    code, out, err = _interrupt_after(common, "clip0.wav", "stdout")
-    assert code == 130 and "interrupted" in err, (code, out[-800:], err[-800:])
+    code, out, err = _interrupted_run(common, after_files=2)
+    assert code == 130 and "rvqcodec roundtrip: interrupted" in err, (code, out[-800:], err[-800:])
+    assert "Traceback" not in err
     lines = out.splitlines()
     assert lines[0].split()[:3] == ["file", "sec", "kbps"]
     rows = [line for line in lines if line.startswith("clip")]
-    assert 1 <= len(rows) < 6 and rows[0].startswith("clip0.wav")
-    assert lines[-2].startswith(f"mean ({len(rows)} of 6 files)") and lines[-1].startswith("(mean row: kbps")
+    assert [row.split()[0] for row in rows] == ["clip0.wav", "clip1.wav"]  # the finished files, not the third
+    assert lines[-2].startswith("mean (2 of 6 files)") and lines[-1].startswith("(mean row: kbps")
 
-    code, out, err = _interrupt_after([*common, "--json"], str(tmp_path / "set" / "clip0.wav"), "stderr")
-    assert code == 130 and "interrupted" in err
+    code, out, err = _interrupted_run([*common, "--json"], after_files=3)
+    assert code == 130 and "rvqcodec roundtrip: interrupted" in err and "Traceback" not in err
     result = json.loads(out)  # still one valid JSON object
-    assert result["interrupted"] is True and 1 <= len(result["files"]) < 6
-    assert result["files"][0]["file"].endswith("clip0.wav") and result["mean"]["files"] == len(result["files"])
+    assert result["interrupted"] is True and result["failed"] is None
+    assert [Path(row["file"]).name for row in result["files"]] == ["clip0.wav", "clip1.wav", "clip2.wav"]
+    assert result["mean"]["files"] == 3
+    progress = [line for line in err.splitlines() if line.startswith(str(tmp_path / "set"))]
+    assert len(progress) == 3  # one stderr line per finished file
 
 
 @pytest.mark.parametrize("num_samples", [0, 100, 320, 3200])

@@ -12,7 +12,7 @@ import torch
 from rvqcodec.quantize import CodebookStats, ResidualVQ, VectorQuantizer, kmeans
 from rvqcodec.quantize.kmeans import nearest_code
 
-from helpers import plane_rotation
+from helpers import grit_reference, plane_rotation
 
 
 def clustered_latents(b=4, d=16, t=200, n_clusters=32, seed=0):
@@ -315,6 +315,46 @@ def test_dead_code_patience_replaces_an_idle_code_within_patience_steps():
     assert no_kmeans.is_initialized() and torch.equal(no_kmeans.embed, waiting.embed)
 
 
+def test_dead_codes_count_the_codes_no_frame_reached_since_the_kmeans_init():
+    # Issue 28: after the k-means init a stage fell to 0.3 % utilisation while dead_codes read 0. Every code
+    # starts with its share of the initialisation frames as EMA usage, so the EMA rule (threshold 0.1, decay 0.99)
+    # flags a code the moved encoder never picks only after ~230 steps. Codes that no frame has reached since the
+    # init are out of use: dead_codes counts them (and still leaves re-seeding to the rule).
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 32)  # EMA codebook, k-means init, default dead-code rule
+    centres = torch.randn(32, 16) * 10  # 32 separated clusters of 25 frames: k-means finds them exactly
+    pool = centres.repeat_interleave(25, 0) + 0.01 * torch.randn(800, 16)
+    z = pool[torch.randperm(800)].reshape(4, 200, 16).permute(0, 2, 1)
+    vq.initialize_(pool)  # as the trainer does, from a pool of latents
+    assert torch.equal(vq.codebook.cluster_size, torch.full((32,), 25.0))
+    initial = vq.codebook.embed.clone()
+    used = vq.codebook.embed[[3, 17]].clone()
+    # the encoder moved: every frame now lies next to two of the 32 codes
+    moved = (used.repeat(400, 1) + 0.01 * torch.randn(800, 16)).reshape(4, 200, 16).permute(0, 2, 1)
+    for _ in range(20):
+        vq(moved)
+    s = vq.stats_summary()
+    assert s["utilization"] == 100 * 2 / 32 and s["unused_codes"] == 30
+    assert s["dead_codes"] == s["unused_codes"], s  # before the fix: 0
+    assert int(vq.codebook.replaced_total) == 0 and not vq.codebook.replacement_mask().any()  # only reported
+
+    # a frame reaching a code makes it live again; a code the rule re-seeds is dead until a frame reaches it
+    vq.stats.reset()
+    vq(z)  # the original latents use every code
+    assert vq.stats_summary()["dead_codes"] == 0
+    vq.codebook.cluster_size[5] = 0.0  # the rule flags code 5 at the next update
+    vq(moved)
+    assert int(vq.codebook.replaced_total) == 1
+    assert vq.codebook.dead_mask().nonzero().flatten().tolist() == [5]
+    assert not vq.codebook.replacement_mask().any()  # re-seeded, given the mean usage: the rule is content
+
+    # a codebook without k-means init: counted from its first training update
+    plain = VectorQuantizer(16, 32, kmeans_init=False, dead_code_threshold=0.0)
+    plain.codebook.embed.copy_(initial)
+    plain(moved)
+    assert plain.stats_summary()["dead_codes"] == 30
+
+
 def test_mask_excludes_padded_frames_from_learning_and_statistics():
     z = clustered_latents(b=2, t=100)
     z_pad = torch.cat([z, torch.full((2, 16, 40), 50.0)], dim=2)
@@ -458,3 +498,218 @@ def test_masked_dead_code_replacement_matches_the_counted_one():
         results.append(cb.cluster_size.clone())
     assert torch.equal(results[0], results[1])
     assert torch.allclose(results[0][:4], torch.full((4,), float(torch.arange(16.0).sum() / 16)))
+
+
+
+# ------------------------------------------------------------------------- GRIT estimators and codebook transform
+@pytest.mark.parametrize("estimator", ["grit", "grit_rotation"])
+@pytest.mark.parametrize("residual_grad", ["live", "detached", "cumulative"])
+def test_grit_stage_jacobians_compose_as_documented_with_the_configured_radius(estimator, residual_grad):
+    d, n_q, k, tau = 6, 4, 5, 0.5
+    torch.manual_seed(0)
+    rvq = ResidualVQ(d, n_q, k, estimator=estimator, residual_grad="live" if residual_grad == "cumulative"
+                     else residual_grad, grit_radius=tau, kmeans_init=False).double()
+    for i, layer in enumerate(rvq.layers):
+        layer.codebook.embed.copy_(torch.randn(k, d, dtype=torch.float64) * (0.8**i))
+    rvq.eval()
+    if residual_grad == "cumulative":
+        rvq.estimator_scope = "cumulative"
+    x = torch.randn(d, dtype=torch.float64)
+
+    def jacobian(model):
+        return torch.autograd.functional.jacobian(lambda v: model(v.view(1, d, 1)).quantized.view(d), x)
+
+    J = jacobian(rvq)
+    eye = torch.eye(d, dtype=torch.float64)
+    rotate = estimator == "grit_rotation"
+    residual, gs = x.clone(), []
+    for layer in rvq.layers:
+        q = layer.codebook.embed[nearest_code(residual.view(1, d), layer.codebook.embed)[0]]
+        gs.append(grit_reference(residual, q, tau, rotate))
+        residual = residual - q
+    if residual_grad == "cumulative":  # one G from the latent onto the reconstruction
+        expected = grit_reference(x, x - residual, tau, rotate)
+    elif residual_grad == "live":
+        prod = eye
+        for g in gs:
+            prod = (eye - g) @ prod
+        expected = eye - prod
+    else:
+        expected = sum(gs)
+    assert torch.allclose(J, expected, atol=1e-10, rtol=0)
+    # the stages use the configured radius, not the default
+    default = copy.deepcopy(rvq)
+    for layer in default.layers:
+        layer.grit_radius = 1.0
+    assert not torch.allclose(jacobian(default), J, atol=1e-4)
+    with pytest.raises(ValueError, match="grit_radius"):
+        VectorQuantizer(d, k, estimator=estimator, grit_radius=0.0)
+
+
+def test_transform_codebook_starts_as_the_identity_over_the_kmeans_codes():
+    z = clustered_latents()
+    runs = {}
+    for learning in ("ema", "grad", "transform"):
+        torch.manual_seed(0)
+        vq = VectorQuantizer(16, 32, codebook_dim=8, learning=learning, dead_code_threshold=0.0)
+        runs[learning] = (vq, vq(z))
+    (grad_vq, grad_out), (vq, out) = runs["grad"], runs["transform"]
+    for plain in (runs["ema"][1], grad_out):  # the first forward is the plain k-means quantizer's, bit for bit
+        assert torch.equal(out.codes, plain.codes)
+        assert torch.equal(out.quantized, plain.quantized)
+        assert torch.equal(out.commit_loss, plain.commit_loss)
+    assert torch.equal(out.codebook_loss, grad_out.codebook_loss)
+    cb = vq.codebook
+    assert torch.equal(cb.transform.detach(), torch.eye(8))
+    assert torch.equal(cb.vectors(), cb.embed) and torch.equal(cb.embed, grad_vq.codebook.embed.detach())
+    # without k-means the codes start as the random base, W = I
+    from rvqcodec.quantize.codebook import EuclideanCodebook
+
+    fresh = EuclideanCodebook(8, 16, learning="transform", kmeans_init=False)
+    assert torch.equal(fresh.transform.detach(), torch.eye(8)) and torch.equal(fresh.vectors(), fresh.embed)
+    # a k-means (re-)initialisation resets the transform: its codes are the centroids
+    with torch.no_grad():
+        cb.transform.mul_(3.0)
+    cb.initialize_(torch.randn(200, 8))
+    assert torch.equal(cb.transform.detach(), torch.eye(8)) and torch.equal(cb.vectors(), cb.embed)
+    # EMA and "grad" codebooks are unchanged: no transform, same state-dict keys
+    ema = runs["ema"][0].codebook
+    assert not hasattr(ema, "transform") and "transform" not in ema.state_dict()
+    assert set(cb.state_dict()) == set(ema.state_dict()) | {"transform"}
+
+
+def test_transform_codebook_learns_through_the_shared_map_and_moves_every_code():
+    z = clustered_latents(b=1, t=60, n_clusters=4).requires_grad_(True)
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 16, learning="transform", kmeans_init=False, dead_code_threshold=0.0,
+                         codebook_weight=0.7)
+    cb = vq.codebook
+    with torch.no_grad():
+        cb.embed.copy_(torch.randn(16, 16) * 3)
+        cb.transform.add_(0.1 * torch.randn(16, 16))
+    assert [name for name, _ in vq.named_parameters()] == ["codebook.transform"]  # the base is a buffer
+    out = vq(z)
+    out.quantized.sum().backward()  # the estimator sends nothing to the codebook
+    assert cb.transform.grad is None or torch.all(cb.transform.grad == 0)
+    vq.zero_grad(set_to_none=True)
+    out = vq(z)
+    used = out.codes.unique()
+    assert len(used) < 16  # some codes are not used by this batch
+    out.codebook_loss.backward()
+    # dL/dW of 0.7·mse(W·b_k, sg e) = 2·0.7/(N·d) Σ_i (W·b_{k_i} − e_i)·b_{k_i}ᵀ, built explicitly
+    e = rearrange_frames(z.detach())
+    base = cb.embed[out.codes.reshape(-1)]
+    W = cb.transform.detach()
+    expected = 2 * 0.7 / e.numel() * (base @ W.T - e).T @ base
+    torch.testing.assert_close(cb.transform.grad, expected, rtol=1e-5, atol=1e-6)
+    before = cb.vectors().detach().clone()
+    torch.optim.SGD([cb.transform], lr=0.05).step()
+    moved = (cb.vectors().detach() - before).norm(dim=-1)
+    assert (moved > 0).all()  # every code moved, the unused ones too
+
+
+def rearrange_frames(z):
+    return z.permute(0, 2, 1).reshape(-1, z.shape[1])
+
+
+def test_transform_codebook_decodes_its_forward_and_survives_a_state_dict_round_trip():
+    z = clustered_latents()
+    torch.manual_seed(0)
+    rvq = ResidualVQ(16, 3, 32, codebook_dim=8, learning="transform")
+    opt = torch.optim.SGD(rvq.parameters(), lr=0.5)
+    for _ in range(3):
+        out = rvq(z)
+        (out.codebook_loss + out.commit_loss).backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(not torch.allclose(layer.codebook.transform, torch.eye(8), atol=1e-4) for layer in rvq.layers)
+    rvq.eval()
+    out = rvq(z)
+    codes = rvq.encode(z)
+    assert torch.equal(codes, out.codes) and torch.equal(rvq.decode(codes), out.quantized)
+    # the codes decode to the transformed codebook B·Wᵀ, not to the base
+    with torch.no_grad():
+        explicit = sum(layer.project_out((layer.codebook.embed @ layer.codebook.transform.T)[codes[:, k]])
+                       for k, layer in enumerate(rvq.layers))
+        base_only = sum(layer.project_out(layer.codebook.embed[codes[:, k]]) for k, layer in enumerate(rvq.layers))
+    torch.testing.assert_close(rvq.decode(codes), explicit.permute(0, 2, 1), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(explicit, base_only, atol=1e-3)
+    # a state-dict round trip keeps the transform (a fresh model decodes the same codes bit for bit)
+    state = rvq.state_dict()
+    assert all(f"layers.{k}.codebook.transform" in state for k in range(3))
+    torch.manual_seed(1)
+    fresh = ResidualVQ(16, 3, 32, codebook_dim=8, learning="transform").eval()
+    fresh.load_state_dict(state)
+    again = fresh(z)
+    assert torch.equal(again.codes, out.codes) and torch.equal(again.quantized, out.quantized)
+    assert torch.equal(fresh.decode(codes), rvq.decode(codes))
+    # a plain (EMA) quantizer's state continues as a transform one with W = I (same codes); not the other way
+    plain = ResidualVQ(16, 3, 32, codebook_dim=8)
+    plain(z)
+    plain.eval()
+    grown = ResidualVQ(16, 3, 32, codebook_dim=8, learning="transform").eval()
+    grown.load_state_dict(plain.state_dict())
+    assert all(torch.equal(layer.codebook.transform.detach(), torch.eye(8)) for layer in grown.layers)
+    assert torch.equal(grown(z).quantized, plain(z).quantized)
+    with pytest.raises(RuntimeError, match="transform"):
+        plain.load_state_dict(state)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_transform_codebook_dead_code_replacement_seeds_the_transformed_codes(masked):
+    from rvqcodec.quantize.codebook import EuclideanCodebook
+
+    torch.manual_seed(12)
+    cb = EuclideanCodebook(4, 16, learning="transform", kmeans_init=False, dead_code_threshold=0.5)
+    with torch.no_grad():
+        cb.embed.copy_(torch.randn(16, 4))
+        cb.transform.copy_(torch.eye(4) + 0.3 * torch.randn(4, 4))
+    cb.cluster_size.copy_(torch.arange(16.0))
+    base, codes = cb.embed.clone(), cb.vectors().detach().clone()
+    x = torch.randn(40, 4)
+    dead = cb.cluster_size < 0.5 * cb.cluster_size.mean()  # usage 0-3 < 0.5 * 7.5
+    n = (cb._replace_dead_masked_ if masked else cb._replace_dead_)(x, dead)
+    assert int(n) == int(dead.sum()) == 4
+    assert torch.equal(cb.embed[~dead], base[~dead])
+    after = cb.vectors().detach()
+    torch.testing.assert_close(after[~dead], codes[~dead], rtol=0, atol=0)
+    # the re-seeded codes (what the quantizer uses: B·Wᵀ) are batch vectors, not their base rows
+    for row in after[dead]:
+        assert any(torch.allclose(row, xi, rtol=1e-5, atol=1e-5) for xi in x)
+    assert not any(torch.allclose(row, xi, atol=1e-3) for row in cb.embed[dead] for xi in x)
+
+
+def test_transform_codebook_dead_code_gets_revived():
+    z = clustered_latents(n_clusters=8, seed=4)
+    torch.manual_seed(0)
+    vq = VectorQuantizer(16, 16, learning="transform", kmeans_init=False, dead_code_threshold=0.1, decay=0.9)
+    cb = vq.codebook
+    with torch.no_grad():
+        cb.transform.copy_(torch.eye(16) + 0.2 * torch.randn(16, 16))
+        wanted = torch.randn(16, 16) * 3
+        wanted[5] = 1e4  # far away: never chosen
+        cb.embed.copy_(wanted @ torch.linalg.inv(cb.transform).T)
+    assert (cb.vectors()[5] > 1e3).all()
+    for _ in range(30):
+        vq(z)
+    assert cb.vectors()[5].abs().max() < 100  # re-seeded from data, through the transform
+    assert int(cb.replaced_total) > 0
+    vq.eval()
+    assert (vq.encode(z) == 5).any()  # and it is used again
+
+
+def test_codec_config_sets_the_grit_options_and_keeps_their_defaults_out_of_the_model_id():
+    from rvqcodec.model.codec import Codec, CodecConfig
+    from rvqcodec.quantize import QUANTIZER_DEFAULTS
+    from rvqcodec.quantize.estimators import DEFAULT_GRIT_RADIUS
+
+    assert CodecConfig().grit_radius == QUANTIZER_DEFAULTS["grit_radius"] == DEFAULT_GRIT_RADIUS
+    assert "grit_radius" not in CodecConfig().identity_dict()  # shipped models keep their id
+    cfg = CodecConfig.preset("tiny", estimator="grit_rotation", grit_radius=0.5, codebook_learning="transform")
+    assert cfg.identity_dict()["grit_radius"] == 0.5
+    codec = Codec(cfg)
+    for layer in codec.quantizer.layers:
+        assert layer.estimator == "grit_rotation" and layer.grit_radius == 0.5
+        assert isinstance(layer.codebook.transform, torch.nn.Parameter)
+    with pytest.raises(ValueError, match="grit_radius"):
+        CodecConfig(grit_radius=0.0)

@@ -58,6 +58,7 @@ QUANTIZER_FIELDS = MappingProxyType({
     "codebook_dim": "codebook_dim", "estimator": "estimator", "residual_grad": "residual_grad",
     "estimator_scope": "estimator_scope",
     "quantizer_dropout": "quantizer_dropout", "quantizer_dropout_skew": "dropout_skew", "scale_clamp": "scale_clamp",
+    "grit_radius": "grit_radius",
     "commitment_weight": "commitment_weight", "codebook_weight": "codebook_weight", "codebook_learning": "learning",
     "ema_decay": "decay", "kmeans_init": "kmeans_init", "kmeans_iters": "kmeans_iters",
     "dead_code_threshold": "dead_code_threshold", "dead_code_interval": "dead_code_interval",
@@ -127,7 +128,8 @@ class CodecConfig(DictConfig):
     Quantizer (forwarded to :class:`rvqcodec.quantize.ResidualVQ` and its stages, see ``QUANTIZER_FIELDS``):
         n_q: number of RVQ stages. codebook_size: K codes per stage. codebook_dim: factorised code dimension
         (None = latent_dim). estimator, residual_grad, estimator_scope, quantizer_dropout, quantizer_dropout_skew (the quantizer's
-        ``dropout_skew``), scale_clamp, commitment_weight, codebook_weight, codebook_learning (``"ema"``/``"grad"``),
+        ``dropout_skew``), scale_clamp, grit_radius (τ of the ``"grit"``/``"grit_rotation"`` estimators),
+        commitment_weight, codebook_weight, codebook_learning (``"ema"``/``"grad"``/``"transform"``),
         ema_decay, kmeans_init, kmeans_iters, dead_code_threshold, dead_code_interval, dead_code_patience,
         l2_normalize_lookup: documented, with their defaults, where the quantizer uses them. ``quantizer_dropout``
         defaults to 0.5 here (one model for every bitrate), not to the quantizer's 0.
@@ -163,6 +165,7 @@ class CodecConfig(DictConfig):
     quantizer_dropout: float = 0.5
     quantizer_dropout_skew: float = _quantizer_default("quantizer_dropout_skew")
     scale_clamp: tuple[float, float] | None = _quantizer_default("scale_clamp")
+    grit_radius: float = _quantizer_default("grit_radius")
     commitment_weight: float = _quantizer_default("commitment_weight")
     codebook_weight: float = _quantizer_default("codebook_weight")
     codebook_learning: str = _quantizer_default("codebook_learning")
@@ -193,6 +196,8 @@ class CodecConfig(DictConfig):
             problems.append(f"codebook_dim must be None or >= 1 (got {self.codebook_dim})")
         if not 0.0 <= self.quantizer_dropout <= 1.0:
             problems.append(f"quantizer_dropout must be in [0, 1] (got {self.quantizer_dropout})")
+        if not self.grit_radius > 0.0:
+            problems.append(f"grit_radius must be > 0 (got {self.grit_radius})")
         if not self.quantizer_dropout_skew >= 0.0:
             problems.append(f"quantizer_dropout_skew must be >= 0 (got {self.quantizer_dropout_skew})")
         if self.architecture not in ARCHITECTURES:

@@ -29,6 +29,30 @@ Numerical policy (see ``docs/quantizer.md``):
   can reach the codebook through either (the codebook learns by EMA or by its own loss).
 * ``q = 0`` gives λ = 0, hence a zero gradient (the paper's App. A.9.1 behaviour), unless ``scale_clamp``
   bounds λ from below.
+
+**GRIT radius surrogate** (``"grit"``, ``"grit_rotation"``; You et al. 2026, "Generalized Radius and Integrated
+Codebook Transforms for Differentiable Vector Quantization", arXiv 2602.01140). Only the paper's abstract could be
+read (no method section, equation or code was retrievable), so the formula below is **this project's reading of
+the abstract, not the paper's equation**: "a radius-based update that moves latents along the quantization
+direction with a controllable, geometry-aware step", hard assignments in the forward pass. With δ = ‖q − e‖ and
+u = (q − e)/δ, the latent is moved along u by a radius ρ(δ):
+
+    y = e + ρ(δ)·sg(u),   ρ(δ) = τ‖e‖·tanh(δ / (τ‖e‖))   (‖e‖ detached; τ = ``grit_radius``, default 1.0)
+
+============================  =========================================  ===============================
+``grit``                      I − ρ′(δ)·uuᵀ,  ρ′ = 1 − tanh²(δ/(τ‖e‖))   g − ρ′·(u·g)·u
+``grit_rotation``             λ_y·R(y→q)·(I − ρ′(δ)·uuᵀ), λ_y = ‖q‖/‖y‖  (I − ρ′uuᵀ)·λ_y·R_yᵀ·g
+============================  =========================================  ===============================
+
+``grit`` returns q's values with the gradient of y (an exact forward; y itself is never output). ρ saturates
+at τ‖e‖, so the surrogate's step is decoupled from the gap for δ ≫ τ‖e‖; measuring it in units of ‖e‖ makes it
+scale-free, the same in every RVQ stage whatever its residual norm (our reading of "geometry-aware"). τ → ∞ gives
+ρ = δ, G = I − uuᵀ (the DiVeQ Jacobian); τ → 0 gives ρ′ → 0, G → I (STE). ``grit_rotation`` keeps the rotation
+trick: it applies it to the moved latent y, which lies on the segment from e to q (ρ < δ), so its rotation is
+smaller than the rotation trick's; τ → 0 gives the rotation trick (y = e), τ → ∞ the DiVeQ Jacobian (y = q,
+R = I, λ = 1). τ = 1 and the tanh form are assumptions of this project, not values from the paper. Guards: rows
+with ‖e‖ < 1e-6 or ‖q − e‖ < 1e-6·‖e‖ (no quantization direction) get ρ = ρ′ = 0, i.e. exactly the STE gradient
+for ``grit`` and the rotation trick's (with its own guards) for ``grit_rotation``.
 """
 from __future__ import annotations
 
@@ -42,12 +66,18 @@ GUARD_NORM = 1e-6
 GUARD_COS = 1e-5
 """Rows with 1 + cos(e, q) below this (near antiparallel) use the straight-through gradient."""
 
-ESTIMATORS = ("rotation", "rotation_noscale", "rotation_clamped", "ste")
+ESTIMATORS = ("rotation", "rotation_noscale", "rotation_clamped", "ste", "grit", "grit_rotation")
 """Names accepted by :func:`apply_estimator` and by the quantizers' ``estimator=`` option."""
 NEAR_ANTIPARALLEL = 1e-3
 """Rows with 1 + cos(e, q) below this get ‖ê + q̂‖² from the vectors rather than from the row dot products."""
 DEFAULT_SCALE_CLAMP = (0.5, 2.0)
 """Bounds on ‖q‖/‖e‖ used by ``estimator="rotation_clamped"`` when no ``scale_clamp`` is given."""
+DEFAULT_GRIT_RADIUS = 1.0
+"""τ of the GRIT radius ρ(δ) = τ‖e‖·tanh(δ/(τ‖e‖)): this project's choice (the radius saturates at the latent's own
+norm), not a value from the paper, whose equations could not be read (see :func:`grit_surrogate`)."""
+GUARD_GAP = 1e-6
+"""GRIT estimators: rows with ‖q − e‖ below this times ‖e‖ (the latent is its code to float32 precision, so the
+quantization direction is rounding noise) get no radius step (ρ = ρ′ = 0)."""
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -175,16 +205,121 @@ def rotation_trick(
     return out.reshape(shape)
 
 
+class _RadialGradient(torch.autograd.Function):
+    """Returns ``value`` itself (no arithmetic) and sends ``Gᵀ·g = g − c·(u·g)·u`` back to the (N, d) ``e``:
+    G = I − c·uuᵀ (symmetric) with ``u`` (N, d) unit quantization directions and ``c`` (N, 1) the radius slopes
+    ρ′(δ). Rows with c = 0 get exactly g."""
+
+    @staticmethod
+    def forward(ctx, e, value, u, c):
+        ctx.save_for_backward(u, c)
+        ctx.e_dtype = e.dtype
+        return value.view_as(value)
+
+    @staticmethod
+    def backward(ctx, g):
+        u, c = ctx.saved_tensors
+        grad = g.to(u.dtype, copy=True)
+        grad.addcmul_(u, -(c * _rowdot(u, grad)))
+        return grad.to(ctx.e_dtype), None, None, None
+
+
+def check_grit_radius(radius: float) -> float:
+    """``radius`` as a float, or a ValueError unless it is > 0 (``math.inf`` allowed: ρ(δ) = δ)."""
+    radius = float(radius)
+    if not radius > 0.0:
+        raise ValueError(f"grit_radius must be > 0 (inf allowed), got {radius}")
+    return radius
+
+
+def _grit_parts(e: Tensor, q: Tensor, radius: float):
+    """Per-row pieces of the GRIT surrogate for (N, d) views of ``e`` and ``q``: the work-dtype ``e`` and ``q``,
+    the unit directions u = (q − e)/δ (N, d), the radius ρ(δ) and its slope ρ′(δ) (N, 1; zero on guarded rows)."""
+    radius = check_grit_radius(radius)
+    d = e.shape[-1]
+    work = torch.promote_types(e.dtype, torch.float32)
+    with torch.autocast(device_type=e.device.type, enabled=False), torch.no_grad():
+        ed = e.detach().reshape(-1, d).to(work)
+        qd = q.detach().reshape(-1, d)
+        diff = qd.to(work) - ed  # correctly rounded: u is accurate however small δ is
+        scalar = torch.float32 if e.device.type == "mps" else torch.float64
+        e_norm = torch.linalg.vector_norm(ed, dim=-1, keepdim=True).to(scalar)
+        gap = torch.linalg.vector_norm(diff, dim=-1, keepdim=True).to(scalar)
+        keep = (e_norm >= GUARD_NORM) & (gap >= GUARD_GAP * e_norm)
+        if radius == float("inf"):  # ρ(δ) = δ, ρ′ = 1
+            rho, slope = gap, torch.ones_like(gap)
+        else:
+            r = radius * e_norm.clamp_min(NORM_EPS)
+            t = torch.tanh(gap / r)
+            rho, slope = r * t, 1.0 - t * t
+        zero = torch.zeros_like(gap)
+        rho, slope = torch.where(keep, rho, zero), torch.where(keep, slope, zero)
+        u = diff * (1.0 / gap.clamp_min(1e-30)).to(work)  # finite on every row (|diff_i| ≤ δ)
+    return ed, qd, u, rho.to(work), slope.to(work)
+
+
+def grit_surrogate(e: Tensor, q: Tensor, radius: float = DEFAULT_GRIT_RADIUS) -> Tensor:
+    """GRIT-VQ radius surrogate (You et al. 2026, arXiv 2602.01140), **as read from the paper's abstract**: the
+    method section could not be retrieved, so the radius function and its default are this project's assumptions.
+
+    The surrogate moves the latent along the quantization direction u = (q − e)/‖q − e‖ by a radius
+    ρ(δ) = τ‖e‖·tanh(δ/(τ‖e‖)), δ = ‖q − e‖ (``‖e‖`` and ``u`` detached): ``y = e + ρ(δ)·sg(u)``. The output has
+    q's values (the hard assignment, bit for bit) and y's gradient, ``G = ∂y/∂e = I − ρ′(δ)·uuᵀ`` with
+    ρ′ = 1 − tanh²(δ/(τ‖e‖)) ∈ (0, 1]: the encoder gradient's component along u is scaled by 1 − ρ′, the rest
+    passes as with the STE. τ → ∞ is the DiVeQ Jacobian I − uuᵀ, τ → 0 the STE.
+
+    Args:
+        e: encoder output, shape (..., d), any float dtype.
+        q: selected code vectors, same shape. Detached: no gradient reaches it.
+        radius: τ > 0 (``math.inf`` allowed), the radius's saturation in units of ‖e‖.
+    Returns:
+        (..., d) tensor equal to ``q`` bit for bit (``q``'s dtype), gradient ``g − ρ′·(u·g)·u`` w.r.t. ``e``;
+        rows with ‖e‖ < 1e-6 or ‖q − e‖ < 1e-6·‖e‖ get exactly ``g``.
+    """
+    _check_shapes(e, q)
+    shape, d = e.shape, e.shape[-1]
+    _, qd, u, _, slope = _grit_parts(e, q, radius)
+    return _RadialGradient.apply(e.reshape(-1, d), qd, u, slope).reshape(shape)
+
+
+def grit_rotation(
+    e: Tensor, q: Tensor, radius: float = DEFAULT_GRIT_RADIUS, scale_clamp: tuple[float, float] | None = None
+) -> Tensor:
+    """The rotation trick applied to the GRIT-moved latent: ``rotation_trick(y, q)`` with
+    ``y = e + ρ(δ)·sg(u)`` as in :func:`grit_surrogate` (same assumptions: the paper's equations were not
+    readable).
+
+    Value q bit for bit; ``G = λ_y·R(y→q)·(I − ρ′(δ)·uuᵀ)``, λ_y = ‖q‖/‖y‖ (or its ``scale_clamp``), where
+    y, λ_y and R are evaluated at the values and detached. y lies on the segment from e to q (ρ < δ), so the
+    rotation is smaller than the rotation trick's R(e→q); τ → 0 is the rotation trick, τ → ∞ the DiVeQ Jacobian.
+    Rows guarded by the GRIT rule (ρ = ρ′ = 0, y = e) get the rotation trick; rows guarded by the rotation
+    trick's rules (‖y‖ < 1e-6, y nearly antiparallel to q) get G = I − ρ′uuᵀ.
+    """
+    _check_shapes(e, q)
+    shape, d = e.shape, e.shape[-1]
+    ed, qd, u, rho, slope = _grit_parts(e, q, radius)
+    with torch.no_grad():
+        y_value = ed + u * rho  # exactly e where ρ = 0
+    y = _RadialGradient.apply(e.reshape(-1, d), y_value, u, slope)
+    return rotation_trick(y, qd, rescale=True, scale_clamp=scale_clamp).reshape(shape)
+
+
 def apply_estimator(
-    name: str, e: Tensor, q: Tensor, scale_clamp: tuple[float, float] | None = None
+    name: str, e: Tensor, q: Tensor, scale_clamp: tuple[float, float] | None = None,
+    grit_radius: float = DEFAULT_GRIT_RADIUS,
 ) -> Tensor:
     """Apply the estimator called ``name`` (one of :data:`ESTIMATORS`) to ``(e, q)``.
 
-    ``rotation_clamped`` uses ``scale_clamp`` or :data:`DEFAULT_SCALE_CLAMP`; ``rotation`` honours an explicit
-    ``scale_clamp`` too (``None`` = unbounded, the paper's estimator).
+    ``rotation_clamped`` uses ``scale_clamp`` or :data:`DEFAULT_SCALE_CLAMP`; ``rotation`` and ``grit_rotation``
+    honour an explicit ``scale_clamp`` too (``None`` = unbounded, the paper's estimator). ``grit`` and
+    ``grit_rotation`` use ``grit_radius`` (τ, see :func:`grit_surrogate`).
     """
     if name == "ste":
         return straight_through(e, q)
+    if name == "grit":
+        return grit_surrogate(e, q, grit_radius)
+    if name == "grit_rotation":
+        return grit_rotation(e, q, grit_radius, scale_clamp)
     if name == "rotation":
         return rotation_trick(e, q, rescale=True, scale_clamp=scale_clamp)
     if name == "rotation_noscale":

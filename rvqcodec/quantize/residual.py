@@ -68,10 +68,11 @@ class ResidualVQ(nn.Module):
         quantizer_dropout: probability that a training batch uses a random prefix of the stages.
         dropout_skew: α ≥ 0; a dropped batch keeps n stages with probability ∝ n^−α (0: uniform on 1..n_q).
         **stage_options: forwarded to every :class:`VectorQuantizer`, which documents them and their defaults
-            (``codebook_dim``, ``estimator``, ``scale_clamp``, ``commitment_weight``, ``codebook_weight``) or
-            passes them on to :class:`EuclideanCodebook` (``learning``, ``decay``, ``kmeans_init``,
-            ``dead_code_threshold``, ``l2_normalize_lookup`` ...). Every option is documented, with its default,
-            once, in the constructor that uses it (:data:`rvqcodec.quantize.QUANTIZER_DEFAULTS` collects them).
+            (``codebook_dim``, ``estimator``, ``scale_clamp``, ``grit_radius``, ``commitment_weight``,
+            ``codebook_weight``) or passes them on to :class:`EuclideanCodebook` (``learning``, ``decay``,
+            ``kmeans_init``, ``dead_code_threshold``, ``l2_normalize_lookup`` ...). Every option is documented,
+            with its default, once, in the constructor that uses it (:data:`rvqcodec.quantize.QUANTIZER_DEFAULTS`
+            collects them).
     """
 
     def __init__(
@@ -152,7 +153,8 @@ class ResidualVQ(nn.Module):
         if cumulative:
             first = self.layers[0]
             rows = apply_estimator(first.estimator, rearrange(z, "b d t -> (b t) d"),
-                                   rearrange(quantized, "b d t -> (b t) d"), first.scale_clamp)
+                                   rearrange(quantized, "b d t -> (b t) d"), first.scale_clamp,
+                                   first.grit_radius)
             quantized = rearrange(rows, "(b t) d -> b d t", b=z.shape[0])
         return QuantizerOutput(
             quantized=quantized,

@@ -5,8 +5,15 @@ Definitions (``n_j`` = frames assigned to code j in the window, ``N = Σ n_j``, 
 * ``perplexity`` = exp(H), H = −Σ p_j log p_j (0·log 0 = 0); range [1, min(K, N)]. ``perplexity_norm`` = PPL/K,
   ``entropy_norm`` = H/log K.
 * ``utilization`` = 100 · |{j : n_j ≥ 1}| / K, in percent, over the window.
-* ``dead_codes`` = codes whose EMA usage is under the codebook's dead-code threshold (reported by the codebook),
-  ``unused_codes`` = K − codes used in the window.
+* ``unused_codes`` = K − codes used in the window.
+* ``dead_codes`` = codes out of use at the end of the window, reported by the codebook
+  (:meth:`~rvqcodec.quantize.codebook.EuclideanCodebook.dead_mask`): those the dead-code rule flags (EMA usage
+  under the threshold, or idle for ``dead_code_patience`` updates) and those that no frame has reached since
+  they were set (k-means initialisation or re-seeding). So after the k-means init a stage whose encoder picks a
+  handful of codes shows ``utilization`` of a few percent *and* ``dead_codes`` near K, while the EMA rule alone,
+  which lags ~230 steps at decay 0.99, would read 0 (and a code it catches is re-seeded before the statistics
+  are read). A code used earlier in the run and idle now counts only once the rule flags it, so
+  ``dead_codes`` can be below ``unused_codes`` (and a code the rule flags may still have had a frame or two).
 * ``rel_qe`` = E‖r − q‖² / E‖r‖²: residual energy left after the stage, relative to its input, in the
   latent space of the model.
 * ``scale_median/p1/p99``: distribution of λ = ‖q‖/‖e‖ in code space (the rotation trick's gradient scale),

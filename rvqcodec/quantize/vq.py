@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .codebook import EuclideanCodebook
 from .distributed import broadcast_
-from .estimators import ESTIMATORS, apply_estimator
+from .estimators import DEFAULT_GRIT_RADIUS, ESTIMATORS, apply_estimator, check_grit_radius
 from .stats import CodebookStats
 
 
@@ -30,18 +30,21 @@ class VectorQuantizer(nn.Module):
     Pipeline per frame: ``e = W_in·r`` (identity when ``codebook_dim`` is None or equals ``dim``) → nearest code
     ``q`` (squared L2, or cosine with ``l2_normalize_lookup``) → ``q̃ = estimator(e, q)`` (value q) →
     output ``W_out·q̃``. Losses, in code space, averaged over frames and channels:
-    ``commit_loss = commitment_weight · mse(e, sg q)`` (trains the encoder) and, for ``learning="grad"``,
-    ``codebook_loss = codebook_weight · mse(q, sg e)`` (trains the codebook). No gradient reaches the codebook
-    through the estimator.
+    ``commit_loss = commitment_weight · mse(e, sg q)`` (trains the encoder) and, for ``learning="grad"`` or
+    ``"transform"``, ``codebook_loss = codebook_weight · mse(q, sg e)`` (trains the codebook, or the shared
+    transform that produces every code). No gradient reaches the codebook through the estimator.
 
     Args:
         dim: channels D of the input.
         codebook_size: number of codes K.
         codebook_dim: factorised code dimension (DAC-style low-dimensional codes); None = ``dim``.
-        estimator: one of ``"rotation"`` (default), ``"rotation_noscale"``, ``"rotation_clamped"``, ``"ste"``.
+        estimator: one of ``"rotation"`` (default), ``"rotation_noscale"``, ``"rotation_clamped"``, ``"ste"``,
+            ``"grit"``, ``"grit_rotation"`` (see :mod:`rvqcodec.quantize.estimators`).
         scale_clamp: bounds on ‖q‖/‖e‖ for the rotation estimators (see :func:`rotation_trick`).
+        grit_radius: τ of the GRIT radius ρ(δ) = τ‖e‖·tanh(δ/(τ‖e‖)) (``"grit"``, ``"grit_rotation"``; see
+            :func:`grit_surrogate`). 1.0 is this project's choice, not a value from the paper.
         commitment_weight: weight of the commitment loss.
-        codebook_weight: weight of the codebook loss (``learning="grad"`` only).
+        codebook_weight: weight of the codebook loss (``learning="grad"`` or ``"transform"``).
         **codebook_options: forwarded to :class:`EuclideanCodebook`, which documents them and their defaults
             (``learning``, ``decay``, ``epsilon``, ``kmeans_init``, ``kmeans_iters``, ``dead_code_threshold``,
             ``dead_code_interval``, ``dead_code_patience``, ``l2_normalize_lookup``).
@@ -54,6 +57,7 @@ class VectorQuantizer(nn.Module):
         codebook_dim: int | None = None,
         estimator: str = "rotation",
         scale_clamp: tuple[float, float] | None = None,
+        grit_radius: float = DEFAULT_GRIT_RADIUS,
         commitment_weight: float = 1.0,
         codebook_weight: float = 1.0,
         **codebook_options,
@@ -67,6 +71,7 @@ class VectorQuantizer(nn.Module):
         self.codebook_size = codebook_size
         self.estimator = estimator
         self.scale_clamp = tuple(scale_clamp) if scale_clamp is not None else None
+        self.grit_radius = check_grit_radius(grit_radius)
         self.commitment_weight = commitment_weight
         self.codebook_weight = codebook_weight
         factorised = codebook_dim != dim
@@ -90,9 +95,9 @@ class VectorQuantizer(nn.Module):
         e = self.project_in(r_flat)
         e_valid = e if valid is None else e[valid]
         codes = self.codebook.lookup(e)
-        q_code = self.codebook.embed_codes(codes)  # (N, d); carries grad to the codebook in "grad" mode
+        q_code = self.codebook.embed_codes(codes)  # (N, d); carries grad to the codebook unless "ema"
         q_detached = q_code.detach()
-        q_tilde = apply_estimator(self.estimator, e, q_detached.to(e.dtype), self.scale_clamp)
+        q_tilde = apply_estimator(self.estimator, e, q_detached.to(e.dtype), self.scale_clamp, self.grit_radius)
         quantized_flat = self.project_out(q_tilde)
 
         codes_valid = codes if valid is None else codes[valid]
@@ -101,7 +106,7 @@ class VectorQuantizer(nn.Module):
             commit = F.mse_loss(e_valid.float(), q_valid.detach().float()) * self.commitment_weight
         else:
             commit = e.sum() * 0.0
-        if self.codebook.learning == "grad" and e_valid.shape[0] > 0:
+        if self.codebook.learning != "ema" and e_valid.shape[0] > 0:  # "grad" or "transform"
             codebook_loss = F.mse_loss(q_valid.float(), e_valid.detach().float()) * self.codebook_weight
         else:
             codebook_loss = torch.zeros((), device=r.device)

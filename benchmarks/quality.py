@@ -69,6 +69,7 @@ TABLE_COLUMNS = ("codec", "setting", "nominal kbps", "measured kbps", "PESQ-WB",
                  "SI-SDR dB", "mel dist", "delay ms", "delay method", "files")
 PERCEPTUAL_COLUMNS = (("distillmos", "DistillMOS"), ("dnsmos_p808", "DNSMOS P.808"), ("dnsmos_ovrl", "DNSMOS OVRL"),
                       ("visqol", "ViSQOL"))
+LISTENER_LABELS = dict(PERCEPTUAL_COLUMNS)
 """Listener-model columns (``--perceptual``), placed after PESQ-WB."""
 REFERENCE_SETTING = "original"
 """The row of the unprocessed speech: the listener models' ceiling (no bitrate, no intrusive scores)."""
@@ -244,7 +245,9 @@ RISING_SETTINGS = ("rvqcodec-1.5k", "rvqcodec-3k", "rvqcodec-4.5k", "rvqcodec-6k
 def targets(rows: list[dict]) -> list[dict]:
     """The quality targets, each ``{"target", "rvqcodec", "reference", "met"}`` (None where not measured):
     rvqcodec 6 kbps PESQ-WB > Opus 6 kbps and >= AMR-WB 6.6 kbps; PESQ-WB >= 2.9 / 2.4 / 2.0 at 6 / 3 / 1.5 kbps;
-    PESQ-WB rising with every added 1.5 kbps (``rvqcodec``: the smallest rise, ``reference``: 0)."""
+    with listener scores, DistillMOS at 6 kbps >= AMR-WB 6.6's + 0.2, at 3 kbps >= AMR-WB 6.6's, at 1.5 kbps >=
+    Opus 6's, DNSMOS P.808 and ViSQOL at 6 kbps >= AMR-WB 6.6's (``reference``: the other codec's score plus the
+    margin); PESQ-WB rising with every added 1.5 kbps (``rvqcodec``: the smallest rise, ``reference``: 0)."""
     by_name = {r["setting"]: r for r in rows}
 
     def pesq(name: str) -> float | None:
@@ -258,6 +261,19 @@ def targets(rows: list[dict]) -> list[dict]:
     checks = [check(f"PESQ-WB rvqcodec-6k {'>' if strict else '>='} {other}", pesq("rvqcodec-6k"), pesq(other), strict)
               for other, strict in (("opus-6k", True), ("amr-wb-6.6k", False))]
     checks += [check(f"PESQ-WB {name} >= {value:g}", pesq(name), value, False) for name, value in ABSOLUTE_TARGETS]
+    if rows and "distillmos" in rows[0]:  # the quality-as-heard issue's targets, from the listener models
+        def score(name: str, metric: str, offset: float = 0.0) -> float | None:
+            row = by_name.get(name)
+            value = row[metric] if row is not None else math.nan
+            return value + offset if math.isfinite(value) else None
+
+        for ours, metric, other, offset in (("rvqcodec-6k", "distillmos", "amr-wb-6.6k", 0.2),
+                                            ("rvqcodec-3k", "distillmos", "amr-wb-6.6k", 0.0),
+                                            ("rvqcodec-1.5k", "distillmos", "opus-6k", 0.0),
+                                            ("rvqcodec-6k", "dnsmos_p808", "amr-wb-6.6k", 0.0),
+                                            ("rvqcodec-6k", "visqol", "amr-wb-6.6k", 0.0)):
+            label = f"{LISTENER_LABELS[metric]} {ours} >= {other}" + (f" + {offset:g}" if offset else "")
+            checks.append(check(label, score(ours, metric), score(other, metric, offset), False))
     rising = [pesq(name) for name in RISING_SETTINGS]
     smallest = None if None in rising else min(b - a for a, b in zip(rising, rising[1:]))
     checks.append(check("PESQ-WB rises with every added 1.5 kbps (1.5 to 7.5 kbps; smallest rise)", smallest,
@@ -360,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codecs", metavar="NAMES", default=",".join(ext.EXTERNAL_CODECS),
                    help=f"external codecs to compare, comma-separated (default: {','.join(ext.EXTERNAL_CODECS)})")
     p.add_argument("--no-external", action="store_true", help="score rvqcodec only")
+    p.add_argument("--comparable", action="store_true",
+                   help="one setting per classical codec, at rates comparable to rvqcodec's (Opus 6 kbps, AMR-WB "
+                        "6.6 kbps, Codec2 3200), as --quick does")
     p.add_argument("--max-files", metavar="N", type=int, default=None, help="use only the first N files")
     p.add_argument("--max-seconds", metavar="S", type=float, default=None, help="cut each file to its first S seconds")
     p.add_argument("--quick", action="store_true",
@@ -431,7 +450,7 @@ def run(args: argparse.Namespace) -> dict:
     tools = ext.Tools(ffmpeg=args.ffmpeg, c2enc=args.c2enc, c2dec=args.c2dec,
                       amrwbenc_library=args.amrwbenc_library)
     externals, notes = ([], []) if args.no_external else selected_external_codecs(
-        args.codecs, tools, COMPARABLE_EXTERNAL if args.quick else None)
+        args.codecs, tools, COMPARABLE_EXTERNAL if args.quick or args.comparable else None)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     global PERCEPTUAL

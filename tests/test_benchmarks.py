@@ -97,7 +97,15 @@ def test_quality_quick_writes_consistent_table_json_and_plot(tiny_model, dev_cle
     absolute = result["targets"][2]
     assert absolute["rvqcodec"] == pytest.approx(rows["rvqcodec-6k"]["pesq_wb"]) and absolute["reference"] == 2.9
     assert absolute["met"] is (absolute["rvqcodec"] >= 2.9)
-    assert result["targets"][5]["met"] is None  # --quick has no 4.5 and 7.5 kbps rows: not measured
+    rising = next(t for t in result["targets"] if t["target"].startswith("PESQ-WB rises"))
+    assert rising["met"] is None  # --quick has no 4.5 and 7.5 kbps rows: not measured
+    listener = {t["target"]: t for t in result["targets"] if not t["target"].startswith("PESQ")}
+    assert len(listener) == 5
+    distill = listener["DistillMOS rvqcodec-6k >= amr-wb-6.6k + 0.2"]
+    assert distill["rvqcodec"] == pytest.approx(rows["rvqcodec-6k"]["distillmos"])
+    if "amr-wb-6.6k" in rows:
+        assert distill["reference"] == pytest.approx(rows["amr-wb-6.6k"]["distillmos"] + 0.2)
+        assert distill["met"] is (distill["rvqcodec"] >= distill["reference"])
 
     # the markdown table has the documented columns and one line per result row, with the same numbers
     table = _table_rows((out / "quality.md").read_text(), "codec")

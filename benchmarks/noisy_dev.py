@@ -136,8 +136,10 @@ def build(data: Path, noise_dir: Path, out: Path, seed: int) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=SPEECH_ROOT / "dev-clean", help="clean speech folder (default: dev-clean)")
-    p.add_argument("--noise", type=Path, default=NOISE_DIR, help="noise folder with MANIFEST.tsv (default: ../shared/data/noise)")
+    p.add_argument("--data", type=Path, default=SPEECH_ROOT / "dev-clean",
+                   help="clean speech folder (default: dev-clean)")
+    p.add_argument("--noise", type=Path, default=NOISE_DIR,
+                   help="noise folder with MANIFEST.tsv (default: ../shared/data/noise)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: local/noisy-dev)")
     p.add_argument("--seed", type=int, default=2026)
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")

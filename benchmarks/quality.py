@@ -14,10 +14,10 @@ duration of the input: for rvqcodec the whole ``.rvq`` file (header and CRCs inc
 codecs see ``benchmarks/external_codecs.py`` (Opus: the Opus packets without Ogg framing; AMR-WB: the speech
 bytes without ToC bytes; Codec2: the bit file).
 
-rvqcodec encodes each file once through the chunk engine (:mod:`rvqcodec.chunking`) with the most stages
-asked for; the stream at a lower bitrate holds the first ``n_q`` stages of those codes (residual VQ is greedy,
-so this is exactly what compressing at that bitrate produces). Each stream is written as real ``.rvq`` bytes
-and decoded with :func:`rvqcodec.api.decompress`.
+rvqcodec encodes each file once (:func:`rvqcodec.streams.encode_stages`: the chunk engine, with the most stages
+asked for); the stream at a lower bitrate holds the first ``n_q`` stages of those codes (residual VQ is greedy,
+so this is exactly what compressing at that bitrate produces). Each stream is real ``.rvq`` bytes, decoded with
+:func:`rvqcodec.api.decompress`.
 
 Writes ``quality.json`` (settings, per-codec means, per-file scores), ``quality.md`` (the table and the
 targets) and ``quality_pesq_wb.png`` (PESQ-WB against measured kbps, one line per codec) into ``--out``.
@@ -46,7 +46,7 @@ if str(BENCH_DIR) not in sys.path:
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
-from rvqcodec import api, bitstream, chunking, codec_header, perceptual  # noqa: E402
+from rvqcodec import api, perceptual, streams  # noqa: E402
 from rvqcodec.cli import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
 from rvqcodec.extras import MissingExtraError, require  # noqa: E402
@@ -157,25 +157,24 @@ def reference_record(path: Path, ref: np.ndarray) -> dict:
 def rvq_streams(codec, ref: np.ndarray, bitrates: list[float]) -> tuple[dict[float, bytes], float]:
     """The ``.rvq`` bytes of ``ref`` (16 kHz ``(T,)``) at every bitrate, from one encode, and its time in seconds.
 
-    The codes are computed once with the most stages needed; the stream at ``kbps`` keeps their first
-    ``n_q`` stages, which is byte for byte what ``api.compress(codec, ref, 16000, bitrate=kbps)`` gives.
+    :func:`rvqcodec.streams.encode_stages` computes the codes once with the most stages needed; the stream at
+    ``kbps`` keeps their first ``n_q`` stages, which is byte for byte what
+    ``api.compress(codec, ref, 16000, bitrate=kbps)`` gives.
     """
-    n_qs = {kbps: codec.n_q_for_bitrate(kbps) for kbps in bitrates}
+    n_qs = {kbps: streams.resolve_n_q(codec, bitrate=kbps) for kbps in bitrates}
     wav = torch.from_numpy(ref)
     if codec.sample_rate != SCORE_RATE:
         wav = resample(wav, SCORE_RATE, codec.sample_rate)
     start = time.perf_counter()
-    codes, num_samples = chunking.encode_blocks(codec, [wav], max(n_qs.values()))
+    by_n_q = streams.encode_stages(codec, [wav], list(n_qs.values()))
     encode_s = time.perf_counter() - start
-    streams = {kbps: bitstream.encode_bitstream(codec_header.make_header(codec, n_q, num_samples), codes[:n_q])
-               for kbps, n_q in n_qs.items()}
-    return streams, encode_s
+    return {kbps: by_n_q[n_q] for kbps, n_q in n_qs.items()}, encode_s
 
 
 def run_rvqcodec(codec, ref: np.ndarray, bitrates: list[float], path: Path, settings: dict[str, Setting]) -> None:
     """Score rvqcodec on ``ref`` at every bitrate: one encode (:func:`rvq_streams`), one decode per stream."""
-    streams, encode_s = rvq_streams(codec, ref, bitrates)
-    for kbps, data in streams.items():
+    by_kbps, encode_s = rvq_streams(codec, ref, bitrates)
+    for kbps, data in by_kbps.items():
         start = time.perf_counter()
         decoded, sr = api.decompress(codec, data)
         decode_s = time.perf_counter() - start

@@ -8,18 +8,17 @@
     wav_hat, sr = api.decompress(codec, data)        # (1, T) float32 at codec.sample_rate
 
 The model (:class:`rvqcodec.model.Codec`) knows nothing of bitstreams, chunking or where the shipped checkpoint
-lives; this module puts them together: :func:`as_mono` accepts the array layouts people pass, long signals go
-through the chunk engine (:mod:`rvqcodec.chunking`), and the ``.rvq`` header comes from
-:mod:`rvqcodec.codec_header`. Files are :mod:`rvqcodec.codec_files`' job.
+lives; this module puts them together: :func:`as_mono` accepts the array layouts people pass, and
+:mod:`rvqcodec.streams` turns the signal into ``.rvq`` bytes and back (through the chunk engine, so long signals
+work too). Files are :mod:`rvqcodec.codec_files`' job.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from rvqcodec import bitstream
-from rvqcodec.chunking import ChunkConfig, decode_chunks, encode_blocks
-from rvqcodec.codec_header import check_codec_matches, make_header, resolve_n_q
+from rvqcodec import streams
+from rvqcodec.chunking import ChunkConfig
 from rvqcodec.data import audio_io
 from rvqcodec.errors import InputError
 from rvqcodec.model.codec import Codec
@@ -109,14 +108,13 @@ def compress(codec: Codec, wav: torch.Tensor | np.ndarray, sr: int, bitrate: flo
         ValueError: unsupported bitrate (listing the valid ones), bad sample rate.
         InputError (a ValueError): an ambiguous shape or unsupported dtype, NaN/inf samples.
     """
-    n_q = resolve_n_q(codec, bitrate, n_q)
+    n_q = streams.resolve_n_q(codec, bitrate, n_q)
     if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
         raise ValueError(f"sample rate must be a positive integer number of Hz, got {sr!r}")
     mono = as_mono(wav)
     if mono.numel() and int(sr) != codec.sample_rate:
         mono = audio_io.resample(mono, int(sr), codec.sample_rate)
-    codes, num_samples = encode_blocks(codec, [mono], n_q, chunking)
-    return bitstream.encode_bitstream(make_header(codec, n_q, num_samples), codes)
+    return streams.encode(codec, [mono], n_q, chunking)
 
 
 def decompress(codec: Codec, data: bytes, chunking: ChunkConfig = ChunkConfig()) -> tuple[torch.Tensor, int]:
@@ -125,8 +123,7 @@ def decompress(codec: Codec, data: bytes, chunking: ChunkConfig = ChunkConfig())
     Raises a :class:`rvqcodec.bitstream.BitstreamError` subclass for a damaged, foreign or newer stream,
     or one written by another model.
     """
-    header, codes = bitstream.decode_bitstream(data)
-    check_codec_matches(header, codec)
-    pieces = list(decode_chunks(codec, codes, header.num_samples, chunking))
+    header, audio = streams.decode(codec, data, chunking)
+    pieces = list(audio)
     wav = torch.cat(pieces) if pieces else torch.zeros(0)
     return wav.view(1, -1), header.sample_rate

@@ -24,8 +24,8 @@ piece; only the codes of the whole signal are held (``n_q * frames`` int64: 23 M
 peak RSS with the ``base`` model is about 300 MB above the ~650 MB that importing torch itself takes here,
 whatever the file length (numbers and commands in ``docs/bitstream.md``).
 
-Used by the bytes API (:mod:`rvqcodec.api`), the file API (:mod:`rvqcodec.codec_files`) and ``rvqcodec
-roundtrip``.
+Used by :mod:`rvqcodec.streams` (a codec's ``.rvq`` streams), behind the bytes API (:mod:`rvqcodec.api`), the
+file API (:mod:`rvqcodec.codec_files`) and ``rvqcodec roundtrip``.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Compressing audio files into ``.rvq`` files and decoding them back into audio files, in bounded memory.
 
 The input is streamed block by block (:func:`rvqcodec.data.audio_io.iter_audio_blocks`, resampled to the codec
-rate and averaged to mono), encoded by the chunk engine (:mod:`rvqcodec.chunking`) and written atomically
-(:mod:`rvqcodec.fileio`); decoding streams the decoded chunks into the output file
+rate and averaged to mono) into :func:`rvqcodec.streams.encode_file` (the chunk engine, the ``.rvq`` file written
+atomically); decoding streams the audio of :func:`rvqcodec.streams.decode_file` into the output file
 (:func:`rvqcodec.data.audio_io.streamed_audio_file`). Every output check (an input file, a folder, an existing
 file without ``overwrite``, an unwritable folder) happens before any work.
 """
@@ -14,12 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from rvqcodec import bitstream
+from rvqcodec import streams
 from rvqcodec.bitstream import RVQHeader
-from rvqcodec.chunking import ChunkConfig, decode_chunks, encode_blocks
-from rvqcodec.codec_header import check_codec_matches, make_header, resolve_n_q
+from rvqcodec.chunking import ChunkConfig
 from rvqcodec.data import audio_io
 from rvqcodec.errors import InputError
 from rvqcodec.fileio import already_exists_message, check_writable_folder, same_file
@@ -63,7 +60,7 @@ class CompressReport:
 
 def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike, n_q: int,
                   overwrite: bool = False, chunking: ChunkConfig = ChunkConfig(),
-                  model_id: str | None = None, protected: Sequence[str | os.PathLike] = ()) -> CompressReport:
+                  protected: Sequence[str | os.PathLike] = ()) -> CompressReport:
     """Compress an audio file (any format/rate/channels soundfile reads) into a ``.rvq`` file, in bounded memory.
 
     The input is read block by block, resampled to the codec rate and averaged to mono; a float file beyond full
@@ -74,22 +71,20 @@ def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.Path
     Raises:
         AudioReadError: unreadable / non-audio input. FileExistsError: output exists and not ``overwrite``.
         PermissionError: the output folder is not writable (checked before encoding).
-        InputError: output is an input or a folder, NaN/inf samples. ValueError: bad ``n_q``.
+        InputError: output is an input or a folder, NaN/inf samples. ValueError: an ``n_q`` the codec does not
+            have (checked by :func:`rvqcodec.streams.encode_file` before any encoding; the commands resolve
+            ``--bitrate`` / ``--n-q`` once, with :func:`rvqcodec.streams.resolve_n_q`, before any file).
     """
     source, output = Path(source), Path(output)
-    n_q = resolve_n_q(codec, n_q=n_q)
     info = audio_io.audio_info(source)
     _check_output(output, overwrite, [source, *protected])
     warnings = tuple(audio_io.input_warnings(source))
-    if info.frames == 0:
-        codes, num_samples = np.zeros((n_q, 0), dtype=np.int64), 0
-    else:
+    blocks = ()  # an audio file with no samples: the empty stream
+    if info.frames:
         block_frames = max(1, round(chunking.read_block_seconds * info.samplerate))
         blocks = audio_io.iter_audio_blocks(source, block_frames, target_sr=codec.sample_rate, mono=True,
                                             fit_full_scale=True)
-        codes, num_samples = encode_blocks(codec, blocks, n_q, chunking)
-    header = make_header(codec, n_q, num_samples, model_id)
-    n_bytes = bitstream.write_rvq(output, header, codes, overwrite=overwrite)
+    header, n_bytes = streams.encode_file(codec, blocks, output, n_q, chunking, overwrite=overwrite)
     return CompressReport(source, output, header, n_bytes, int(info.samplerate), int(info.channels), warnings)
 
 
@@ -105,7 +100,7 @@ class DecompressReport:
 
 def decompress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike,
                     sample_rate: int | None = None, overwrite: bool = False, subtype: str | None = None,
-                    chunking: ChunkConfig = ChunkConfig(), model_id: str | None = None,
+                    chunking: ChunkConfig = ChunkConfig(),
                     protected: Sequence[str | os.PathLike] = ()) -> DecompressReport:
     """Decode a ``.rvq`` file into an audio file (format from the extension), streamed chunk by chunk.
 
@@ -128,14 +123,13 @@ def decompress_file(codec: Codec, source: str | os.PathLike, output: str | os.Pa
         raise ValueError(f"sample rate must be a positive integer number of Hz, got {sample_rate!r}")
     _check_output(output, overwrite, [source, *protected])
     audio_io.output_format(output, subtype)
-    header, codes = bitstream.read_rvq(source)
-    check_codec_matches(header, codec, model_id)
+    header, audio = streams.decode_file(codec, source, chunking)
     out_rate = header.sample_rate if sample_rate is None else int(sample_rate)
     resampler = None
     if out_rate != header.sample_rate:
         resampler = audio_io.StreamingResampler(header.sample_rate, out_rate)  # ValueError for impractical rates
     with audio_io.streamed_audio_file(output, out_rate, subtype, overwrite) as write:
-        for block in decode_chunks(codec, codes, header.num_samples, chunking):
+        for block in audio:
             write(block if resampler is None else resampler.push(block.view(1, -1)))
         if resampler is not None:
             write(resampler.flush())

@@ -1,6 +1,7 @@
 """The package's architecture, as docs/architecture.md draws it: no import circle, every import pointing down the
-layers, the model knowing nothing of the layers above it, ``rvqcodec compress`` loading no training code, and
-every module opening with a docstring that says its job.
+layers, the model knowing nothing of the layers above it, ``rvqcodec compress`` loading no training code, the
+``.rvq`` container known only to ``bitstream.py`` and ``streams.py``, and every module opening with a docstring that
+says its job.
 
 Imports are read from the source with ``ast`` (never executed): module-level ones and the ones inside functions or
 ``if TYPE_CHECKING:`` blocks alike, relative ones resolved, and ``importlib.import_module("rvqcodec...")`` with a
@@ -23,7 +24,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("rvqcodec", "rvqcodec.errors", "rvqcodec.extras", "rvqcodec.fileio", "rvqcodec.dicts")),
     ("model", ("rvqcodec.quantize", "rvqcodec.model", "rvqcodec.losses")),
     ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.metrics", "rvqcodec.perceptual")),
-    ("codec API", ("rvqcodec.pretrained", "rvqcodec.chunking", "rvqcodec.codec_header", "rvqcodec.api",
+    ("codec API", ("rvqcodec.pretrained", "rvqcodec.chunking", "rvqcodec.streams", "rvqcodec.api",
                    "rvqcodec.codec_files", "rvqcodec.scoring")),
     ("training", ("rvqcodec.training",)),
     ("command line", ("rvqcodec.commands", "rvqcodec.cli", "rvqcodec.__main__", "rvqcodec.training.__main__")),
@@ -189,3 +190,113 @@ def test_compress_loads_no_training_code_and_no_training_dependency(tmp_path):
                              "-b", "3"], capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=180)
     assert result.returncode == 0, result.stderr
     assert "LOADED []" in result.stdout, result.stdout
+
+
+CONTAINER_MODULES = ("rvqcodec/bitstream.py", "rvqcodec/streams.py")
+"""The container alone (bytes <-> header and codes) and the one codec <-> stream module: the only code that builds
+headers, packs codes or reads the layout."""
+CONTAINER_NAMES = frozenset({
+    "encode_bitstream", "decode_bitstream", "read_header", "write_rvq", "read_rvq", "pack_codes", "unpack_codes",
+    "check_model", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "TRAILER_SIZE", "_HEADER_STRUCT", "_CRC_STRUCT",
+    "_PACK_CHUNK_CODES"})
+"""What of ``rvqcodec.bitstream`` makes or reads a container. The rest may be used anywhere: ``RVQHeader`` as a type
+(never constructed), the errors, and the size rules (``OVERHEAD_BYTES``, ``file_size``, ``payload_size``)."""
+SCANNED_FOLDERS = ("rvqcodec", "benchmarks", "recipes")
+
+
+def container_uses(path: Path, module: str) -> list[str]:
+    """Where the source of ``module`` (at ``path``) uses the container itself: a name of :data:`CONTAINER_NAMES`
+    imported from or read off ``rvqcodec.bitstream`` (however it was imported: absolute, relative, aliased), a call
+    of ``RVQHeader(...)`` (a header built by hand), or the magic bytes ``b"RVQC"`` written out."""
+    package = module.rpartition(".")[0] if path.name != "__init__.py" else module
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    bitstream_names = {"rvqcodec.bitstream"}  # expressions that are the bitstream module
+    header_names: set[str] = set()  # names bound to RVQHeader
+    found = []
+
+    def where(node: ast.AST, what: str) -> None:
+        found.append(f"{path.as_posix()}:{node.lineno}: {what}")
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "rvqcodec.bitstream" and alias.asname:
+                    bitstream_names.add(alias.asname)
+        elif isinstance(node, ast.ImportFrom):
+            source = node.module or ""
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            for alias in node.names:
+                bound = alias.asname or alias.name
+                if source == "rvqcodec" and alias.name == "bitstream":
+                    bitstream_names.add(bound)
+                elif source == "rvqcodec.bitstream" and alias.name in CONTAINER_NAMES:
+                    where(node, f"imports {alias.name} from rvqcodec.bitstream")
+                elif source == "rvqcodec.bitstream" and alias.name == "RVQHeader":
+                    header_names.add(bound)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, bytes) and b"RVQC" in node.value:
+            where(node, "writes out the magic bytes b'RVQC'")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and ast.unparse(node.value) in bitstream_names:
+            if node.attr in CONTAINER_NAMES:
+                where(node, f"uses bitstream.{node.attr}")
+            elif node.attr == "RVQHeader":
+                header_names.add(ast.unparse(node))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in header_names:
+            where(node, "builds an RVQHeader")
+    return found
+
+
+def scanned_sources(root: Path = REPO_ROOT) -> dict[str, Path]:
+    """Dotted name -> file of every ``.py`` file of the package, the benchmarks and the recipes."""
+    sources = {}
+    for folder in SCANNED_FOLDERS:
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            sources[".".join(parts)] = path
+    return sources
+
+
+def test_only_bitstream_and_streams_know_the_rvq_container():
+    """Issue 29: "encode -> header -> container bytes" was put together by hand in four modules. Now
+    ``rvqcodec/streams.py`` is the one codec <-> stream module; everything else goes through it."""
+    sources = scanned_sources()
+    assert {"rvqcodec.api", "rvqcodec.codec_files", "rvqcodec.commands.roundtrip", "benchmarks.quality",
+            "benchmarks.listening"} <= set(sources)
+    outside = [line for module, path in sources.items()
+               if path.relative_to(REPO_ROOT).as_posix() not in CONTAINER_MODULES
+               for line in container_uses(path, module)]
+    assert not outside, "the .rvq container used outside bitstream.py and streams.py:\n" + "\n".join(outside)
+    # the check sees the real thing: streams.py itself builds headers and bytes
+    uses = container_uses(REPO_ROOT / "rvqcodec" / "streams.py", "rvqcodec.streams")
+    assert any("encode_bitstream" in line for line in uses) and any("RVQHeader" in line for line in uses), uses
+
+
+def test_the_container_check_sees_every_way_of_building_a_stream(tmp_path):
+    """The check itself, on the hand-built streams of the old layout and their variants."""
+    package = tmp_path / PACKAGE
+    (package / "commands").mkdir(parents=True)
+    sources = {
+        "api": "from rvqcodec import bitstream\ndef f(h, c):\n    return bitstream.encode_bitstream(h, c)\n",
+        "header": "from rvqcodec.bitstream import RVQHeader as H\ndef f(c):\n    return H(1, 1, 1, 1, 0, c)\n",
+        "commands/roundtrip": "def f():\n    from .. import bitstream as b\n    return b.pack_codes\n",
+        "aliased": "import rvqcodec.bitstream as bs\nx = bs.RVQHeader(1, 1, 1, 1, 0, 'id')\n",
+        "relative": "from .bitstream import _HEADER_STRUCT\n",
+        "by_hand": "import struct\nHEAD = b'RVQC' + struct.pack('<B', 1)\n",
+        "allowed": ("from rvqcodec.bitstream import OVERHEAD_BYTES, BitstreamError, RVQHeader\n"
+                    "from rvqcodec import bitstream\n"
+                    "def f(h: RVQHeader) -> int:\n"
+                    "    return h.n_q + OVERHEAD_BYTES + bitstream.file_size(1, 1, 1, 1)\n"),
+    }
+    found = {}
+    for name, text in sources.items():
+        path = package / f"{name}.py"
+        path.write_text(text)
+        found[name] = container_uses(path, f"{PACKAGE}.{name.replace('/', '.')}")
+    assert {name: len(lines) for name, lines in found.items()} == {
+        "api": 1, "header": 1, "commands/roundtrip": 1, "aliased": 1, "relative": 1, "by_hand": 1, "allowed": 0}, found
+    assert "uses bitstream.encode_bitstream" in found["api"][0] and "builds an RVQHeader" in found["header"][0]

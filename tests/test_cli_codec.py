@@ -16,7 +16,7 @@ import pytest
 import soundfile
 import torch
 
-from rvqcodec import api, bitstream, chunking, codec_files
+from rvqcodec import api, bitstream, chunking, codec_files, streams
 from rvqcodec.cli import main
 from rvqcodec.data.audio_io import read_audio, resample
 from rvqcodec.model.codec import Codec, CodecConfig
@@ -73,7 +73,7 @@ def test_compress_decompress_single_file(capsys, tmp_path, model, clips, bitrate
     assert code == 0, err
     header, codes = bitstream.read_rvq(tmp_path / "a.rvq")
     assert header.n_q == n_q and header.num_samples == 3 * 16000 and header.model_id == codec.model_id
-    assert (tmp_path / "a.rvq").stat().st_size == 39 + math.ceil(n_q * 10 * 150 / 8)
+    assert (tmp_path / "a.rvq").stat().st_size == bitstream.OVERHEAD_BYTES + math.ceil(n_q * 10 * 150 / 8)
     # the file equals the Python API's bytes
     wav = read_audio(clips[0]).samples
     assert (tmp_path / "a.rvq").read_bytes() == api.compress(codec, wav, 16000, n_q=n_q)
@@ -290,7 +290,7 @@ def test_roundtrip_json_and_table(capsys, tmp_path, model, clips):
     result = json.loads(out)
     assert result["n_q"] == 6 and result["model_id"] == codec.model_id and result["failed"] == 0
     (row,) = result["files"]
-    assert row["bytes"] == 39 + 6 * 10 * 150 // 8
+    assert row["bytes"] == bitstream.OVERHEAD_BYTES + 6 * 10 * 150 // 8
     assert row["kbps"] == pytest.approx(row["bytes"] * 8 / 3.0 / 1000)
     for key in ("pesq_wb", "pesq_nb", "stoi", "si_sdr", "mel_distance"):
         assert key in row and key in result["mean"]
@@ -435,7 +435,7 @@ def test_unwritable_output_folder_is_reported_before_any_work(capsys, tmp_path, 
     def no_work(*args, **kwargs):
         raise AssertionError("the work started before the output folder was checked")
 
-    for module in (chunking, codec_files):  # where the file API and roundtrip find the engine
+    for module in (chunking, streams):  # where the stream encoder and decoder find the engine
         monkeypatch.setattr(module, "encode_blocks", no_work)
         monkeypatch.setattr(module, "decode_chunks", no_work)
     for command in (["compress", clips[0], unwritable_folder / "a.rvq"],
@@ -479,7 +479,8 @@ def test_chunks_shorter_than_the_context_are_refused_at_once(capsys, tmp_path, m
 
     with monkeypatch.context() as patch:
         patch.setattr(compress_command, "load_model", no_work)
-        for module, names in ((chunking, ("encode_blocks",)), (codec_files, ("encode_blocks", "compress_file")),
+        for module, names in ((chunking, ("encode_blocks",)), (streams, ("encode_blocks",)),
+                              (codec_files, ("compress_file",)),
                               (audio_io, ("read_audio", "iter_audio_blocks", "audio_info"))):
             for name in names:
                 patch.setattr(module, name, no_work)

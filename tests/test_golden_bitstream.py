@@ -52,7 +52,7 @@ def test_golden_stream_parses_exactly(expected):
     assert [int(np.unique(c).size) for c in codes] == expected["distinct_codes_per_stage"]
     # writing the same header and codes gives the same bytes, and the documented size
     assert bitstream.encode_bitstream(header, codes) == data
-    assert len(data) == 39 + -(-header.n_q * header.bits_per_code * header.num_frames // 8)
+    assert len(data) == bitstream.OVERHEAD_BYTES + -(-header.n_q * header.bits_per_code * header.num_frames // 8)
 
 
 def test_golden_stream_decodes_to_the_committed_audio(expected, capsys, tmp_path):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from rvqcodec.bitstream import OVERHEAD_BYTES
 from rvqcodec.model import Codec
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -103,7 +104,7 @@ def test_page_shows_the_measured_numbers_model_and_date(page, tiny_model, dev_cl
     for entry in clip["versions"][1:]:
         if entry["key"].startswith("rvqcodec"):
             n_q = codec.n_q_for_bitrate(float(entry["key"][len("rvqcodec-"):-1]))
-            payload = 39 + math.ceil(n_q * codec.bits_per_code * frames / 8)  # README's .rvq size formula
+            payload = OVERHEAD_BYTES + math.ceil(n_q * codec.bits_per_code * frames / 8)  # README's size formula
             assert entry["payload_bytes"] == payload
         assert entry["measured_kbps"] == pytest.approx(entry["payload_bytes"] * 8 / (reference.size / sr) / 1000)
         line = (f"measured {entry['measured_kbps']:.2f} kbps · "

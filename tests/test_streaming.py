@@ -2,6 +2,7 @@
 tolerance, bounded windows, any length/rate/channel count, and files written safely."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import soundfile
 import torch
 
-from rvqcodec import api, bitstream, chunking, codec_files, codec_header
+from rvqcodec import api, bitstream, chunking, codec_files, streams
 from rvqcodec.bitstream import ModelMismatchError
 from rvqcodec.chunking import ChunkConfig
 from rvqcodec.data.audio_io import AudioReadError, read_audio, resample
@@ -183,19 +184,80 @@ def test_stereo_is_averaged_and_other_rates_are_resampled(codec, speech):
 
 
 def test_bitrate_choice_and_its_errors(codec):
-    assert codec_header.resolve_n_q(codec, bitrate=3) == 6
-    assert codec_header.resolve_n_q(codec, n_q=5) == 5
-    assert codec_header.resolve_n_q(codec) == codec.max_n_q
+    assert streams.resolve_n_q(codec, bitrate=3) == 6
+    assert streams.resolve_n_q(codec, n_q=5) == 5
+    assert streams.resolve_n_q(codec) == codec.max_n_q
     with pytest.raises(ValueError, match="valid bitrates.*0.5, 1, 1.5"):
         api.compress(codec, np.zeros(100), 16000, bitrate=2.7)
     with pytest.raises(ValueError, match="between 1 and 16"):
-        codec_header.resolve_n_q(codec, n_q=17)
+        streams.resolve_n_q(codec, n_q=17)
     with pytest.raises(ValueError, match="contradicts"):
-        codec_header.resolve_n_q(codec, bitrate=3, n_q=4)
+        streams.resolve_n_q(codec, bitrate=3, n_q=4)
     with pytest.raises(ValueError, match="NaN"):
         api.compress(codec, np.array([0.0, np.nan]), 16000)
     with pytest.raises(ValueError, match="sample rate"):
         api.compress(codec, np.zeros(10), 0)
+
+
+def test_a_stage_count_the_codec_lacks_is_refused_before_any_work(codec, tmp_path, monkeypatch):
+    """compress_file leaves n_q to the stream encoder, which checks it before it encodes or writes anything (an
+    empty stream with 17 stages would otherwise be written, as no frame would reach the model)."""
+    src = tmp_path / "in.wav"
+    soundfile.write(src, np.zeros(4000, dtype=np.float32), 16000)
+    empty = tmp_path / "empty.wav"
+    soundfile.write(empty, np.zeros((0, 1), dtype=np.float32), 16000)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("encoding started with a stage count the codec does not have")
+
+    monkeypatch.setattr(streams, "encode_blocks", no_work)
+    for n_q in (0, 17, 2.5, True):
+        for source in (src, empty):
+            with pytest.raises(ValueError, match="between 1 and 16"):
+                codec_files.compress_file(codec, source, tmp_path / "a.rvq", n_q=n_q)
+        with pytest.raises(ValueError, match="between 1 and 16"):
+            streams.encode(codec, [], n_q)
+        with pytest.raises(ValueError, match="between 1 and 16"):
+            streams.encode_stages(codec, [torch.zeros(4000)], [2, n_q])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.wav", "in.wav"]
+
+
+def test_streams_bytes_file_and_stage_prefixes_agree(codec, speech, tmp_path):
+    """One signal through every encoder of rvqcodec.streams: the same bytes, the header a codec writes, and the
+    decoded audio of api.decompress."""
+    wav = speech[:3 * 16000 + 77]
+    config = ChunkConfig(chunk_seconds=1.0)
+    blocks = lambda: torch.split(wav, 5000)  # noqa: E731
+    data = streams.encode(codec, blocks(), 6, config)
+    header, n_bytes = streams.encode_file(codec, blocks(), tmp_path / "a.rvq", 6, config)
+    assert (tmp_path / "a.rvq").read_bytes() == data and n_bytes == len(data) == header.file_bytes
+    assert header == bitstream.decode_bitstream(data)[0]
+    assert (header.sample_rate, header.hop_length, header.bits_per_code, header.n_q, header.num_samples,
+            header.model_id) == (16000, HOP, 10, 6, wav.numel(), codec.model_id)
+    by_n_q = streams.encode_stages(codec, blocks(), [6, 2, 16, 6], config)
+    assert sorted(by_n_q) == [2, 6, 16] and by_n_q[6] == data
+    assert by_n_q[2] == streams.encode(codec, blocks(), 2, config)
+    assert by_n_q[2] == api.compress(codec, wav, 16000, n_q=2, chunking=config)
+    for decoded_header, audio in (streams.decode(codec, data, config),
+                                  streams.decode_file(codec, tmp_path / "a.rvq", config)):
+        assert decoded_header == header
+        pieces = list(audio)
+        assert len(pieces) == 4  # chunk by chunk: 3 s + 77 samples in 1 s chunks
+        np.testing.assert_array_equal(torch.cat(pieces).numpy(), api.decompress(codec, data, config)[0][0].numpy())
+    assert streams.file_header(tmp_path / "a.rvq") == header and streams.looks_like_stream(tmp_path / "a.rvq")
+    (tmp_path / "b.rvq").write_bytes(b"RIFF" + data[4:])
+    assert not streams.looks_like_stream(tmp_path / "b.rvq")
+
+
+def test_a_header_that_does_not_fit_the_codec_is_refused(codec):
+    """check_fits: the model id first, then the config (a hand-made header with a copied id)."""
+    header = bitstream.decode_bitstream(api.compress(codec, torch.randn(4000) * 0.1, 16000, n_q=2))[0]
+    streams.check_fits(header, codec)
+    for field, value in (("hop_length", 160), ("sample_rate", 24000), ("bits_per_code", 11), ("n_q", 17)):
+        with pytest.raises(ModelMismatchError, match="does not fit the model"):
+            streams.check_fits(dataclasses.replace(header, **{field: value}), codec)
+    with pytest.raises(ModelMismatchError, match="encoded with model 0123456789abcdef"):
+        streams.check_fits(dataclasses.replace(header, model_id="0123456789abcdef"), codec)
 
 
 def test_other_model_is_refused_not_decoded(codec):

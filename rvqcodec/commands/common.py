@@ -90,8 +90,9 @@ def load_model(args: argparse.Namespace):
 
 
 def resolve_stages(codec, bitrate: float | None, n_q: int | None) -> int:
-    """``--bitrate`` / ``--n-q`` -> number of stages; UserError listing the valid bitrates otherwise."""
-    from rvqcodec.codec_header import resolve_n_q
+    """``--bitrate`` / ``--n-q`` -> number of stages, once per command (every file uses it); UserError listing the
+    valid bitrates otherwise."""
+    from rvqcodec.streams import resolve_n_q
 
     try:
         return resolve_n_q(codec, bitrate=bitrate, n_q=n_q)

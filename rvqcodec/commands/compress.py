@@ -58,14 +58,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     codec = load_model(args)
     n_q = resolve_stages(codec, args.bitrate, args.n_q)
-    model_id = codec.model_id
     protected = protected_paths(inputs)
     if not batch:
-        print(f"compressing at {codec.bitrate(n_q):g} kbps ({n_q} stages, model {model_id})", file=sys.stderr)
+        print(f"compressing at {codec.bitrate(n_q):g} kbps ({n_q} stages, model {codec.model_id})", file=sys.stderr)
 
     def work(item: InputFile, out: Path | None) -> str:
         report = compress_file(codec, item.path, out, n_q, overwrite=args.force, chunking=chunking,
-                               model_id=model_id, protected=protected)
+                               protected=protected)
         for warning in report.warnings:
             tqdm.write(f"warning: {item.path}: {warning}", file=sys.stderr)
         if report.downmixed:

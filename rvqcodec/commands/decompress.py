@@ -49,12 +49,11 @@ def run(args: argparse.Namespace) -> int:
     inputs, batch = collect_inputs(args.inputs, (".rvq",))
     outputs = plan_outputs(inputs, args.output, batch, ".wav")
     codec = load_model(args)
-    model_id = codec.model_id
     protected = protected_paths(inputs)
 
     def work(item: InputFile, out: Path | None) -> str:
         report = decompress_file(codec, item.path, out, sample_rate=args.sample_rate, overwrite=args.force,
-                                 subtype=args.subtype, model_id=model_id, protected=protected)
+                                 subtype=args.subtype, protected=protected)
         return (f"{item.path} -> {out}: {report.header.duration_s:.2f} s at {report.sample_rate} Hz "
                 f"({report.header.bitrate_kbps:g} kbps stream)")
 

@@ -25,10 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _is_rvq(path: Path) -> bool:
-    from rvqcodec.bitstream import MAGIC
+    from rvqcodec.streams import looks_like_stream
 
-    with open(path, "rb") as handle:
-        return handle.read(len(MAGIC)) == MAGIC or path.suffix.lower() == ".rvq"
+    return looks_like_stream(path) or path.suffix.lower() == ".rvq"
 
 
 COMMON_FIELDS = ("sample_rate", "architecture", "latent_dim")
@@ -86,11 +85,10 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
 
 def stream_info(path: Path, model_path: str | None) -> dict[str, Any]:
     """The header of a ``.rvq`` file (fully checked: checksums, length), plus compatibility with a model."""
-    from rvqcodec.bitstream import read_rvq
     from rvqcodec.pretrained import load_codec
-    from rvqcodec.codec_header import check_codec_matches
+    from rvqcodec.streams import check_fits, file_header
 
-    header, _ = read_rvq(path)
+    header = file_header(path)
     info: dict[str, Any] = {
         "kind": "bitstream",
         "path": str(path),
@@ -112,7 +110,7 @@ def stream_info(path: Path, model_path: str | None) -> dict[str, Any]:
         return info  # no default model installed: nothing to check against
     info["checked_model_id"] = codec.model_id
     try:
-        check_codec_matches(header, codec)
+        check_fits(header, codec)
         info["decodable"] = True
     except ValueError:
         info["decodable"] = False

@@ -91,8 +91,8 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
                   progress: bool = False, perceptual=None) -> dict[str, Any]:
     """Compress + decompress + score one file in bounded memory -> its row (a JSON-safe dict but for NaN).
 
-    With ``output`` (a ``.wav`` path) the bitstream is also written to ``output.with_suffix(".rvq")`` and the
-    decoded audio, as it is decoded, to ``output`` (both atomically). ``progress`` shows a bar over the audio.
+    With ``output`` (a ``.wav`` path) the bitstream is written to ``output.with_suffix(".rvq")`` and decoded from
+    there, and the decoded audio, as it is decoded, to ``output`` (both atomically). ``progress`` shows a bar over the audio.
     Row keys: ``file``, ``seconds``, ``bytes``, ``kbps`` (NaN for 0 samples), ``source_sample_rate``,
     ``source_channels``, ``segments``, ``silent_reference``, ``silent_degraded``, ``warnings`` (the lines of
     :func:`rvqcodec.data.audio_io.input_warnings`) and the metrics (NaN where undefined; no wideband PESQ for a file
@@ -101,11 +101,8 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
     """
     from tqdm import tqdm
 
-    from rvqcodec import bitstream
-    from rvqcodec.chunking import decode_chunks, encode_blocks
-    from rvqcodec.codec_header import make_header
+    from rvqcodec import streams
     from rvqcodec.data.audio_io import audio_info, input_warnings, streamed_audio_file
-    from rvqcodec.fileio import already_exists_message, atomic_write_bytes
     from rvqcodec.scoring import file_blocks, metric_names, score_streams
 
     info = audio_info(path)
@@ -117,25 +114,27 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
         def advance(samples: int) -> None:
             bar.update(samples / sr)
 
-        if info.frames == 0:
-            codes, num_samples = np.zeros((n_q, 0), dtype=np.int64), 0
-        else:
-            codes, num_samples = encode_blocks(codec, _counted(file_blocks(path, sr), advance), n_q)
-        data = bitstream.encode_bitstream(make_header(codec, n_q, num_samples), codes)
-        decoded: Iterable = _counted(decode_chunks(codec, codes, num_samples), advance)
+        blocks: Iterable = _counted(file_blocks(path, sr), advance) if info.frames else ()
+        if output is None:
+            data = streams.encode(codec, blocks, n_q)
+            n_bytes = len(data)
+            header, audio = streams.decode(codec, data)
+        else:  # the kept .rvq file is the one decoded
+            rvq_path = output.with_suffix(".rvq")
+            _, n_bytes = streams.encode_file(codec, blocks, rvq_path, n_q, overwrite=overwrite)
+            header, audio = streams.decode_file(codec, rvq_path)
+        num_samples = header.num_samples
+        decoded: Iterable = _counted(audio, advance)
         with contextlib.ExitStack() as stack:
             if output is not None:
-                rvq_path = output.with_suffix(".rvq")
-                atomic_write_bytes(rvq_path, data, overwrite=overwrite,
-                                   exists_message=already_exists_message(rvq_path), fsync=True)
                 decoded = _written(decoded, stack.enter_context(streamed_audio_file(output, sr, None, overwrite)))
             scores = score_streams(file_blocks(path, sr), decoded, sr, num_samples, perceptual=perceptual,
                                    reference_rate=min(int(info.samplerate), sr))
             for _ in decoded:  # let the decoded file be complete even if scoring stopped early
                 pass
     seconds = num_samples / sr
-    return {"file": str(path), "seconds": seconds, "bytes": len(data),
-            "kbps": len(data) * 8 / seconds / 1000 if num_samples else math.nan,
+    return {"file": str(path), "seconds": seconds, "bytes": n_bytes,
+            "kbps": n_bytes * 8 / seconds / 1000 if num_samples else math.nan,
             "source_sample_rate": int(info.samplerate), "source_channels": int(info.channels),
             "segments": scores["segments"], "silent_reference": scores["silent_reference"],
             "silent_degraded": scores["silent_degraded"], "warnings": warnings,

@@ -79,14 +79,51 @@ prefix of those parameters' state-dict names: a model trained with the switch of
 (``train.init_from``), the new parameters starting from their initial values."""
 
 
+ADAPTED_FIELDS = frozenset({"causal", "head_n_fft"})
+"""Fields of the frame-rate family whose change keeps every weight's meaning close enough to start from: the
+padding side (``causal``) changes no shape; a new ``head_n_fft`` changes only the inverse-STFT head's projection,
+which :func:`adapt_state_dict` maps onto the new frequency grid. How a non-causal model becomes a causal one
+(``train.init_from``); the fine-tune then learns the rest."""
+
+
 def incompatible_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Config fields (``CodecConfig.to_dict()`` form) in which ``wanted`` differs from ``saved`` other than the
-    :data:`TRAINING_ONLY_FIELDS` and the :data:`GROWN_FIELDS` switched on from off, sorted: weights saved under
-    ``saved`` can continue training as ``wanted`` only when this is empty. A field that ``saved`` lacks (a
-    checkpoint older than the field) counts as its default, which is what that model computed."""
+    :data:`TRAINING_ONLY_FIELDS`, the :data:`ADAPTED_FIELDS` and the :data:`GROWN_FIELDS` switched on from off,
+    sorted: weights saved under ``saved`` can continue training as ``wanted`` only when this is empty. A field that
+    ``saved`` lacks (a checkpoint older than the field) counts as its default, which is what that model computed."""
     saved, grown = with_defaults(saved), grown_fields(saved, wanted)
     return sorted(k for k, v in wanted.items() if saved.get(k) != v and k not in TRAINING_ONLY_FIELDS
-                  and k not in grown)
+                  and k not in ADAPTED_FIELDS and k not in grown)
+
+
+def adapt_state_dict(state: dict[str, torch.Tensor], saved: dict[str, Any],
+                     wanted: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` (saved under config ``saved``) made to fit a model of config ``wanted`` when they differ in
+    :data:`ADAPTED_FIELDS` -> ``(state, names of the adapted entries)``.
+
+    A new ``head_n_fft`` resamples the head's projection (``decoder.head.proj``: log-magnitudes then phases, one
+    row per frequency bin) onto the new bins by linear interpolation in frequency, and shifts the log-magnitude
+    bias by ``log(new / old)`` (a Hann window's gain is proportional to its length), so the adapted head starts
+    near the old one's spectra instead of from noise. Everything else is returned as it is.
+    """
+    saved = with_defaults(saved)
+    old_n, new_n = saved["head_n_fft"], wanted.get("head_n_fft", saved["head_n_fft"])
+    if old_n == new_n or wanted.get("architecture") != "convnext":
+        return state, []
+    state, adapted = dict(state), []
+    old_bins, new_bins = old_n // 2 + 1, new_n // 2 + 1
+    position = torch.linspace(0, old_bins - 1, new_bins)  # new bin k sits at old bin k · old_n / new_n
+    below = position.floor().long().clamp(max=old_bins - 2)
+    frac = (position - below)[:, None]
+    for name in ("decoder.head.proj.weight", "decoder.head.proj.bias"):
+        value = state[name].float()
+        halves = value.reshape(2, old_bins, -1)
+        resampled = halves[:, below] * (1 - frac) + halves[:, below + 1] * frac
+        if name.endswith("bias"):
+            resampled[0, :, 0] += math.log(new_n / old_n)
+        state[name] = resampled.reshape(2 * new_bins, *value.shape[1:]).to(state[name].dtype)
+        adapted.append(name)
+    return state, adapted
 
 
 def grown_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -248,6 +285,8 @@ class CodecConfig(DictConfig):
 
 CODEC_PRESETS: MappingProxyType[str, CodecConfig] = MappingProxyType({
     "convnext": CodecConfig(architecture="convnext", codebook_dim=16),
+    "convnext-causal": CodecConfig(architecture="convnext", codebook_dim=16, quantizer_dropout=1.0, causal=True,
+                                   head_n_fft=640),
     "convnext-large": CodecConfig(architecture="convnext", codebook_dim=16, frame_dim=512, encoder_blocks=8,
                                   decoder_blocks=8),
     "tiny": CodecConfig(channels=8, latent_dim=64, n_residual_units=2),

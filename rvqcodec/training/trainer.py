@@ -702,7 +702,8 @@ class Trainer:
         (:data:`rvqcodec.model.codec.TRAINING_ONLY_FIELDS`: e.g. fine-tuning with another gradient estimator). Its
         lineage, when it has one, is carried on."""
         from rvqcodec.model import Codec
-        from rvqcodec.model.codec import GROWN_FIELDS, grown_fields, incompatible_fields, with_defaults
+        from rvqcodec.model.codec import (GROWN_FIELDS, adapt_state_dict, grown_fields, incompatible_fields,
+                                          with_defaults)
 
         disc_state = None
         try:
@@ -721,6 +722,7 @@ class Trainer:
             raise ValueError(f"cannot start from {path}: its model config differs in {', '.join(incompatible)}")
         config = with_defaults(config)
         changed = sorted(k for k, v in wanted.items() if config.get(k) != v)
+        state, adapted = adapt_state_dict(state, config, wanted)
         grown = tuple(GROWN_FIELDS[name] for name in grown_fields(config, wanted))
         missing, unexpected = self.codec_module.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(grown)] if grown else missing
@@ -738,7 +740,8 @@ class Trainer:
                 disc_note = " (its discriminators differ from this run's: they start afresh)"
         self._print(f"starting from the weights{disc_note} of {path} ({self.lineage.steps} steps, "
                     f"{self.lineage.audio_seconds / 3600:.1f} h of audio seen)"
-                    + (f"; now training with other {', '.join(changed)}" if changed else ""))
+                    + (f"; now training with other {', '.join(changed)}" if changed else "")
+                    + (f" (adapted to it: {', '.join(adapted)})" if adapted else ""))
 
     def _resume(self) -> None:
         path = latest_checkpoint(self.run_dir)

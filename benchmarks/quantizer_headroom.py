@@ -57,7 +57,7 @@ def read_mono(path: Path, sample_rate: int) -> torch.Tensor:
 @torch.no_grad()
 def latent_of(codec: Codec, wav: torch.Tensor) -> torch.Tensor:
     """(1, D, F) encoder output of ``wav`` (1, 1, T)."""
-    return codec.encoder(codec._pad_to_hop(wav))
+    return codec.encode_latent(wav)
 
 
 @torch.no_grad()

@@ -395,18 +395,20 @@ class Codec(nn.Module):
             shape = tuple(wav.shape) if torch.is_tensor(wav) else type(wav).__name__
             raise ValueError(f"expected mono audio of shape (B, 1, T) with T >= 1, got {shape}")
 
-    def _pad_to_hop(self, wav: torch.Tensor) -> torch.Tensor:
+    def encode_latent(self, wav: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) audio -> (B, D, ceil(T / hop_length)) encoder latent, before the quantizer (the input is
+        zero-padded to whole hops)."""
+        self._check_audio(wav)
         extra = (-wav.shape[-1]) % self.hop_length
-        return F.pad(wav, (0, extra)) if extra else wav
+        return self.encoder(F.pad(wav, (0, extra)) if extra else wav)
 
     def forward(self, wav: torch.Tensor, n_q: int | None = None, quantize: bool = True) -> CodecOutput:
         """Encode, quantize and decode ``wav`` (B, 1, T). ``n_q`` None: all stages, or a random prefix in
         training when quantizer dropout is on. ``quantize=False`` bypasses the quantizer (the plain autoencoder
         of a warm-up phase: ``codes`` is empty, ``n_q`` 0, the losses 0). The output has exactly the input
         length."""
-        self._check_audio(wav)
+        latent = self.encode_latent(wav)
         length = wav.shape[-1]
-        latent = self.encoder(self._pad_to_hop(wav))
         if not quantize:
             zero = latent.new_zeros((), dtype=torch.float32)
             codes = torch.zeros(latent.shape[0], 0, latent.shape[-1], dtype=torch.long, device=latent.device)
@@ -421,15 +423,13 @@ class Codec(nn.Module):
     def initialize_codebooks(self, wav: torch.Tensor) -> int:
         """k-means-initialise the quantizer's uninitialised stages from the latents of ``wav`` (B, 1, T)
         (see :meth:`ResidualVQ.initialize`; use ≥ a few × codebook_size frames). Returns stages initialised."""
-        self._check_audio(wav)
-        return self.quantizer.initialize(self.encoder(self._pad_to_hop(wav)))
+        return self.quantizer.initialize(self.encode_latent(wav))
 
     def encode(self, wav: torch.Tensor, n_q: int | None = None) -> torch.Tensor:
         """(B, 1, T) audio -> (B, n_q, ceil(T / hop_length)) int64 codes. Touches no codebook or statistic."""
         self._check_audio(wav)
         n_q = self._check_n_q(n_q)
-        latent = self.encoder(self._pad_to_hop(wav))
-        return self.quantizer.encode(latent, n_q)
+        return self.quantizer.encode(self.encode_latent(wav), n_q)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, k, F) codes of the first k <= max_n_q stages -> (B, 1, F * hop_length) audio clamped to [-1, 1].

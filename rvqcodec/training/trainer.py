@@ -792,8 +792,8 @@ class Trainer:
         was_training = codec.training
         codec.eval()  # latents only: no codebook or statistic is touched
         with torch.no_grad():
-            latents = torch.cat([codec.encoder(codec._pad_to_hop(
-                torch.stack([clips[key] for key in keys[i:i + 64]]).to(device))) for i in range(0, n, 64)])
+            latents = torch.cat([codec.encode_latent(torch.stack([clips[key] for key in keys[i:i + 64]]).to(device))
+                                 for i in range(0, n, 64)])
         codec.train()
         stages = codec.quantizer.initialize(latents)
         codec.train(was_training)

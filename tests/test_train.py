@@ -19,9 +19,11 @@ import yaml
 from rvqcodec import cli
 from rvqcodec.model import Codec
 from rvqcodec.training.config import config_to_dict, load_config
-from rvqcodec.training.run_folder import latest_checkpoint, read_training_checkpoint, step_checkpoints
+from rvqcodec.training.checkpoints import latest_checkpoint, read_training_checkpoint, step_checkpoints
 from rvqcodec.training.sampling import StepBatchSampler
-from rvqcodec.training.trainer import Trainer, TrainingDiverged, lr_factor
+from rvqcodec.training.setup import lr_factor
+from rvqcodec.training.step import TrainingDiverged
+from rvqcodec.training.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_RECIPE = REPO_ROOT / "recipes" / "librispeech" / "tiny.yaml"

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from rvqcodec.errors import UserError
 from rvqcodec.training.config import config_to_yaml, load_config
-from rvqcodec.training.trainer import Trainer, TrainingDiverged
+from rvqcodec.training.step import TrainingDiverged
+from rvqcodec.training.trainer import Trainer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

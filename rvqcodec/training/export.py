@@ -21,7 +21,7 @@ from typing import Any
 
 from rvqcodec.model import Codec, CodecConfig
 from rvqcodec.training.config import TrainConfig, config_from_dict, load_config
-from rvqcodec.training.run_folder import read_training_checkpoint
+from rvqcodec.training.checkpoints import read_training_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 RUN_CONFIG = "config.yaml"

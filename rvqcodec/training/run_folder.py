@@ -1,24 +1,23 @@
-"""The files of a training run folder that outlive the process: step checkpoints, ``log.jsonl``, and the
-lineage a model carries from checkpoint to checkpoint.
+"""The files of a training run folder that outlive the process: its layout, ``log.jsonl``, and the lineage a
+model carries from checkpoint to checkpoint.
 
 **Run folder** (``train.run_dir``)::
 
     config.yaml                 resolved configuration (every model field written out)
     log.jsonl                   one JSON object per log / validation event (:class:`JsonlLog`)
     tensorboard/                Accelerate TensorBoard tracker (when tensorboard is installed)
-    checkpoints/step_XXXXXXX.pt last train.keep_last full training states (:func:`step_checkpoints`)
+    checkpoints/step_XXXXXXX.pt last train.keep_last full training states (checkpoints.step_checkpoints)
     checkpoints/best.pt         full training state with the best validation mel distance
     codec.pt, codec_best.pt     plain Codec checkpoints (Codec.load) of the latest / best state
     samples/step_XXXXXXX/       example validation audio: <utt>_ref.wav, <utt>_<kbps>kbps.wav
 
-What a training checkpoint holds, and how a run resumes from it, is :class:`rvqcodec.training.trainer.Trainer`'s
-business (``state_payload`` / ``load_checkpoint``); this module only finds and reads them.
+What a training checkpoint holds, and finding, writing and reading one, is :mod:`rvqcodec.training.checkpoints`'s
+business; this module holds the folder's layout, the log and the lineage.
 """
 from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -28,43 +27,17 @@ import torch
 from rvqcodec.dicts import DictConfig
 from rvqcodec.fileio import atomic_write_text
 
-CHECKPOINT_FORMAT = "rvqcodec-train-state"
-CHECKPOINT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
+LOG_NAME = "log.jsonl"
 
 
-def step_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``[(step, path), ...]`` of the step checkpoints in ``run_dir``, oldest first."""
-    folder = Path(run_dir) / CHECKPOINT_DIR
-    found = []
-    for path in folder.glob("step_*.pt"):
-        try:
-            found.append((int(path.stem.split("_", 1)[1]), path))
-        except ValueError:
-            continue
-    return sorted(found)
-
-
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
-    """The step checkpoint with the highest step in ``run_dir`` (None if there is none)."""
-    found = step_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
-def read_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a training checkpoint written by :class:`Trainer` (CPU tensors), with a clear error otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training checkpoint not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise ValueError(f"{path} is not a readable training checkpoint ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an rvqcodec training checkpoint")
-    if payload.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: unsupported training checkpoint version {payload.get('version')!r}")
-    return payload
+def check_new_run(run_dir: Path, resume: bool) -> None:
+    """ValueError (one line) when ``run_dir`` already holds a run and ``train.resume`` is off."""
+    leftovers = [p for p in (CHECKPOINT_DIR, LOG_NAME, "codec.pt") if (run_dir / p).exists()]
+    if leftovers and not resume:
+        raise ValueError(
+            f"train.run_dir={run_dir} already holds a run ({', '.join(leftovers)}); pass train.resume=true "
+            f"to continue it or choose another train.run_dir")
 
 
 class JsonlLog:

@@ -4,7 +4,8 @@
 Micro-batch ``m`` of process ``r`` holds the sample positions ``((m·world + r)·B … +B)`` of an endless stream of
 per-epoch permutations (:class:`StepBatchSampler`); each clip's random crop is fixed by the dataset from its seed,
 epoch and index (:class:`EpochIndexedClips`). So a run resumed at step ``s`` sees exactly the batches an
-uninterrupted run would, whatever the number of DataLoader workers.
+uninterrupted run would, whatever the number of DataLoader workers. :func:`train_batches` is that stream as the
+trainer reads it (from a DataLoader, or from clips preloaded on the device).
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 
 class StepBatchSampler(Sampler[list[tuple[int, int]]]):
@@ -94,3 +95,33 @@ def as_clip(item: torch.Tensor) -> torch.Tensor:
 def collate_clips(items: list[torch.Tensor]) -> torch.Tensor:
     """``(1, T)`` clips -> a ``(B, 1, T)`` batch (the DataLoader's ``collate_fn``)."""
     return torch.stack(items, dim=0)
+
+
+def train_batches(train_set, batch_size: int, seed: int, start_batch: int, device: torch.device, rank: int = 0,
+                  world_size: int = 1, num_workers: int = 0, clips=None, augment=None) -> Iterator[torch.Tensor]:
+    """Endless training micro-batches ``(B, 1, T)`` on ``device`` from micro-batch number ``start_batch`` on (step
+    × ``train.grad_accum``): drawn from ``clips`` (:class:`rvqcodec.data.clips.PreloadedClips`) when given, else
+    loaded by a DataLoader in :class:`StepBatchSampler` order; corrupted by ``augment`` when given (the target
+    too). Closing the generator ends the DataLoader's worker processes."""
+    batches = _clean_batches(train_set, batch_size, seed, start_batch, device, rank, world_size, num_workers, clips)
+    try:
+        for batch in batches:
+            yield batch if augment is None else augment(batch)
+    finally:
+        batches.close()  # a DataLoader's worker processes end with the run
+
+
+def _clean_batches(train_set, batch_size: int, seed: int, start_batch: int, device: torch.device, rank: int,
+                   world_size: int, num_workers: int, clips) -> Iterator[torch.Tensor]:
+    if clips is not None:
+        batch = start_batch
+        while True:  # micro-batch numbers as StepBatchSampler counts them: exact resume
+            yield clips.batch(batch, batch_size, rank=rank)
+            batch += 1
+    sampler = StepBatchSampler(len(train_set), batch_size, seed, rank=rank, world_size=world_size,
+                               start_batch=start_batch)
+    loader = DataLoader(EpochIndexedClips(train_set), batch_sampler=sampler, collate_fn=collate_clips,
+                        num_workers=num_workers, pin_memory=device.type == "cuda",
+                        generator=torch.Generator().manual_seed(seed))
+    for batch in loader:
+        yield batch.to(device, non_blocking=True)

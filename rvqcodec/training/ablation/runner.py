@@ -59,14 +59,15 @@ def train_and_evaluate(job: RunJob) -> dict[str, Any]:
     :func:`~rvqcodec.training.ablation.results.snapshot_steps`), evaluate the final ``codec.pt`` and write
     ``eval.json`` and ``status.json``.
 
-    Returns the status dict. Divergence (:class:`rvqcodec.training.trainer.TrainingDiverged`) is recorded, not
+    Returns the status dict. Divergence (:class:`rvqcodec.training.step.TrainingDiverged`) is recorded, not
     raised.
     """
     import torch
 
     from rvqcodec.model import Codec
     from rvqcodec.training.config import config_from_dict
-    from rvqcodec.training.trainer import Trainer, TrainingDiverged
+    from rvqcodec.training.step import TrainingDiverged
+    from rvqcodec.training.trainer import Trainer
 
     if job.threads is not None:
         torch.set_num_threads(job.threads)

@@ -34,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "ablation": ("rvqcodec.commands.ablation", "run the gradient-estimator ablation and write its report"),
     "info": ("rvqcodec.commands.info", "print a checkpoint's configuration, size and bitrates"),
     "export": ("rvqcodec.commands.export", "export a trained run as an inference checkpoint (or as the shipped model)"),
+    "stream": ("rvqcodec.commands.stream", "live coding with a causal model: pipe encode/decode, loopback latency"),
 }
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader went away
 
@@ -103,7 +104,9 @@ def _main(argv: list[str] | None) -> int:
         return _missing_dependency(name, exc)
     sub_parser = argparse.ArgumentParser(prog=f"rvqcodec {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(sub_parser)
-    args = sub_parser.parse_intermixed_args(argv[1:])
+    # a command with sub-commands of its own (NESTED_COMMANDS) cannot be parsed intermixed
+    parse = sub_parser.parse_args if getattr(module, "NESTED_COMMANDS", False) else sub_parser.parse_intermixed_args
+    args = parse(argv[1:])
     try:
         return int(module.run(args) or 0)
     except UserError as exc:

@@ -23,9 +23,10 @@ SAMPLE_WAV = REPO_ROOT / "samples" / "1272-128104-0000_3s.wav"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("rvqcodec", "rvqcodec.errors", "rvqcodec.extras", "rvqcodec.fileio", "rvqcodec.dicts")),
     ("model", ("rvqcodec.quantize", "rvqcodec.model", "rvqcodec.losses")),
-    ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.metrics", "rvqcodec.perceptual")),
+    ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.packets", "rvqcodec.metrics",
+                          "rvqcodec.perceptual")),
     ("codec API", ("rvqcodec.pretrained", "rvqcodec.chunking", "rvqcodec.streams", "rvqcodec.api",
-                   "rvqcodec.codec_files", "rvqcodec.scoring")),
+                   "rvqcodec.codec_files", "rvqcodec.scoring", "rvqcodec.realtime", "rvqcodec.live")),
     ("training", ("rvqcodec.training",)),
     ("command line", ("rvqcodec.commands", "rvqcodec.cli", "rvqcodec.__main__", "rvqcodec.training.__main__")),
 )

@@ -104,10 +104,15 @@ class FrameRateDecoder(nn.Module):
         ignored."""
         if latent.dim() != 3 or latent.shape[1] != self.latent_dim:
             raise ValueError(f"expected latents of shape (B, {self.latent_dim}, F), got {tuple(latent.shape)}")
-        film = None
-        if self.rate_film is not None:
-            if n_q is None or not 0 <= n_q <= self.n_rates:
-                raise ValueError(f"a rate-conditioned decoder needs n_q between 0 (unquantized) and "
-                                 f"{self.n_rates}, got {n_q!r}")
-            film = self.rate_film.weight[int(n_q)].to(latent.dtype).chunk(2)
-        return self.head(self.net(latent, film))
+        return self.head(self.net(latent, self.conditioning(n_q, latent.dtype)))
+
+    def conditioning(self, n_q: int | None, dtype: torch.dtype = torch.float32
+                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The ``(scale, shift)`` of the first layer for ``n_q`` stages (None unless rate-conditioned; see
+        :meth:`forward`)."""
+        if self.rate_film is None:
+            return None
+        if n_q is None or not 0 <= n_q <= self.n_rates:
+            raise ValueError(f"a rate-conditioned decoder needs n_q between 0 (unquantized) and "
+                             f"{self.n_rates}, got {n_q!r}")
+        return self.rate_film.weight[int(n_q)].to(dtype).chunk(2)

@@ -51,18 +51,24 @@ def stft_frames(wav: torch.Tensor, window: torch.Tensor, hop: int, causal: bool 
     return torch.fft.rfft(frame_signal(wav, window.shape[-1], hop, causal) * window, dim=-1)
 
 
-def _overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
+def overlap_add(frames: torch.Tensor, hop: int) -> torch.Tensor:
     """``(B, F, n)`` frames -> ``(B, (F - 1)·hop + n)`` sums of the frames placed every ``hop`` samples."""
     n_frames, n = frames.shape[1], frames.shape[2]
     total = (n_frames - 1) * hop + n
     return F.fold(frames.transpose(1, 2), output_size=(1, total), kernel_size=(1, n), stride=(1, hop)).flatten(1)
 
 
+def synthesis_frames(spec: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Complex ``(B, F, n_fft // 2 + 1)`` -> ``(B, F, n_fft)`` windowed inverse FFTs: what
+    :func:`istft_overlap_add` overlap-adds (a streaming decoder adds them one frame at a time)."""
+    return torch.fft.irfft(spec, n=window.shape[-1], dim=-1) * window
+
+
 def window_envelope(window: torch.Tensor, hop: int, n_frames: int, causal: bool = False) -> torch.Tensor:
     """``(n_frames·hop,)`` overlap-added squared window on the frame grid, floored at 1e-8: the normaliser of
     :func:`istft_overlap_add`."""
     left, _ = _padding(window.shape[-1], hop, causal)
-    envelope = _overlap_add((window * window).expand(1, n_frames, -1), hop)[0]
+    envelope = overlap_add((window * window).expand(1, n_frames, -1), hop)[0]
     return envelope[left:left + n_frames * hop].clamp_min(1e-8)
 
 
@@ -72,7 +78,7 @@ def istft_overlap_add(spec: torch.Tensor, window: torch.Tensor, hop: int, causal
     ``envelope``: :func:`window_envelope` for these ``F`` frames, if already at hand."""
     n_fft = window.shape[-1]
     n_frames = spec.shape[1]
-    audio = _overlap_add(torch.fft.irfft(spec, n=n_fft, dim=-1) * window, hop)  # (B, (F - 1)·hop + n_fft)
+    audio = overlap_add(synthesis_frames(spec, window), hop)  # (B, (F - 1)·hop + n_fft)
     if envelope is None:
         envelope = window_envelope(window, hop, n_frames, causal)
     left, _ = _padding(n_fft, hop, causal)
@@ -94,7 +100,12 @@ class STFTFeatures(nn.Module):
         self.out_dim = 3 * (n_fft // 2 + 1)
 
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
-        spec = stft_frames(wav.float(), self.window, self.hop, self.causal)
+        return self.from_frames(frame_signal(wav.float(), self.n_fft, self.hop, self.causal))
+
+    def from_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, F, n_fft)`` windows of the frame grid (:func:`frame_signal`) -> ``(B, 3·n_bins, F)`` features: a
+        streaming encoder cuts each new frame's window from its own sample history."""
+        spec = torch.fft.rfft(frames.float() * self.window, dim=-1)
         mag = spec.abs()
         scale = (mag + 1e-5).pow(self.compress - 1.0)  # |X|^0.3 / |X|, finite at 0
         feats = torch.cat([torch.log(mag + 1e-5), spec.real * scale, spec.imag * scale], dim=-1)

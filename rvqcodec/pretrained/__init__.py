@@ -113,6 +113,36 @@ def resolve_checkpoint(path: str | os.PathLike | None = None) -> Path:
     return path
 
 
+STREAMING_CHECKPOINT_NAME = "streaming.pt"
+STREAMING_CARD_NAME = "streaming.json"
+STREAMING_MODEL = "streaming"
+"""The name ``--model`` takes for the shipped causal model (``rvqcodec stream``)."""
+
+
+def streaming_checkpoint_path() -> Path:
+    """Where the shipped causal (streaming) checkpoint is expected; it may be absent (not trained yet)."""
+    return Path(__file__).resolve().parent / STREAMING_CHECKPOINT_NAME
+
+
+def load_streaming_codec(device: str | torch.device = "cpu") -> "Codec":
+    """The shipped streaming model (``streaming.pt``; its id checked against ``streaming.json`` when that card is
+    there). FileNotFoundError, in one line saying how to make it, when it is not shipped."""
+    path = streaming_checkpoint_path()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the streaming model is not shipped yet ({path} is missing): train it with 'rvqcodec train "
+            "recipes/librispeech/convnext-causal.yaml', export it with 'rvqcodec export RUN "
+            "rvqcodec/pretrained/streaming.pt', or pass --model PATH to a causal checkpoint")
+    codec = load_codec(path, device=device)
+    card = path.with_name(STREAMING_CARD_NAME)
+    if card.is_file():
+        expected = str(json.loads(card.read_text(encoding="utf-8"))["model_id"])
+        if codec.model_id != expected:
+            raise ValueError(f"the shipped streaming model {path} is damaged or was replaced: its model id is "
+                             f"{codec.model_id}, {STREAMING_CARD_NAME} expects {expected}")
+    return codec
+
+
 def load_codec(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> "Codec":
     """Load a codec in eval mode from ``path`` (or the shipped default when ``None``) onto ``device``.
 

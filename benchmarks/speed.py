@@ -84,7 +84,6 @@ from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 from rvqcodec.training.config import (  # noqa: E402
     LossConfig,
     OptimConfig,
-    discriminator_config_from_section,
     load_config,
 )
 
@@ -468,7 +467,7 @@ def training_setup(preset: str) -> TrainingSetup:
         recipe = load_config(CONVNEXT_RECIPE)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(f"--train-presets {preset}: cannot read its losses: {exc}") from None
-    disc = discriminator_config_from_section(recipe.disc) if recipe.loss.uses_discriminator else None
+    disc = recipe.disc_config if recipe.loss.uses_discriminator else None
     where = shown_path(CONVNEXT_RECIPE)
     return TrainingSetup(recipe.loss, disc, f"{_loss_terms(recipe.loss)}, "
                          f"{'discriminators' if disc else 'no discriminator'} ({where})")

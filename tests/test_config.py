@@ -32,7 +32,15 @@ def test_defaults_without_a_file_are_valid():
     assert isinstance(cfg, TrainConfig)
     assert cfg.data.valid_subset == "dev-clean" and cfg.data.valid_subset not in cfg.data.train_subsets
     assert cfg.train.valid_bitrates == [1.5, 3.0, 6.0]
-    assert codec_config_from_section(cfg.model) == CodecConfig.preset("tiny")
+    assert cfg.codec_config == CodecConfig.preset("tiny")
+
+
+def test_the_config_holds_its_codec_and_discriminator_configs_resolved_once():
+    cfg = load_config(None, ["model.codebook_size=64", "disc.stft_channels=4"])
+    assert cfg.codec_config == codec_config_from_section(cfg.model) and cfg.codec_config.codebook_size == 64
+    assert cfg.disc_config == discriminator_config_from_section(cfg.disc) and cfg.disc_config.stft_channels == 4
+    assert cfg.codec_config is cfg.codec_config and cfg.disc_config is cfg.disc_config  # resolved once
+    assert config_to_dict(cfg)["model"] == {"preset": "tiny", **cfg.codec_config.to_dict()}
 
 
 def test_overrides_are_typed_from_the_field_types(tmp_path):
@@ -59,14 +67,14 @@ def test_overrides_are_typed_from_the_field_types(tmp_path):
     assert cfg.optim.grad_clip is None
     assert cfg.data.root == "/x/y" and cfg.train.run_dir == "123"
     assert cfg.data.batch_size == 4  # from the file, untouched
-    codec_cfg = codec_config_from_section(cfg.model)
+    codec_cfg = cfg.codec_config
     assert codec_cfg.n_q == 4 and isinstance(codec_cfg.n_q, int)
 
 
 def test_model_preset_plus_fields_from_yaml(tmp_path):
     cfg_file = write_yaml(tmp_path / "r.yaml", {"model": {"preset": "tiny", "codebook_size": 64}})
     cfg = load_config(cfg_file)
-    resolved = codec_config_from_section(cfg.model)
+    resolved = cfg.codec_config
     expected = dataclasses.replace(CodecConfig.preset("tiny"), codebook_size=64)
     assert resolved == expected
 
@@ -117,7 +125,7 @@ def test_saved_config_is_complete_and_reloads_to_the_same_config(tmp_path):
     # every CodecConfig field is written, so the file rebuilds the model even if presets change later
     assert set(f.name for f in dataclasses.fields(CodecConfig)) <= set(saved["model"])
     again = load_config(path)
-    assert codec_config_from_section(again.model) == codec_config_from_section(cfg.model)
+    assert again.codec_config == cfg.codec_config
     assert config_to_dict(again) == config_to_dict(cfg)
     assert not list((tmp_path / "run").glob("*.tmp"))
 
@@ -132,9 +140,9 @@ def test_shipped_recipes_load(recipe):
     its model and discriminator configs; each names its data folder (the library default is only ./data)."""
     path = RECIPES / recipe
     cfg = load_config(path)
-    codec = Codec(codec_config_from_section(cfg.model))
+    codec = Codec(cfg.codec_config)
     assert codec.max_n_q >= 1 and codec.bitrates()
-    discriminator_config_from_section(cfg.disc)
+    assert cfg.disc_config is not None
     assert cfg.train.steps > 0 and cfg.train.run_dir
     assert "root" in (yaml.safe_load(path.read_text()).get("data") or {}), f"{recipe} does not set data.root"
     assert all(b in codec.bitrates() or any(abs(b - r) < 1e-6 for r in codec.bitrates())

@@ -121,8 +121,7 @@ def preserved_rng():
 # --------------------------------------------------------------------------------------------- writing
 
 
-def state_payload(cfg: TrainConfig, codec_config: CodecConfig, models: TrainingModels,
-                  progress: TrainProgress) -> dict[str, Any]:
+def state_payload(cfg: TrainConfig, models: TrainingModels, progress: TrainProgress) -> dict[str, Any]:
     """Everything needed to continue this run exactly (collective: every process must call it)."""
     from accelerate.utils import gather_object
 
@@ -138,7 +137,7 @@ def state_payload(cfg: TrainConfig, codec_config: CodecConfig, models: TrainingM
         "version": CHECKPOINT_VERSION,
         "step": progress.step,
         "config": config_to_dict(cfg),
-        "codec_config": codec_config.to_dict(),
+        "codec_config": cfg.codec_config.to_dict(),
         "codec": cpu(codec.state_dict()),
         "codec_buffers": {k: v.detach().to("cpu").clone() for k, v in codec.named_buffers() if k not in persistent},
         "local_buffers": local_buffers,  # per process: non-persistent buffers (codebook statistics windows)
@@ -158,11 +157,11 @@ def state_payload(cfg: TrainConfig, codec_config: CodecConfig, models: TrainingM
     }
 
 
-def save_checkpoint(run_dir: Path, cfg: TrainConfig, codec_config: CodecConfig, models: TrainingModels,
-                    progress: TrainProgress, best: bool = False) -> Path | None:
+def save_checkpoint(run_dir: Path, cfg: TrainConfig, models: TrainingModels, progress: TrainProgress,
+                    best: bool = False) -> Path | None:
     """Write ``checkpoints/step_XXXXXXX.pt`` (+ ``codec.pt``), or ``best.pt`` (+ ``codec_best.pt``); prune step
     checkpoints beyond ``train.keep_last``. Collective; only the main process writes (and gets the path)."""
-    payload = state_payload(cfg, codec_config, models, progress)
+    payload = state_payload(cfg, models, progress)
     path = None
     if models.accelerator.is_main_process:
         folder = run_dir / CHECKPOINT_DIR

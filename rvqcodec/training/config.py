@@ -16,25 +16,31 @@ typed from the dataclass field types; an unknown key or a badly typed value rais
 
 The ``model`` and ``disc`` sections are resolved against :class:`rvqcodec.model.CodecConfig` and
 :class:`rvqcodec.model.discriminators.DiscriminatorConfig` (preset first, then the explicit fields) by
-:func:`codec_config_from_section` / :func:`discriminator_config_from_section`; the resolved configuration written
+:func:`codec_config_from_section` / :func:`discriminator_config_from_section`, once per config:
+``TrainConfig.codec_config`` / ``TrainConfig.disc_config`` hold the result. The resolved configuration written
 next to a run lists every field, so it rebuilds the same networks even if a preset changes later.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from rvqcodec.data.augment import AugmentConfig
 from rvqcodec.dicts import plain
 from rvqcodec.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from rvqcodec.model.codec import CodecConfig
+    from rvqcodec.model.discriminators import DiscriminatorConfig
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 SCHEDULER_CHOICES = ("constant", "cosine", "exponential")
@@ -187,6 +193,17 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainSection = field(default_factory=TrainSection)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    @functools.cached_property
+    def codec_config(self) -> CodecConfig:
+        """The codec this recipe trains: the ``model`` section resolved once (preset, then the explicit fields).
+        Every user of a training config (trainer, checkpoints, ablation, benchmarks) reads it here."""
+        return codec_config_from_section(self.model)
+
+    @functools.cached_property
+    def disc_config(self) -> DiscriminatorConfig:
+        """The discriminators: the ``disc`` section resolved once (used only when the losses need them)."""
+        return discriminator_config_from_section(self.disc)
 
 
 SECTIONS: dict[str, type] = {
@@ -581,7 +598,7 @@ def config_to_dict(cfg: TrainConfig, resolve_model: bool = True) -> dict[str, An
     for name in PRESET_SECTIONS:
         section: PresetSection = getattr(cfg, name)
         if resolve_model:
-            resolved = _resolve_preset_section(name, section, set())
+            resolved = cfg.codec_config if name == "model" else cfg.disc_config
             out[name] = {"preset": section.preset, **dataclasses.asdict(resolved)}
         else:
             out[name] = {"preset": section.preset, **_deep_copy(section.fields)}

@@ -11,18 +11,13 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from rvqcodec.training.config import TrainConfig
 from rvqcodec.training.sampling import EpochIndexedClips
-
-if TYPE_CHECKING:
-    from rvqcodec.model import CodecConfig
-    from rvqcodec.model.discriminators import DiscriminatorConfig
-
 
 # --------------------------------------------------------------------------------------------- schedules
 
@@ -135,19 +130,19 @@ class TrainingModels:
         return out
 
 
-def build_models(cfg: TrainConfig, codec_config: CodecConfig, disc_config: DiscriminatorConfig) -> TrainingModels:
-    """A fresh codec (its validation bitrates checked before Accelerate is set up: ValueError listing the valid
+def build_models(cfg: TrainConfig) -> TrainingModels:
+    """A fresh codec (``cfg.codec_config``; its validation bitrates checked before Accelerate is set up: ValueError listing the valid
     ones), discriminators when the losses use them, the reconstruction loss, AdamW optimisers with the
     :func:`lr_factor` schedule, all prepared by Accelerate."""
     from rvqcodec.losses import ReconstructionLoss
     from rvqcodec.model import Codec
     from rvqcodec.model.discriminators import Discriminators
 
-    codec = Codec(codec_config)
+    codec = Codec(cfg.codec_config)
     for kbps in cfg.train.valid_bitrates:
         codec.n_q_for_bitrate(kbps)  # ValueError listing the valid bitrates
-    disc = Discriminators(disc_config) if cfg.loss.uses_discriminator else None
-    recon_loss = ReconstructionLoss(cfg.loss.reconstruction(codec_config.sample_rate))
+    disc = Discriminators(cfg.disc_config) if cfg.loss.uses_discriminator else None
+    recon_loss = ReconstructionLoss(cfg.loss.reconstruction(codec.sample_rate))
 
     acc = make_accelerator(cfg, codec)
     o = cfg.optim

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rvqcodec.training.checkpoints import TrainProgress, init_from, latest_checkpoint, resume, save_checkpoint
-from rvqcodec.training.config import TrainConfig, codec_config_from_section, discriminator_config_from_section
+from rvqcodec.training.config import TrainConfig
 from rvqcodec.training.data_files import data_files
 from rvqcodec.training.evaluation import ValidationClips, validate
 from rvqcodec.training.run_folder import LOG_NAME, JsonlLog, check_new_run, device_label
@@ -56,12 +56,11 @@ class Trainer:
         self.cfg = cfg
         self.show_progress = show_progress
         self.run_dir = Path(cfg.train.run_dir)
-        self.codec_config = codec_config_from_section(cfg.model)
         check_new_run(self.run_dir, cfg.train.resume)
         set_seed(cfg.train.seed)
 
         # LibriSpeech subsets and/or folders and a list file of any audio (rvqcodec.training.data_files)
-        sr = self.codec_config.sample_rate
+        sr = cfg.codec_config.sample_rate
         self.data_files = data_files(cfg.data)
         self.train_set = AudioFileListDataset(self.data_files.train, segment_seconds=cfg.data.segment_seconds,
                                               sample_rate=sr, seed=cfg.train.seed)
@@ -69,7 +68,7 @@ class Trainer:
                                               seed=cfg.train.seed)
         self.validation = ValidationClips(self.valid_set, cfg.data.max_valid_files, cfg.data.max_valid_seconds, sr)
 
-        self.models = build_models(cfg, self.codec_config, discriminator_config_from_section(cfg.disc))
+        self.models = build_models(cfg)
         self.accelerator = acc = self.models.accelerator
         self.is_main = acc.is_main_process
         self.augment = None
@@ -93,9 +92,9 @@ class Trainer:
         self._audio_seconds_per_step = (cfg.data.batch_size * cfg.train.grad_accum * acc.num_processes
                                         * cfg.data.segment_seconds)
         if cfg.train.init_from and latest_checkpoint(self.run_dir) is None:
-            self.progress.lineage = init_from(Path(cfg.train.init_from), self.codec_config, self.models, self._print)
+            self.progress.lineage = init_from(Path(cfg.train.init_from), cfg.codec_config, self.models, self._print)
         if cfg.train.resume:
-            self.progress = resume(self.run_dir, self.codec_config, self.models, self._print) or self.progress
+            self.progress = resume(self.run_dir, cfg.codec_config, self.models, self._print) or self.progress
 
     # ------------------------------------------------------------------------------------ views
     @property
@@ -152,7 +151,7 @@ class Trainer:
 
     def save_checkpoint(self, best: bool = False) -> Path | None:
         """Write the training state (:func:`rvqcodec.training.checkpoints.save_checkpoint`). Collective."""
-        return save_checkpoint(self.run_dir, self.cfg, self.codec_config, self.models, self.progress, best=best)
+        return save_checkpoint(self.run_dir, self.cfg, self.models, self.progress, best=best)
 
     def validate(self) -> dict[str, float]:
         """The validation record now (:func:`rvqcodec.training.evaluation.validate`). Collective."""

@@ -317,12 +317,11 @@ def _check_warmup_shared(spec: AblationSpec) -> None:
     """With a shared warm-up every arm must be able to start from it: arms may differ from the warm-up's model
     only in fields that change how a model learns (:func:`rvqcodec.model.codec.incompatible_fields`)."""
     from rvqcodec.model.codec import incompatible_fields
-    from rvqcodec.training.config import codec_config_from_section
 
     seed = spec.settings.seeds[0]
-    base = codec_config_from_section(config_from_dict(*spec.warmup_job(seed)).model).to_dict()
+    base = config_from_dict(*spec.warmup_job(seed)).codec_config.to_dict()
     for arm in spec.selected_arms():
-        differ = incompatible_fields(base, codec_config_from_section(spec.run_config(arm, seed).model).to_dict())
+        differ = incompatible_fields(base, spec.run_config(arm, seed).codec_config.to_dict())
         if differ:
             raise ValueError(f"arm '{arm.name}' changes {', '.join(differ)}, so it cannot start from the shared "
                              "warm-up (ablation.ae_warmup_steps); arms may vary only how the quantizer learns")
@@ -331,9 +330,8 @@ def _check_warmup_shared(spec: AblationSpec) -> None:
 def _check_run_config(cfg, arm_name: str) -> None:
     """Model-level checks the Trainer would only make after setting up (bitrates, estimator names)."""
     from rvqcodec.quantize.estimators import ESTIMATORS
-    from rvqcodec.training.config import codec_config_from_section
 
-    codec_config = codec_config_from_section(cfg.model)
+    codec_config = cfg.codec_config
     if codec_config.estimator not in ESTIMATORS:
         raise ValueError(f"arm '{arm_name}': model.estimator must be one of {', '.join(ESTIMATORS)}, "
                          f"got {codec_config.estimator!r}")

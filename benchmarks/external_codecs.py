@@ -99,7 +99,8 @@ class CodedAudio:
 
     Attributes:
         audio: decoded signal ``(T',)`` float32 at 16 kHz (``T'`` may differ from the input length; the
-            codec's delay is removed later by :func:`rvqcodec.metrics.align`).
+            codec's delay is removed when it is scored: :func:`rvqcodec.scoring.evaluate_pair` aligns it with
+            :func:`rvqcodec.metrics.find_delay`).
         payload_bytes: bytes counted towards the bitrate (see the module docstring per codec).
         file_bytes: size of the whole encoded file (container included).
         encode_seconds, decode_seconds: wall time of the encoder and the decoder (process start included).

@@ -73,7 +73,7 @@ from quality import (  # noqa: E402
     selected_external_codecs,
 )
 from rvqcodec import api  # noqa: E402
-from rvqcodec.cli import UserError  # noqa: E402
+from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample, write_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe  # noqa: E402
 from rvqcodec import perceptual  # noqa: E402

@@ -47,17 +47,17 @@ if str(BENCH_DIR) not in sys.path:
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import api, perceptual, streams  # noqa: E402
-from rvqcodec.cli import UserError  # noqa: E402
+from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
 from rvqcodec.extras import MissingExtraError, require  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text  # noqa: E402
+from rvqcodec.lengths import MAX_SHIFT_SECONDS  # noqa: E402
 from rvqcodec.scoring import evaluate_pair, metric_names  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
 DEFAULT_DATA = SPEECH_ROOT / "dev-clean"
 AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 SCORE_RATE = ext.SAMPLE_RATE  # every codec is scored at 16 kHz
-MAX_SHIFT_SECONDS = 0.1
 
 QUICK_FILES = 2
 QUICK_SECONDS = 3.0

@@ -35,7 +35,7 @@ if str(BENCH_DIR) not in sys.path:
 from common import DEFAULT_OUT, SPEECH_ROOT, shown_path  # noqa: E402
 from quality import list_audio_files  # noqa: E402
 from rvqcodec import metrics  # noqa: E402
-from rvqcodec.cli import UserError  # noqa: E402
+from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.model import Codec  # noqa: E402

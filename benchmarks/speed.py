@@ -74,7 +74,7 @@ if str(BENCH_DIR) not in sys.path:
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import api, codec_files  # noqa: E402
-from rvqcodec.cli import UserError  # noqa: E402
+from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.model import Codec, CodecConfig  # noqa: E402

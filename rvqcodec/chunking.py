@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from rvqcodec.errors import InputError
+from rvqcodec.lengths import CHUNK_SECONDS, READ_BLOCK_SECONDS
 
 if TYPE_CHECKING:  # pragma: no cover
     from rvqcodec.model.codec import Codec
@@ -66,9 +67,9 @@ class ChunkConfig:
         read_block_seconds: how much of the file is read per step (at the file's own rate).
     """
 
-    chunk_seconds: float = 10.0
+    chunk_seconds: float = CHUNK_SECONDS
     context_seconds: float | None = None
-    read_block_seconds: float = 5.0
+    read_block_seconds: float = READ_BLOCK_SECONDS
 
     def __post_init__(self) -> None:
         if not self.read_block_seconds > 0 or not (self.context_seconds is None or self.context_seconds >= 0):

@@ -35,10 +35,10 @@ import torch
 
 from rvqcodec import metrics
 from rvqcodec.errors import InputError
+from rvqcodec.lengths import MAX_SHIFT_SECONDS, READ_BLOCK_SECONDS
 
 SEGMENT_SECONDS = 60.0
 ALIGN_SECONDS = 30.0
-READ_BLOCK_SECONDS = 5.0
 
 
 def segment_lengths(num_samples: int, sample_rate: int) -> list[int]:
@@ -211,7 +211,7 @@ def _check_max_shift(max_shift_seconds: float) -> None:
         raise ValueError(f"max_shift_seconds must be a finite number >= 0, got {max_shift_seconds!r}")
 
 
-def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: float = 0.1,
+def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: float = MAX_SHIFT_SECONDS,
                   perceptual=None, reference_rate: int | None = None) -> dict[str, Any]:
     """All metrics for one reference/degraded pair at sample rate ``sr`` (signals in memory, any length).
 
@@ -278,7 +278,7 @@ def _head(blocks: Iterable[torch.Tensor], count: int) -> np.ndarray:
 
 
 def evaluate_files(ref_path: str | os.PathLike, deg_path: str | os.PathLike, sample_rate: int | None = None,
-                   align: bool = True, max_shift_seconds: float = 0.1,
+                   align: bool = True, max_shift_seconds: float = MAX_SHIFT_SECONDS,
                    on_segment: Callable[[int, int], None] | None = None, perceptual=None) -> dict[str, Any]:
     """Score an audio file against a reference file, streamed (bounded memory whatever their length).
 

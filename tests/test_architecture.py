@@ -21,7 +21,8 @@ PACKAGE = "rvqcodec"
 SAMPLE_WAV = REPO_ROOT / "samples" / "1272-128104-0000_3s.wav"
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("rvqcodec", "rvqcodec.errors", "rvqcodec.extras", "rvqcodec.fileio", "rvqcodec.dicts")),
+    ("foundation", ("rvqcodec", "rvqcodec.errors", "rvqcodec.extras", "rvqcodec.fileio", "rvqcodec.dicts",
+                    "rvqcodec.lengths")),
     ("model", ("rvqcodec.quantize", "rvqcodec.model", "rvqcodec.losses")),
     ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.packets", "rvqcodec.metrics",
                           "rvqcodec.perceptual")),

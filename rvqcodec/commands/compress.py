@@ -26,6 +26,7 @@ from rvqcodec.commands.common import (
     run_batch,
 )
 from rvqcodec.errors import UserError
+from rvqcodec.lengths import CHUNK_SECONDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rate.add_argument("--n-q", type=int, default=None, help="number of RVQ stages instead of --bitrate")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
     add_model_arguments(parser)
-    parser.add_argument("--chunk-seconds", type=float, default=10.0,
-                        help="long files are encoded in chunks of this many seconds (default: 10)")
+    parser.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
+                        help=f"long files are encoded in chunks of this many seconds (default: {CHUNK_SECONDS:g})")
 
 
 def run(args: argparse.Namespace) -> int:

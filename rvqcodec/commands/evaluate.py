@@ -22,6 +22,7 @@ import sys
 
 from rvqcodec.errors import UserError
 from rvqcodec.commands.common import add_perceptual_argument, add_threads_argument, apply_threads, perceptual_scorer
+from rvqcodec.lengths import MAX_SHIFT_SECONDS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="do not remove the delay of DEG before scoring (still crops to the common length)")
     parser.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
                         help="score at this rate, resampling both files (default: REF's rate)")
-    parser.add_argument("--max-shift-ms", type=float, default=100.0, metavar="MS",
-                        help="largest delay searched for when aligning, milliseconds (default: 100)")
+    parser.add_argument("--max-shift-ms", type=float, default=MAX_SHIFT_SECONDS * 1000, metavar="MS",
+                        help=f"largest delay searched for when aligning, milliseconds "
+                             f"(default: {MAX_SHIFT_SECONDS * 1000:g})")
     add_perceptual_argument(parser)
     add_threads_argument(parser)
 

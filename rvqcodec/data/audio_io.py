@@ -46,9 +46,9 @@ from rvqcodec.fileio import already_exists_message, atomic_path, check_output_fo
 RESAMPLE_LOWPASS_WIDTH = 6
 RESAMPLE_ROLLOFF = 0.99
 
-# Subtypes written as integers: float input is clipped to [-1, 1] first (libsndfile would wrap around).
-INTEGER_SUBTYPES = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
-FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # every other subtype (integer PCM, Vorbis, Opus, MP3, ...) gets clipped input
+# Only float subtypes keep samples beyond [-1, 1]; every other subtype (integer PCM, Vorbis, Opus, MP3, ...) gets
+# input clipped to [-1, 1] first (libsndfile would wrap integers around).
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")
 # Extensions whose format name is not the extension itself: (format, default subtype or None for the format's).
 EXTENSION_FORMATS = {".oga": ("OGG", None), ".opus": ("OGG", "OPUS"), ".aif": ("AIFF", None)}
 PCM_DEFAULT_SUBTYPE = "PCM_16"  # for formats that store PCM (wav, flac, aiff, ...) when no subtype is asked for

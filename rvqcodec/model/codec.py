@@ -534,11 +534,11 @@ class Codec(nn.Module):
         return atomic_torch_save(payload, path, parents=True)
 
     @staticmethod
-    def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         """Load and validate a checkpoint file's payload (see :meth:`save`) without building the model.
 
-        The tensors are read on the CPU whatever ``map_location`` says (kept for compatibility): moving them to a
-        device is :meth:`load`'s job, so an unavailable device is never mistaken for a damaged file."""
+        The tensors are read on the CPU: moving them to a device is :meth:`load`'s job, so an unavailable device is
+        never mistaken for a damaged file."""
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path}")

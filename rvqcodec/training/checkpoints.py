@@ -240,7 +240,7 @@ def resume(run_dir: Path, codec_config: CodecConfig, models: TrainingModels, say
     return progress
 
 
-# --------------------------------------------------------------------------------------------- starting from another run
+# --------------------------------------------------------------------------------------------- starting from another ru
 
 
 def init_from(path: Path, codec_config: CodecConfig, models: TrainingModels, say: Say) -> Lineage:

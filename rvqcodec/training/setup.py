@@ -131,9 +131,9 @@ class TrainingModels:
 
 
 def build_models(cfg: TrainConfig) -> TrainingModels:
-    """A fresh codec (``cfg.codec_config``; its validation bitrates checked before Accelerate is set up: ValueError listing the valid
-    ones), discriminators when the losses use them, the reconstruction loss, AdamW optimisers with the
-    :func:`lr_factor` schedule, all prepared by Accelerate."""
+    """A fresh codec (``cfg.codec_config``; its validation bitrates checked before Accelerate is set up:
+    ValueError listing the valid ones), discriminators (``cfg.disc_config``) when the losses use them, the
+    reconstruction loss, AdamW optimisers with the :func:`lr_factor` schedule, all prepared by Accelerate."""
     from rvqcodec.losses import ReconstructionLoss
     from rvqcodec.model import Codec
     from rvqcodec.model.discriminators import Discriminators

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rvqcodec.cli import main
-from rvqcodec.model import Codec
+from rvqcodec.model import Codec, CodecConfig
 from rvqcodec.training.trainer import Trainer
 
 from test_train import make_config
@@ -51,6 +51,22 @@ def test_as_default_writes_the_model_and_a_card_that_names_it(run_dir, tmp_path,
     assert card["model_id"] == Codec.read_checkpoint(out)["meta"]["model_id"] == Codec.load(out).model_id
     assert card["recipe"] == "recipes/librispeech/tiny.yaml" and card["description"].endswith("A test.")
     assert card["steps"] == 2 and "mel 7.5" in card["losses"] and card["training_data"]
+
+
+def test_as_streaming_writes_a_causal_model_and_its_card_and_refuses_one_with_look_ahead(run_dir, tmp_path, capsys):
+    causal_run = tmp_path / "causal"
+    (causal_run / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    Codec(CodecConfig.preset("convnext-causal", frame_dim=32, encoder_blocks=1, decoder_blocks=1)).save(
+        causal_run / "codec.pt")
+    out = tmp_path / "pretrained" / "streaming.pt"
+    assert main(["export", str(causal_run / "codec.pt"), str(out), "--as-streaming", "--note", "Causal."]) == 0
+    card = json.loads((out.parent / "streaming.json").read_text())
+    assert card["model_id"] == Codec.load(out).model_id and card["description"].endswith("Causal.")
+    assert not (out.parent / "default.json").exists()
+    assert main(["export", str(run_dir), str(tmp_path / "s.pt"), "--as-streaming"]) == 2  # SEANet: look-ahead
+    assert "must be causal" in capsys.readouterr().err
+    assert not (tmp_path / "s.pt").exists()
 
 
 def test_mistakes_are_one_line(run_dir, tmp_path, capsys):

@@ -4,7 +4,8 @@ RUN_OR_CHECKPOINT is a run folder (its ``codec.pt``), a codec checkpoint or a tr
 (``checkpoints/step_*.pt``). OUT defaults to ``export.pt`` beside the source. The file is float16 and inference-only
 (a third of a training checkpoint's size; loads back in float32 and still fine-tunes), with the run's training
 facts in its meta (:mod:`rvqcodec.training.export`). ``--as-default`` writes the shipped default model (OUT, by
-default ``rvqcodec/pretrained/default.pt``) and its card ``default.json`` beside it. Exit codes: 0, 2 (user mistake).
+default ``rvqcodec/pretrained/default.pt``) and its card ``default.json`` beside it; ``--as-streaming`` the shipped
+streaming model (``streaming.pt`` and ``streaming.json``; a causal model only). Exit codes: 0, 2 (user mistake).
 """
 from __future__ import annotations
 
@@ -22,15 +23,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-default", action="store_true",
                         help="write the shipped default model (OUT, default rvqcodec/pretrained/default.pt) and its "
                              "card default.json beside it")
+    parser.add_argument("--as-streaming", action="store_true",
+                        help="write the shipped streaming model (OUT, default rvqcodec/pretrained/streaming.pt) and "
+                             "its card streaming.json beside it; the model must be causal")
     parser.add_argument("--recipe", default=None, metavar="YAML", help="the recipe the run was trained with (named "
                                                                        "on the card)")
-    parser.add_argument("--note", default="", help="a sentence added to the card's description (--as-default)")
+    parser.add_argument("--note", default="", help="a sentence added to the card's description (--as-default, --as-streaming)")
     parser.add_argument("--float32", action="store_true", help="keep float32 weights (default: float16, half the size)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing OUT")
 
 
 def run(args: argparse.Namespace) -> int:
-    from rvqcodec.training.export import export_codec, export_default, read_trained_codec
+    from rvqcodec.training.export import export_codec, export_shipped, read_trained_codec
 
     if args.recipe is not None and not Path(args.recipe).is_file():
         raise UserError(f"recipe not found: {args.recipe}")
@@ -38,8 +42,13 @@ def run(args: argparse.Namespace) -> int:
         trained = read_trained_codec(args.source)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    if args.as_default:
-        path, card = export_default(trained, args.recipe, args.note, out=args.out)
+    if args.as_default and args.as_streaming:
+        raise UserError("--as-default and --as-streaming exclude each other")
+    if args.as_default or args.as_streaming:
+        try:
+            path, card = export_shipped(trained, args.recipe, args.note, out=args.out, streaming=args.as_streaming)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, model id {trained_id(path)}) and {card}")
         return 0
     out = Path(args.out) if args.out is not None else trained.source.parent / "export.pt"

@@ -1,5 +1,5 @@
 """Exporting a trained codec: a run (folder, ``codec.pt`` or a training checkpoint) -> an inference checkpoint, and
-optionally the shipped default model with its card.
+optionally a shipped model (the default or the streaming one) with its card.
 
     rvqcodec export runs/s9                           # -> runs/s9/export.pt (float16, inference only)
     rvqcodec export runs/s9/checkpoints/step_0002000.pt /tmp/s9-2000.pt
@@ -99,14 +99,19 @@ def export_codec(trained: TrainedCodec, out: str | os.PathLike, recipe: str | os
     return codec.save(out, meta=meta, inference_only=True, float16=float16)
 
 
-def export_default(trained: TrainedCodec, recipe: str | os.PathLike | None, note: str = "",
-                   out: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """Write ``trained`` as the shipped default model (``out``, default ``rvqcodec/pretrained/default.pt``) and
-    rewrite its card beside it; returns (checkpoint, card)."""
+def export_shipped(trained: TrainedCodec, recipe: str | os.PathLike | None, note: str = "",
+                   out: str | os.PathLike | None = None, streaming: bool = False) -> tuple[Path, Path]:
+    """Write ``trained`` as a shipped model and rewrite its card beside it; returns (checkpoint, card). The default
+    model (``out`` default ``rvqcodec/pretrained/default.pt``, card ``default.json``) or, with ``streaming``, the
+    streaming model (``streaming.pt`` and ``streaming.json``; ValueError unless the model is causal)."""
     from rvqcodec.fileio import atomic_write_json
-    from rvqcodec.pretrained import DEFAULT_CARD_NAME, default_checkpoint_path
+    from rvqcodec.pretrained import (DEFAULT_CARD_NAME, STREAMING_CARD_NAME, default_checkpoint_path,
+                                     streaming_checkpoint_path)
 
-    path = export_codec(trained, out or default_checkpoint_path(), recipe)
+    if streaming and not trained.codec.config.causal:
+        raise ValueError("the streaming model must be causal (model.causal=true, e.g. the convnext-causal preset)")
+    path = export_codec(trained, out or (streaming_checkpoint_path() if streaming else default_checkpoint_path()),
+                        recipe)
     meta = Codec.read_checkpoint(path)["meta"]
     codec = trained.codec
     counts = codec.parameter_counts()
@@ -121,4 +126,4 @@ def export_default(trained: TrainedCodec, recipe: str | os.PathLike | None, note
         "parameters": counts,
         **facts,
     }
-    return path, atomic_write_json(path.parent / DEFAULT_CARD_NAME, card)
+    return path, atomic_write_json(path.parent / (STREAMING_CARD_NAME if streaming else DEFAULT_CARD_NAME), card)

@@ -154,15 +154,15 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, r: Tensor) -> Tensor:
         """(B, D, T) → codes (B, T) int64. No codebook update, no statistics."""
-        b, _, t = r.shape
-        e = self.project_in(rearrange(r, "b d t -> (b t) d"))
-        return rearrange(self.codebook.lookup(e), "(b t) -> b t", b=b, t=t)
+        b, d, t = r.shape
+        e = self.project_in(r.transpose(1, 2).reshape(b * t, d))  # (B·T, D): what rearrange "b d t -> (b t) d" gives
+        return self.codebook.lookup(e).view(b, t)
 
     def decode(self, codes: Tensor) -> Tensor:
         """codes (B, T) → (B, D, T)."""
         b, t = codes.shape
-        q = self.project_out(self.codebook.embed_codes(rearrange(codes, "b t -> (b t)")))
-        return rearrange(q, "(b t) d -> b d t", b=b, t=t)
+        q = self.project_out(self.codebook.embed_codes(codes.reshape(b * t)))
+        return q.view(b, t, -1).transpose(1, 2)
 
     def stats_summary(self, sync: bool = False) -> dict[str, float]:
         """This stage's window statistics (see :class:`CodebookStats`) plus its current dead-code count."""

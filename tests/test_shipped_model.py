@@ -25,10 +25,9 @@ slightly older one; the default before the convnext family (tiny SEANet 059cc00b
 every floor. When the shipped model is replaced (``rvqcodec export RUN --as-default`` rewrites ``default.json``),
 raise these to the new model's scores minus a margin."""
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLIP_SECONDS = 5.0
 CLIP_FLOORS = {
-    # clip (under ../shared/data): (PESQ-WB, STOI) of model bc1902373f6f0fb9 at 6 kbps on its first 5 s
+    # clip (beside the speech-dev folder of the speech_root fixture, i.e. under ../shared/data): (PESQ-WB, STOI) of model bc1902373f6f0fb9 at 6 kbps on its first 5 s
     "speech-dev/LibriSpeech/dev-clean/1272/128104/1272-128104-0000.flac": (2.59, 0.917),
     "speech-dev/LibriSpeech/dev-clean/6000/55211/6000-55211-0000.flac": (3.03, 0.902),
     "speech-dev/LibriSpeech/dev-clean/6415/100596/6415-100596-0000.flac": (3.55, 0.930),
@@ -97,15 +96,15 @@ def test_default_json_describes_the_shipped_checkpoint():
     assert f"{meta['steps']} steps of {meta['recipe']}" in card["description"]
 
 
-def test_shipped_model_keeps_its_measured_scores_on_dev_clean_and_speech_ood_clips(capsys, tmp_path):
+def test_shipped_model_keeps_its_measured_scores_on_dev_clean_and_speech_ood_clips(capsys, tmp_path, speech_root):
     """The first 5 s of each clip of :data:`CLIP_FLOORS` through ``rvqcodec roundtrip`` with the shipped model at
     6 kbps: every clip within :data:`CLIP_MARGIN` of what the shipped model measured."""
     import soundfile as sf
 
     wavs = []
     for i, (clip, _) in enumerate(CLIP_FLOORS.items()):
-        path = SHARED_DATA / clip
-        assert path.is_file(), f"{path} is missing (../shared/data)"
+        path = speech_root.parent / clip
+        assert path.is_file(), f"{path} is missing"
         audio, sr = sf.read(path, dtype="float32", frames=int(CLIP_SECONDS * sf.info(path).samplerate))
         wavs.append(tmp_path / f"{i}.wav")
         sf.write(wavs[-1], audio, sr)

@@ -327,6 +327,37 @@ def test_a_shared_autoencoder_warm_up_is_trained_once_per_seed_and_every_arm_sta
     assert "warm-up" not in capsys.readouterr().err
 
 
+def test_gradient_and_transform_codebook_arms_start_from_the_shared_warm_up_and_learn(tmp_path, speech_root):
+    """Arms that learn their codebooks by the codebook loss (``grad``, ``transform``) start from the EMA warm-up,
+    are k-means-initialised like the others, and their codes then move by gradient: the saved codes differ from
+    the step-1 snapshot (``grad``), the shared map leaves the identity and the snapshot holds the transformed codes
+    (``transform``)."""
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe["arms"] = [{"name": f"rotation_{learning}",
+                       "set": {"model.estimator": "rotation", "model.codebook_learning": learning}}
+                      for learning in ("grad", "transform")]
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run_dir = tmp_path / "run"
+    args = ["ablation", str(path), f"ablation.run_dir={run_dir}", f"data.root={speech_root}", *MICRO,
+            "ablation.arms=[rotation_grad,rotation_transform]", "ablation.ae_warmup_steps=2",
+            "train.kmeans_init_seconds=4", "--no-progress"]
+    assert cli.main(args) == 0
+    for learning in ("grad", "transform"):
+        run = run_path(run_dir, f"rotation_{learning}")
+        codec = Codec.load(run / "codec.pt")
+        books = [layer.codebook for layer in codec.quantizer.layers]
+        assert all(b.learning == learning and b.is_initialized() for b in books)
+        first, last = read_snapshots(run)[0], read_snapshots(run)[-1]
+        final = torch.stack([b.vectors().detach().float() for b in books])
+        torch.testing.assert_close(last["embed"], final)
+        assert (final - first["embed"]).abs().amax() > 1e-4  # the codes moved after step 1
+        if learning == "transform":
+            eye = torch.eye(books[0].dim)
+            assert all((b.transform.detach() - eye).abs().amax() > 1e-5 for b in books)
+    assert "rotation_grad" in (run_dir / "report.md").read_text()
+
+
 @pytest.mark.parametrize("extra, message", [
     (["train.init_from=x.pt"], "override 'train.init_from=x.pt' sets train.init_from"),
     (["model.channels=8"], None),  # shared by every arm: fine

@@ -256,6 +256,17 @@ def test_init_compatibility_counts_a_field_an_old_checkpoint_lacks_as_its_defaul
     assert incompatible_fields(old, {**wanted, "causal": True, "frame_dim": 64}) == ["frame_dim"]  # causal: adapted
 
 
+@pytest.mark.parametrize("saved, wanted, differ", [
+    ("ema", "grad", []), ("ema", "transform", []), ("grad", "ema", []), ("grad", "transform", []),
+    ("transform", "ema", ["codebook_learning"]), ("transform", "grad", ["codebook_learning"]),
+])
+def test_init_compatibility_across_codebook_learning(saved, wanted, differ):
+    """EMA and gradient codebooks store the codes themselves, and a transform codebook takes them as its base with
+    W = I: those may start from each other's weights; leaving a transform codebook would drop its W."""
+    config = CodecConfig.preset("convnext").to_dict()
+    assert incompatible_fields({**config, "codebook_learning": saved}, {**config, "codebook_learning": wanted}) == differ
+
+
 def test_a_causal_model_starts_from_the_shipped_one_with_its_head_resampled(speech_root):
     """The streaming preset differs from the shipped model in padding side and head window only: its weights carry
     over, the head's projection is resampled onto the 640-point grid, and that start decodes real speech far

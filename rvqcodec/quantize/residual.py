@@ -12,14 +12,14 @@ G_k = ∂q̃_k/∂r_k (I for STE, λ_k·R_k for the rotation trick) and output �
   stages); every stage's commitment loss reaches the encoder.
 
 **Estimator scope.** ``estimator_scope="stage"`` (above) applies each stage's estimator to that stage's own
-residual and code, so with the rotation trick the encoder gradient passes through n rotations, each as large
-as the angle between a residual and its code (near 90° in the late stages, where a code removes little of the
-residual). ``"cumulative"`` keeps the stages' codes as values and applies the estimator once per prefix, from
-the latent x onto the running reconstruction x̂_n = Σ_{k≤n} q_k: the output is ``estimator(x, x̂_n)``, whose
-value is exactly x̂_n and whose Jacobian is λR with R the rotation taking x onto x̂_n (λ = ‖x̂_n‖/‖x‖). That
-angle shrinks as stages are added (R → I as x̂ → x), whatever the stages' own angles. The residuals are then
-passed on detached (r_{k+1} = r_k − sg(q_k)), so every stage's commitment loss reaches the encoder, as with
-``residual_grad="detached"``.
+residual and code, so with the rotation trick the encoder gradient passes through n rotations, one per stage
+(each about 45° on the shipped model, docs/quantizer.md). ``"cumulative"`` changes only what reaches the encoder:
+the stages run as above (their wiring and estimators) on sg(z), so every stage's own parameters (projections,
+gradient-learned codes) get exactly the gradients the per-stage scope gives them, and the output is
+``estimator(z, sg x̂_n) + (x̂_n − sg x̂_n)`` with x̂_n = Σ_{k≤n} q_k the running reconstruction: its value is exactly
+x̂_n, and its Jacobian w.r.t. z is one λR, R the rotation taking z onto x̂_n (λ = ‖x̂_n‖/‖z‖; that angle shrinks as
+stages are added), instead of the composition of n rotations. Stage 1's commitment loss still reaches the encoder
+(``VectorQuantizer(input_grad=False)``: its output's gradient stops at the stage); the later stages' do not.
 
 **Quantizer dropout.** In training, with probability ``quantizer_dropout`` a batch uses only the first
 ``n`` stages (one draw per batch, identical on every process), so any prefix of stages is a valid lower bitrate.
@@ -142,20 +142,23 @@ class ResidualVQ(nn.Module):
         residual = z
         quantized = torch.zeros_like(z)
         codes, commit, codebook = [], [], []
-        for layer in self.layers[:n_use]:
-            out = layer(residual, mask=mask, track_stats=track)
-            stage = out.quantized.detach() if cumulative else out.quantized
-            quantized = quantized + stage
-            residual = residual - (stage if self.residual_grad == "live" else stage.detach())
+        if cumulative:  # the stages' chain starts from sg(z): the encoder gets only the estimator below
+            residual = z.detach()
+        for k, layer in enumerate(self.layers[:n_use]):
+            if cumulative and k == 0:  # stage 1's commitment loss still reaches the encoder
+                out = layer(z, mask=mask, track_stats=track, input_grad=False)
+            else:
+                out = layer(residual, mask=mask, track_stats=track)
+            quantized = quantized + out.quantized
+            residual = residual - (out.quantized if self.residual_grad == "live" else out.quantized.detach())
             codes.append(out.codes)
             commit.append(out.commit_loss)
             codebook.append(out.codebook_loss)
-        if cumulative:
-            first = self.layers[0]
+        if cumulative:  # value x̂ exactly; λR(z -> x̂) to z; the stages' parameters through x̂ - sg(x̂)
+            first, x_hat = self.layers[0], quantized.detach()
             rows = apply_estimator(first.estimator, rearrange(z, "b d t -> (b t) d"),
-                                   rearrange(quantized, "b d t -> (b t) d"), first.scale_clamp,
-                                   first.grit_radius)
-            quantized = rearrange(rows, "(b t) d -> b d t", b=z.shape[0])
+                                   rearrange(x_hat, "b d t -> (b t) d"), first.scale_clamp, first.grit_radius)
+            quantized = rearrange(rows, "(b t) d -> b d t", b=z.shape[0]) + (quantized - x_hat)
         return QuantizerOutput(
             quantized=quantized,
             codes=torch.stack(codes, dim=1),

@@ -80,9 +80,14 @@ class VectorQuantizer(nn.Module):
         self.codebook = EuclideanCodebook(codebook_dim, codebook_size, **codebook_options)
         self.stats = CodebookStats(codebook_size)
 
-    def forward(self, r: Tensor, mask: Tensor | None = None, track_stats: bool = True) -> VQStageOutput:
+    def forward(self, r: Tensor, mask: Tensor | None = None, track_stats: bool = True,
+                input_grad: bool = True) -> VQStageOutput:
         """Quantize ``r`` (B, D, T). ``mask`` (B, T) bool marks valid frames: padded frames still get codes
         but are left out of k-means init, EMA, dead-code replacement, statistics and losses.
+
+        ``input_grad=False``: the output's gradient stops at the stage (it trains ``project_in`` through the
+        estimator and ``project_out``, but does not reach ``r``); the commitment loss still reaches ``r``. The
+        cumulative estimator scope (:class:`ResidualVQ`) uses it.
 
         In training mode, the codebook is initialised on the first call (k-means on this input) and updated after
         the lookup; the returned codes/vectors are the pre-update ones.
@@ -97,7 +102,8 @@ class VectorQuantizer(nn.Module):
         codes = self.codebook.lookup(e)
         q_code = self.codebook.embed_codes(codes)  # (N, d); carries grad to the codebook unless "ema"
         q_detached = q_code.detach()
-        q_tilde = apply_estimator(self.estimator, e, q_detached.to(e.dtype), self.scale_clamp, self.grit_radius)
+        e_est = e if input_grad else self.project_in(r_flat.detach())
+        q_tilde = apply_estimator(self.estimator, e_est, q_detached.to(e.dtype), self.scale_clamp, self.grit_radius)
         quantized_flat = self.project_out(q_tilde)
 
         codes_valid = codes if valid is None else codes[valid]

@@ -12,7 +12,11 @@
 # Settings (environment): MINUTES (training minutes, default 6), BATCH (default 128), LR (default 5e-4),
 # INIT (checkpoint to start from, default the shipped model), RUN (run folder, default runs/gpu-continue),
 # ESTIMATOR (rotation, the default model's, or ste: docs/ablation/README.md found STE better on this model),
-# EXTRA (more recipe overrides, space-separated, e.g. "model.quantizer_dropout=1.0 model.rate_conditioning=true").
+# EXTRA (more recipe overrides, space-separated, e.g. "model.quantizer_dropout=1.0 model.rate_conditioning=true"),
+# RECIPE (default recipes/librispeech/convnext.yaml). With RECIPE=recipes/librispeech/convnext-causal.yaml the same
+# call trains the streaming model from the shipped default (its head resampled, docs/streaming.md) and sends it
+# back as streaming.pt + streaming.json instead:
+#   RECIPE=recipes/librispeech/convnext-causal.yaml MINUTES=7 BATCH=32 bash recipes/librispeech/device/gpu_continue.sh
 set -euo pipefail
 MINUTES=${MINUTES:-6}
 BATCH=${BATCH:-128}
@@ -20,6 +24,11 @@ LR=${LR:-5e-4}
 INIT=${INIT:-rvqcodec/pretrained/default.pt}
 RUN=${RUN:-runs/gpu-continue}
 ESTIMATOR=${ESTIMATOR:-rotation}
+RECIPE=${RECIPE:-recipes/librispeech/convnext.yaml}
+case "$RECIPE" in
+  *causal*) AS=streaming ;;
+  *) AS=default ;;
+esac
 OUT=${OUT:?set OUT to the folder whose files come back}
 PY=${PYTHON:-python3}
 if [ -z "${DEVICE_TEST:-}" ]; then
@@ -30,7 +39,7 @@ else
   PRECISION=no  # the CPU rehearsal: same commands, a few steps
 fi
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null || true
-COMMON=(recipes/librispeech/convnext.yaml data.root=.gpudata "data.extra_train_dirs=[.gpudata/extra]"
+COMMON=("$RECIPE" data.root=.gpudata "data.extra_train_dirs=[.gpudata/extra]"
         data.batch_size=$BATCH train.mixed_precision=$PRECISION train.init_from=$INIT train.ae_warmup_steps=0
         train.kmeans_init_seconds=0 optim.lr=$LR optim.warmup_steps=200 model.estimator=$ESTIMATOR ${EXTRA:-}
         --no-progress)
@@ -55,7 +64,7 @@ $PY -m rvqcodec train "${COMMON[@]}" train.run_dir=$RUN train.steps=$STEPS \
     train.max_minutes=$(awk "BEGIN { print $MINUTES + 1 }") train.valid_every=$(( STEPS / 4 > 0 ? STEPS / 4 : 1 )) \
     train.ckpt_every=$STEPS
 # 3. Bank it: exported model + card, log, and the training state in parts that fit the way back.
-$PY -m rvqcodec export "$RUN" "$OUT/default.pt" --as-default --recipe recipes/librispeech/convnext.yaml \
+$PY -m rvqcodec export "$RUN" "$OUT/$AS.pt" --as-$AS --recipe "$RECIPE" \
     --note "Continued on a GPU from $INIT at batch $BATCH ($ESTIMATOR estimator)."
 cp "$RUN/log.jsonl" "$OUT/log.jsonl"
 STATE=$(ls "$RUN"/checkpoints/step_*.pt | tail -1)

@@ -37,7 +37,8 @@ def snapshot_steps(steps: int) -> list[int]:
 
 
 def codebook_snapshot(codec, step: int) -> dict[str, Any]:
-    """Every stage's codebook state: ``embed`` (n_q, K, d) float32 code vectors (code space), ``cluster_size``
+    """Every stage's codebook state: ``embed`` (n_q, K, d) float32 code vectors (code space; for a ``"transform"``
+    codebook the codes it quantizes to, ``vectors()``, not its base), ``cluster_size``
     (n_q, K) float32 EMA usage (frames per step), ``replaced_total`` (n_q,) int64 dead-code replacements so far,
     ``initialized`` (n_q,) bool."""
     import torch
@@ -46,7 +47,7 @@ def codebook_snapshot(codec, step: int) -> dict[str, Any]:
     return {
         "format": SNAPSHOT_FORMAT,
         "step": int(step),
-        "embed": torch.stack([b.embed.detach().float().cpu() for b in books]),
+        "embed": torch.stack([b.vectors().detach().float().cpu() for b in books]),
         "cluster_size": torch.stack([b.cluster_size.detach().float().cpu() for b in books]),
         "replaced_total": torch.stack([b.replaced_total.detach().long().cpu() for b in books]),
         "initialized": torch.stack([b.initialized.detach().bool().cpu() for b in books]),

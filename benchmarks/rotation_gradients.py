@@ -15,7 +15,8 @@ at each number of stages in ``--stages``, this measures:
 * at the encoder output z (the whole latent): the cosine and norm ratio between the gradient under the rotation
   trick in every stage and under STE in every stage; the same with the rotation trick in one stage k only (the
   others STE), which says where the difference comes from; and with the *cumulative* rotation (one rotation from
-  z onto the reconstruction Σ q_k, ``estimator_scope="cumulative"``).
+  z onto the reconstruction Σ q_k, ``estimator_scope="cumulative"``), and with ``grit_rotation`` in every stage
+  (the rotation trick on the GRIT-moved latent, the default estimator).
 
 Writes ``rotation_gradients.json`` and ``rotation_gradients.md`` into ``--out``
 (default ``benchmarks/results/rotation-gradients``).
@@ -128,6 +129,7 @@ def run(args: argparse.Namespace) -> dict:
         ste = latent_gradient(codec, latent, wav, n_q, loss_fn, ["ste"] * n_total)
         rot = latent_gradient(codec, latent, wav, n_q, loss_fn, ["rotation"] * n_total)
         cumulative = latent_gradient(codec, latent, wav, n_q, loss_fn, ["rotation"] * n_total, scope="cumulative")
+        grit = latent_gradient(codec, latent, wav, n_q, loss_fn, ["grit_rotation"] * n_total)
         single = []
         for k in range(n_q):
             names = ["ste"] * n_total
@@ -139,11 +141,12 @@ def run(args: argparse.Namespace) -> dict:
             "n_q": n_q,
             "rotation_vs_ste": {"cos": cosine(rot, ste), "norm_ratio": float(rot.norm() / ste.norm())},
             "cumulative_vs_ste": {"cos": cosine(cumulative, ste), "norm_ratio": float(cumulative.norm() / ste.norm())},
+            "grit_rotation_vs_ste": {"cos": cosine(grit, ste), "norm_ratio": float(grit.norm() / ste.norm())},
             "rotation_in_one_stage": single,
             "stages": stage_geometry(codec, latent, wav, n_q, loss_fn),
         })
         print(f"n_q={n_q}: cos(rotation, STE) at the latent {cosine(rot, ste):.3f}, "
-              f"cumulative {cosine(cumulative, ste):.3f}", file=sys.stderr)
+              f"cumulative {cosine(cumulative, ste):.3f}, grit_rotation {cosine(grit, ste):.3f}", file=sys.stderr)
     return result
 
 
@@ -153,11 +156,12 @@ def markdown(result: dict) -> str:
              f"{result['seconds']:g} s, the training reconstruction loss. Forward values are identical for every "
              "estimator; only the gradient at the encoder output differs.", ""]
     for block in result["by_stages"]:
-        r, c = block["rotation_vs_ste"], block["cumulative_vs_ste"]
+        r, c, g = block["rotation_vs_ste"], block["cumulative_vs_ste"], block["grit_rotation_vs_ste"]
         lines += [f"## {block['n_q']} stages", "",
                   f"At the latent: cos(rotation in every stage, STE) = {r['cos']:.3f} (norm ratio "
                   f"{r['norm_ratio']:.2f}); cumulative rotation vs STE: cos {c['cos']:.3f} (norm ratio "
-                  f"{c['norm_ratio']:.2f}).", "",
+                  f"{c['norm_ratio']:.2f}); grit_rotation in every stage vs STE: cos {g['cos']:.3f} (norm ratio "
+                  f"{g['norm_ratio']:.2f}).", "",
                   "| stage | cos(e, q) | ‖q‖/‖e‖ (median) | rel. QE | local cos(λRᵀg, g) | local norm ratio | "
                   "latent cos, rotation in this stage only |",
                   "|---:|---:|---:|---:|---:|---:|---:|"]

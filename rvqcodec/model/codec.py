@@ -89,8 +89,9 @@ which :func:`adapt_state_dict` maps onto the new frequency grid. How a non-causa
 def incompatible_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     """Config fields (``CodecConfig.to_dict()`` form) in which ``wanted`` differs from ``saved`` other than the
     :data:`TRAINING_ONLY_FIELDS`, the :data:`ADAPTED_FIELDS`, the :data:`GROWN_FIELDS` switched on from off and
-    ``codebook_learning`` changed from ``"ema"`` or ``"grad"`` (the codes carry over), sorted: weights saved under ``saved`` can continue training as ``wanted`` only when this is empty. A field that
-    ``saved`` lacks (a checkpoint older than the field) counts as its default, which is what that model computed."""
+    ``codebook_learning`` changed from ``"ema"`` or ``"grad"`` (the codes carry over), sorted: weights saved under
+    ``saved`` can continue training as ``wanted`` only when this is empty. A field that ``saved`` lacks (a
+    checkpoint older than the field) counts as its default, which is what that model computed."""
     saved, grown = with_defaults(saved), grown_fields(saved, wanted)
     differ = sorted(k for k, v in wanted.items() if saved.get(k) != v and k not in TRAINING_ONLY_FIELDS
                     and k not in ADAPTED_FIELDS and k not in grown)

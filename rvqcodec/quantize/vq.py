@@ -38,8 +38,9 @@ class VectorQuantizer(nn.Module):
         dim: channels D of the input.
         codebook_size: number of codes K.
         codebook_dim: factorised code dimension (DAC-style low-dimensional codes); None = ``dim``.
-        estimator: one of ``"rotation"`` (default), ``"rotation_noscale"``, ``"rotation_clamped"``, ``"ste"``,
-            ``"grit"``, ``"grit_rotation"`` (see :mod:`rvqcodec.quantize.estimators`).
+        estimator: one of ``"grit_rotation"`` (default: the best rotation-family arm of the 4000-step ablation,
+            docs/ablation), ``"rotation"`` (the shipped model's), ``"rotation_noscale"``, ``"rotation_clamped"``,
+            ``"ste"``, ``"grit"`` (see :mod:`rvqcodec.quantize.estimators`).
         scale_clamp: bounds on ‖q‖/‖e‖ for the rotation estimators (see :func:`rotation_trick`).
         grit_radius: τ of the GRIT radius ρ(δ) = τ‖e‖·tanh(δ/(τ‖e‖)) (``"grit"``, ``"grit_rotation"``; see
             :func:`grit_surrogate`). 1.0 is this project's choice, not a value from the paper.
@@ -55,7 +56,7 @@ class VectorQuantizer(nn.Module):
         dim: int,
         codebook_size: int,
         codebook_dim: int | None = None,
-        estimator: str = "rotation",
+        estimator: str = "grit_rotation",
         scale_clamp: tuple[float, float] | None = None,
         grit_radius: float = DEFAULT_GRIT_RADIUS,
         commitment_weight: float = 1.0,

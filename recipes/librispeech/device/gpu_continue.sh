@@ -11,7 +11,8 @@
 # (state.pt.part-aa, -ab, ...: `cat state.pt.part-* > step.pt` gives back a state that train.resume=true continues).
 # Settings (environment): MINUTES (training minutes, default 6), BATCH (default 128), LR (default 5e-4),
 # INIT (checkpoint to start from, default the shipped model), RUN (run folder, default runs/gpu-continue),
-# ESTIMATOR (rotation, the default model's, or ste: docs/ablation/README.md found STE better on this model),
+# ESTIMATOR (default grit_rotation, the best rotation-family arm of docs/ablation; rotation is the shipped model's,
+# ste the baseline),
 # EXTRA (more recipe overrides, space-separated, e.g. "model.quantizer_dropout=1.0 model.rate_conditioning=true"),
 # RECIPE (default recipes/librispeech/convnext.yaml). With RECIPE=recipes/librispeech/convnext-causal.yaml the same
 # call trains the streaming model from the shipped default (its head resampled, docs/streaming.md) and sends it
@@ -23,7 +24,7 @@ BATCH=${BATCH:-128}
 LR=${LR:-5e-4}
 INIT=${INIT:-rvqcodec/pretrained/default.pt}
 RUN=${RUN:-runs/gpu-continue}
-ESTIMATOR=${ESTIMATOR:-rotation}
+ESTIMATOR=${ESTIMATOR:-grit_rotation}
 RECIPE=${RECIPE:-recipes/librispeech/convnext.yaml}
 case "$RECIPE" in
   *causal*) AS=streaming ;;

@@ -348,7 +348,8 @@ def test_gradient_and_transform_codebook_arms_start_from_the_shared_warm_up_and_
         codec = Codec.load(run / "codec.pt")
         books = [layer.codebook for layer in codec.quantizer.layers]
         assert all(b.learning == learning and b.is_initialized() for b in books)
-        first, last = read_snapshots(run)[0], read_snapshots(run)[-1]
+        snapshots = read_snapshots(run)
+        first, last = snapshots[0], snapshots[-1]
         final = torch.stack([b.vectors().detach().float() for b in books])
         torch.testing.assert_close(last["embed"], final)
         assert (final - first["embed"]).abs().amax() > 1e-4  # the codes moved after step 1

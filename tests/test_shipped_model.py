@@ -27,7 +27,8 @@ raise these to the new model's scores minus a margin."""
 
 CLIP_SECONDS = 5.0
 CLIP_FLOORS = {
-    # clip (beside the speech-dev folder of the speech_root fixture, i.e. under ../shared/data): (PESQ-WB, STOI) of model bc1902373f6f0fb9 at 6 kbps on its first 5 s
+    # clip, relative to the folder holding the speech_root fixture (../shared/data): (PESQ-WB, STOI) of model
+    # bc1902373f6f0fb9 at 6 kbps on its first 5 s
     "speech-dev/LibriSpeech/dev-clean/1272/128104/1272-128104-0000.flac": (2.59, 0.917),
     "speech-dev/LibriSpeech/dev-clean/6000/55211/6000-55211-0000.flac": (3.03, 0.902),
     "speech-dev/LibriSpeech/dev-clean/6415/100596/6415-100596-0000.flac": (3.55, 0.930),

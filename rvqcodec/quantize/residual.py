@@ -139,11 +139,9 @@ class ResidualVQ(nn.Module):
             n_use = self._check_n_q(n_q)
         track = self.training or self.record_eval_stats
         cumulative = self.estimator_scope == "cumulative"
-        residual = z
+        residual = z.detach() if cumulative else z  # cumulative: the encoder gets only the estimator below
         quantized = torch.zeros_like(z)
         codes, commit, codebook = [], [], []
-        if cumulative:  # the stages' chain starts from sg(z): the encoder gets only the estimator below
-            residual = z.detach()
         for k, layer in enumerate(self.layers[:n_use]):
             if cumulative and k == 0:  # stage 1's commitment loss still reaches the encoder
                 out = layer(z, mask=mask, track_stats=track, input_grad=False)

@@ -16,10 +16,12 @@ audio equals ``codec.decode`` of all the codes (``F·hop`` samples; float roundi
 
 * encoder: frame ``t``'s STFT window is the ``stem_n_fft`` samples ending with sample ``(t+1)·hop`` (zeros before
   the signal). The encoder keeps the last ``stem_n_fft - hop`` samples and the unfinished frame's samples, and
-  runs the stem, the ConvNeXt stack (each causal convolution reading its cached previous input frames,
-  :meth:`rvqcodec.model.convnext.ConvNeXtStack.new_cache`) and the quantizer on the completed frames only.
-  :meth:`StreamEncoder.flush` zero-pads the unfinished frame, as ``Codec.encode`` pads the signal to whole frames;
-* decoder: the codes' latents go through the causal ConvNeXt stack (cached likewise) and the inverse-STFT head.
+  runs the stem on the completed frames, then the ConvNeXt stack and the quantizer frame by frame
+  (:mod:`rvqcodec.model.frame_by_frame`: each causal convolution reads a window of its last input frames, the
+  weights are folded for one frame). :meth:`StreamEncoder.flush` zero-pads the unfinished frame, as
+  ``Codec.encode`` pads the signal to whole frames;
+* decoder: each frame's latent (a sum of looked-up decoded codes) goes through the causal ConvNeXt stack (frame by
+  frame likewise) and the inverse-STFT head.
   Head frame ``t``'s windowed inverse FFT covers output samples ``[(t+1)·hop - head_n_fft, (t+1)·hop)``, so after
   frame ``t`` the samples before ``(t+1)·hop - (head_n_fft - hop)`` have every window they will get: they are
   divided by the overlap-added squared window (the offline normaliser) and returned; the ``head_n_fft - hop``
@@ -42,7 +44,8 @@ import numpy as np
 import torch
 
 from rvqcodec.errors import InputError
-from rvqcodec.model.spectral import overlap_add, synthesis_frames
+from rvqcodec.model.frame_by_frame import FrameQuantizer, FrameStack, decoded_code_tables
+from rvqcodec.model.spectral import synthesis_frames
 
 if TYPE_CHECKING:  # pragma: no cover
     from rvqcodec.model.codec import Codec
@@ -110,7 +113,8 @@ class StreamEncoder:
         self._device = _device(codec)
         self._history = self.n_fft - self.hop  # samples before a frame that its window reads
         self._buffer = torch.zeros(self._history, device=self._device)  # history + the unfinished frame
-        self._cache = codec.encoder.net.new_cache(device=self._device)
+        self._stack = FrameStack(codec.encoder.net, codec.encoder.net.proj_out)
+        self._quantizer = FrameQuantizer(codec.quantizer, self.n_q)
         self.samples_in = 0
         self.frames_out = 0
         self._finished = False
@@ -144,10 +148,10 @@ class StreamEncoder:
         used = self._history + n_frames * self.hop
         windows = self._buffer[:used].unfold(0, self.n_fft, self.hop)  # (n_frames, n_fft)
         self._buffer = self._buffer[n_frames * self.hop:]
-        encoder = self.codec.encoder
         with torch.inference_mode():
-            latent = encoder.net(encoder.stem.from_frames(windows[None]), cache=self._cache)
-            codes = self.codec.quantizer.encode(latent, self.n_q)[0]
+            features = self.codec.encoder.stem.from_frames(windows[None])[0]  # (3·bins, n_frames)
+            codes = torch.stack([self._quantizer.encode(self._stack.step(features[:, t])) for t in range(n_frames)],
+                                dim=1)
         self.frames_out += n_frames
         return codes.cpu().numpy()
 
@@ -170,10 +174,8 @@ class StreamDecoder:
         self._tail = torch.zeros(self._overhang, device=self._device)  # overlap-add sums not yet final
         self._tail_weight = torch.zeros(self._overhang, device=self._device)  # their squared-window sums
         self._to_drop = self._overhang  # the first windows' samples before the signal's start
-        self._cache = codec.decoder.net.new_cache(device=self._device)
-        with torch.inference_mode():  # every stage's decoded codes, looked up instead of projected per frame
-            codes = torch.arange(codec.config.codebook_size, device=self._device)[None]
-            self._tables = torch.stack([stage.decode(codes)[0].T for stage in codec.quantizer.layers])  # (S, K, D)
+        self._tables = decoded_code_tables(codec.quantizer)  # (S, K, D): a frame's latent is a sum of rows
+        self._stack: FrameStack | None = None  # made on the first push, when the stream's stage count is known
         self.n_q: int | None = None
         self.frames_in = 0
         self.samples_out = 0
@@ -200,21 +202,26 @@ class StreamDecoder:
             return np.zeros(0, dtype=np.float32)
         if int(codes.min()) < 0 or int(codes.max()) >= self._tables.shape[1]:
             raise ValueError(f"codes must lie in [0, {self._tables.shape[1]})")
-        decoder = self.codec.decoder
+        if self._stack is None:
+            decoder = self.codec.decoder
+            self._stack = FrameStack(decoder.net, decoder.head.proj, decoder.conditioning(n_q))
         with torch.inference_mode():
             stages = torch.arange(n_q, device=self._device)[:, None]
-            latent = self._tables[stages, codes.long().to(self._device)].sum(0).T[None]  # (1, D, n_frames)
-            x = decoder.net(latent, decoder.conditioning(n_q, latent.dtype), cache=self._cache, exact=False)
-            frames = synthesis_frames(decoder.head.spectrum(x), self._window)  # (1, n_frames, n_fft)
-            audio = overlap_add(frames, self.hop)[0]  # output samples from frames_in·hop - overhang on
-            weight = overlap_add(self._window_sq.expand(1, n_frames, -1), self.hop)[0]
-            audio[:self._overhang] += self._tail
-            weight[:self._overhang] += self._tail_weight
-            final = n_frames * self.hop
-            self._tail, self._tail_weight = audio[final:], weight[final:]
-            out = audio[:final] / weight[:final].clamp_min(1e-8)
+            latents = self._tables[stages, codes.long().to(self._device)].sum(0)  # (n_frames, D)
+            out = torch.cat([self._synthesise(latent) for latent in latents])
         self.frames_in += n_frames
         return self._emit(out)
+
+    def _synthesise(self, latent: torch.Tensor) -> torch.Tensor:
+        """One frame's latent ``(D,)`` -> the ``hop`` output samples it makes final (``frames_in·hop - overhang``
+        on); its window's later samples join the overlap-add tail."""
+        head = self.codec.decoder.head
+        audio = synthesis_frames(head.to_spectrum(self._stack.step(latent)), self._window)  # (n_fft,)
+        weight = self._window_sq.clone()
+        audio[:self._overhang] += self._tail
+        weight[:self._overhang] += self._tail_weight
+        self._tail, self._tail_weight = audio[self.hop:], weight[self.hop:]
+        return audio[:self.hop] / weight[:self.hop].clamp_min(1e-8)
 
     def flush(self) -> np.ndarray:
         """End of the codes: the overlap-add tail (``head_n_fft - hop`` samples) normalised by the windows it got,

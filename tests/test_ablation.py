@@ -182,6 +182,31 @@ def test_an_ablation_may_grow_by_arms_but_not_change_one(micro_run, tmp_path):
         prepare_run_dir(changed)
 
 
+def test_an_ablation_may_grow_by_selected_arms_and_seeds_but_not_drop_one(micro_run, tmp_path):
+    """``ablation.arms`` / ``ablation.seeds`` that keep every saved one and add more: the finished runs stay (a
+    third seed, or an arm of the file not selected before); dropping a seed or changing another setting is refused."""
+    copy = tmp_path / "run"
+    shutil.copytree(micro_run, copy, ignore=shutil.ignore_patterns("*.png"))
+    saved = read_saved_spec(copy)
+    saved = dataclasses.replace(saved, settings=dataclasses.replace(saved.settings, run_dir=str(copy)))
+    extra = dataclasses.replace(saved.arms[0], name="extra", label="one more arm")
+    first = [arm.name for arm in saved.selected_arms()]
+    with_file_arm = dataclasses.replace(saved, arms=[*saved.arms, extra],
+                                        settings=dataclasses.replace(saved.settings, arms=first))
+    prepare_run_dir(with_file_arm)  # the same selection, one more arm in the file
+    seeds = [*saved.settings.seeds, max(saved.settings.seeds) + 1]
+    grown = dataclasses.replace(with_file_arm, settings=dataclasses.replace(
+        with_file_arm.settings, arms=[*first, "extra"], seeds=seeds))
+    prepare_run_dir(grown)
+    assert read_saved_spec(copy).settings.seeds == seeds
+    assert read_saved_spec(copy).settings.arms == [*first, "extra"]
+    for shrunk in (dataclasses.replace(grown.settings, seeds=seeds[1:]),
+                   dataclasses.replace(grown.settings, arms=[*first[1:], "extra"]),
+                   dataclasses.replace(grown.settings, eval_max_seconds=1.0)):
+        with pytest.raises(ValueError, match="holds a different ablation"):
+            prepare_run_dir(dataclasses.replace(grown, settings=shrunk))
+
+
 def test_diverged_and_missing_seeds_are_counted_not_averaged(micro_run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(micro_run, copy, ignore=shutil.ignore_patterns("*.png"))

@@ -20,6 +20,7 @@ from rvqcodec.cli import main
 from rvqcodec.data.wav_pipe import read_wav_header, to_pcm16, wav_stream_header
 from rvqcodec.live import PacketDecoder, PacketEncoder
 from rvqcodec.model.codec import Codec, CodecConfig
+from rvqcodec.model.frame_by_frame import FrameQuantizer
 from rvqcodec.packets import (
     HEADER_SIZE,
     PACKET_OVERHEAD,
@@ -33,6 +34,7 @@ from rvqcodec.packets import (
     pack_frames,
     unpack_frames,
 )
+from rvqcodec.quantize.residual import ResidualVQ
 from rvqcodec.realtime import (
     NotStreamableError,
     StreamDecoder,
@@ -116,6 +118,26 @@ def test_streaming_equals_offline_for_the_full_size_preset(signal):
     codes, audio = _streamed(codec, signal[:8000 + 5], 12, _piece_sizes("random", np.random.default_rng(4)))
     np.testing.assert_array_equal(codes, codes_ref)
     np.testing.assert_allclose(audio, audio_ref, rtol=1e-5, atol=1e-5 * np.abs(audio_ref).max())
+
+
+@pytest.mark.parametrize("options", [dict(codebook_dim=8), dict(codebook_dim=8, l2_normalize_lookup=True),
+                                     dict(codebook_dim=8, learning="transform"), dict()])
+def test_frame_quantizer_picks_the_codes_of_the_residual_quantizer(options):
+    """Factorised or not, cosine lookup, transform codebooks: one frame at a time, the same codes as
+    ``ResidualVQ.encode`` on trained-like codebooks (k-means on the data they code; enough of it that no two codes
+    coincide, where float rounding would decide between them)."""
+    torch.manual_seed(7)
+    quantizer = ResidualVQ(32, n_q=6, codebook_size=64, **options)
+    latents = torch.randn(8, 32, 200) * torch.linspace(0.2, 3.0, 32)[None, :, None]  # k-means: distinct codes
+    quantizer.train()
+    quantizer(latents)  # k-means initialisation, one EMA update
+    quantizer.eval()
+    with torch.inference_mode():
+        offline = quantizer.encode(latents[:1], 5)[0]  # (5, 200)
+        frame_quantizer = FrameQuantizer(quantizer, 5)
+        framed = torch.stack([frame_quantizer.encode(latents[0, :, t]) for t in range(200)], dim=1)
+    assert offline.unique().numel() > 20  # codes that vary: the comparison says something
+    torch.testing.assert_close(framed, offline, rtol=0, atol=0)
 
 
 def test_edges_whole_frames_short_signals_and_empty_pushes(small):

@@ -11,10 +11,8 @@ A block maps ``(B, C, F) -> (B, C, F)`` (channel-first frames, e.g. 50 frames/s)
 and a stack of blocks is streamable frame by frame; otherwise the padding is centred (``(k - 1) / 2`` frames
 each side). Nothing else in the block looks across time.
 
-**Streaming** (causal only): a causal convolution's zero padding is the ``k - 1`` input frames before the first
-one. Passing a *cache* (:meth:`ConvNeXtStack.new_cache`: per convolution its last ``k - 1`` input frames, zeros at
-the start) puts the frames seen before in their place and updates it, so frames fed in pieces of any size give
-exactly what one pass over all of them gives, at one frame's compute per frame (:mod:`rvqcodec.realtime`).
+**Streaming** (causal only): :class:`rvqcodec.model.frame_by_frame.FrameStack` runs a causal stack one frame at
+a time, each convolution reading a window of its last ``k`` input frames (zeros at the start: this padding).
 """
 from __future__ import annotations
 
@@ -50,20 +48,8 @@ class ConvNeXtBlock(nn.Module):
         self.pwconv2 = nn.Linear(hidden, dim)
         self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale))) if layer_scale is not None else None
 
-    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None, exact: bool = True) -> torch.Tensor:
-        """``past``: causal only, the ``(B, C, kernel_size - 1)`` input frames before ``x`` (None: zeros, the
-        start of a signal). ``exact=False`` (causal only) computes the depthwise convolution as a product and sum
-        over each frame's window instead of ``conv1d``: equal up to float rounding (~1e-7), not bit for bit, and
-        several times faster for the one or two frames of a streaming step."""
-        if self.causal:
-            x_padded = F.pad(x, self.padding) if past is None else torch.cat([past, x], dim=-1)
-        else:
-            x_padded = x
-        if exact or not self.causal:
-            y = self.dwconv(x_padded)
-        else:
-            windows = x_padded.unfold(-1, self.dwconv.kernel_size[0], 1)  # (B, C, F, k)
-            y = (windows * self.dwconv.weight).sum(-1) + self.dwconv.bias[:, None]
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(F.pad(x, self.padding) if self.causal else x)
         y = y.transpose(1, 2)  # (B, F, C)
         y = self.pwconv2(F.gelu(self.pwconv1(self.norm(y)), approximate="tanh"))
         if self.gamma is not None:
@@ -99,45 +85,14 @@ class ConvNeXtStack(nn.Module):
         self.receptive_field = in_kernel - 1 + n_blocks * (kernel_size - 1)
         """Frames of context in all (left only when causal)."""
 
-    def new_cache(self, batch: int = 1, device: torch.device | str | None = None,
-                  dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
-        """The streaming state at the start of a signal (causal stacks only): per causal convolution (the input
-        projection, then each block's depthwise convolution) its ``kernel - 1`` previous input frames, all zeros
-        (the offline padding). Pass it to :meth:`forward` for every piece of one signal, in order."""
-        if not self.causal:
-            raise ValueError("only a causal ConvNeXt stack can run frame by frame (it has no look-ahead)")
-        sizes = [(self.proj_in.in_channels, self.proj_in.kernel_size[0] - 1)]
-        sizes += [(block.dwconv.in_channels, block.padding[0]) for block in self.blocks]
-        return [torch.zeros(batch, channels, frames, device=device, dtype=dtype) for channels, frames in sizes]
-
-    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: list[torch.Tensor] | None = None, exact: bool = True) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, film: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``film``: optional ``(scale, shift)``, each ``(dim,)``, applied to every frame after the input
-        projection and its LayerNorm as ``x · (1 + scale) + shift`` (a conditioning, e.g. on the bitrate).
-        ``cache``: streaming (causal only; :meth:`new_cache`): ``x`` continues the frames of the earlier calls,
-        whose last inputs the cache holds; updated in place. ``exact=False``: the blocks' faster depthwise
-        convolution, equal up to float rounding (:meth:`ConvNeXtBlock.forward`)."""
-        if cache is None:
-            x = self.proj_in(F.pad(x, self.in_padding))
-        else:
-            x = self.proj_in(_continue(cache, 0, x))
+        projection and its LayerNorm as ``x · (1 + scale) + shift`` (a conditioning, e.g. on the bitrate)."""
+        x = self.proj_in(F.pad(x, self.in_padding))
         x = self.norm_in(x.transpose(1, 2)).transpose(1, 2)
         if film is not None:
             scale, shift = film
             x = x * (1.0 + scale)[:, None] + shift[:, None]
-        for i, block in enumerate(self.blocks, start=1):
-            if cache is None:
-                x = block(x)
-            else:
-                past = cache[i]
-                cache[i] = torch.cat([past, x], dim=-1)[..., x.shape[-1]:]
-                x = block(x, past, exact)
+        for block in self.blocks:
+            x = block(x)
         return self.proj_out(self.norm_out(x.transpose(1, 2))).transpose(1, 2)
-
-
-def _continue(cache: list[torch.Tensor], index: int, x: torch.Tensor) -> torch.Tensor:
-    """``x`` with the cached input frames before it (what a causal convolution reads instead of zero padding);
-    the cache entry becomes the last frames of the result."""
-    extended = torch.cat([cache[index], x], dim=-1)
-    cache[index] = extended[..., x.shape[-1]:]
-    return extended

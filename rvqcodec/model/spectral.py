@@ -130,9 +130,13 @@ class ISTFTHead(nn.Module):
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, dim, F)`` -> complex ``(B, F, n_bins)`` (float32)."""
-        log_mag, phase = self.proj(x.transpose(1, 2)).float().chunk(2, dim=-1)
-        mag = torch.exp(log_mag.clamp(max=self.max_log_mag))
-        return torch.polar(mag, phase)
+        return self.to_spectrum(self.proj(x.transpose(1, 2)))
+
+    def to_spectrum(self, projected: torch.Tensor) -> torch.Tensor:
+        """The projection's output ``(..., 2·n_bins)`` (log-magnitudes, then phases) -> complex ``(..., n_bins)``
+        (float32)."""
+        log_mag, phase = projected.float().chunk(2, dim=-1)
+        return torch.polar(torch.exp(log_mag.clamp(max=self.max_log_mag)), phase)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = self.spectrum(x)

@@ -30,8 +30,10 @@ and ``train.seed`` / ``train.run_dir`` / ``train.resume`` (set per run), cannot 
     report.md, plots/*.png              written by :mod:`.report`
 
 A run whose ``status.json`` says it finished is never retrained: rerunning the same command only trains what is
-missing (an interrupted run is restarted from scratch) and rewrites the report. ``--report-only RUN_DIR``
-rebuilds the report from these files alone.
+missing (an interrupted run is restarted from scratch) and rewrites the report. The same holds for an ablation that
+grows, by arms (in the file, or in ``ablation.arms``) or by ``ablation.seeds``, keeping every saved one unchanged: a
+third seed or another arm joins the folder's report. ``--report-only RUN_DIR`` rebuilds the report from these files
+alone.
 
 **Evaluation** (after training, on ``data.valid_subset``, never trained on): the first ``eval_max_files`` files
 (sorted by path, gain-normalised as in training) cut to ``eval_max_seconds``. With all stages: per-stage

@@ -123,13 +123,14 @@ def prepare_run_dir(spec: AblationSpec) -> None:
     """Create the run folder and its ``ablation.yaml``, or check that an existing one holds the same ablation.
 
     A folder whose runs have not finished any run yet (e.g. the first run failed on a wrong ``data.root``) takes the
-    new ablation, and so does one whose ablation only gains arms (every saved arm kept as it was: its finished runs
-    stay valid, only the new arms train); otherwise a different ablation is refused with a ``ValueError``."""
+    new ablation, and so does one whose ablation only gains arms or seeds (in the file or in the selection; every
+    saved arm kept as it was: its finished runs stay valid, only the new runs train); otherwise a different ablation
+    is refused with a ``ValueError``."""
     path = spec.run_dir / SPEC_FILE
     if path.is_file():
         old, new = read_saved_spec(spec.run_dir).identity(), spec.identity()
         if old != new:
-            if finished_runs(spec.run_dir) and not _only_adds_arms(old, new):
+            if finished_runs(spec.run_dir) and not _only_grows(old, new):
                 differ = [k for k in new if old.get(k) != new.get(k)]
                 raise ValueError(f"{spec.run_dir} holds a different ablation (differs in: {', '.join(differ)}); "
                                  "choose another ablation.run_dir or remove that folder")
@@ -140,11 +141,22 @@ def prepare_run_dir(spec: AblationSpec) -> None:
     atomic_write_text(path, dump_spec(spec), parents=True)
 
 
-def _only_adds_arms(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    """True when identity ``new`` is ``old`` plus new arms: everything else equal, every saved arm still there
-    unchanged (``AblationSpec.identity`` dicts)."""
-    same_rest = all(old.get(k) == new.get(k) for k in {*old, *new} - {"arms"})
-    return same_rest and all(arm in new["arms"] for arm in old["arms"])
+def _only_grows(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when identity ``new`` is ``old`` grown by arms or seeds: everything else equal, every saved arm's
+    definition unchanged, the saved selection of arms (``ablation.arms``; null: all of the file's) and of seeds
+    kept in the new one (``AblationSpec.identity`` dicts). The finished runs of the saved ablation are then runs of
+    the new one."""
+    def rest(identity: dict[str, Any]) -> dict[str, Any]:
+        settings = {k: v for k, v in identity["ablation"].items() if k not in ("arms", "seeds")}
+        return {**identity, "ablation": settings, "arms": None}
+
+    def selected(identity: dict[str, Any]) -> set[str]:
+        chosen = identity["ablation"]["arms"]
+        return {arm["name"] for arm in identity["arms"]} if chosen is None else set(chosen)
+
+    definitions = {arm["name"]: arm for arm in new["arms"]}
+    return (rest(old) == rest(new) and all(definitions.get(arm["name"]) == arm for arm in old["arms"])
+            and selected(old) <= selected(new) and set(old["ablation"]["seeds"]) <= set(new["ablation"]["seeds"]))
 
 
 def _clear_unfinished(run_path: Path, runs_root: Path) -> None:

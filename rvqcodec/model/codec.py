@@ -81,9 +81,10 @@ prefix of those parameters' state-dict names: a model trained with the switch of
 
 ADAPTED_FIELDS = frozenset({"causal", "head_n_fft"})
 """Fields of the frame-rate family whose change keeps every weight's meaning close enough to start from: the
-padding side (``causal``) changes no shape; a new ``head_n_fft`` changes only the inverse-STFT head's projection,
-which :func:`adapt_state_dict` maps onto the new frequency grid. How a non-causal model becomes a causal one
-(``train.init_from``); the fine-tune then learns the rest."""
+padding side (``causal``) changes no shape (:func:`adapt_state_dict` cuts the centred kernels to their past and
+present taps); a new ``head_n_fft`` changes only the inverse-STFT head's projection, which it maps onto the new
+frequency grid. How a non-causal model becomes a causal one (``train.init_from``); the fine-tune then learns the
+rest."""
 
 
 def incompatible_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
@@ -106,18 +107,41 @@ def incompatible_fields(saved: dict[str, Any], wanted: dict[str, Any]) -> list[s
 def adapt_state_dict(state: dict[str, torch.Tensor], saved: dict[str, Any],
                      wanted: dict[str, Any]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """``state`` (saved under config ``saved``) made to fit a model of config ``wanted`` when they differ in
-    :data:`ADAPTED_FIELDS` -> ``(state, names of the adapted entries)``.
+    :data:`ADAPTED_FIELDS` -> ``(state, names of the adapted entries)``. Frame-rate models only.
 
-    A new ``head_n_fft`` resamples the head's projection (``decoder.head.proj``: log-magnitudes then phases, one
-    row per frequency bin) onto the new bins by linear interpolation in frequency, and shifts the log-magnitude
-    bias by ``log(new / old)`` (a Hann window's gain is proportional to its length), so the adapted head starts
-    near the old one's spectra instead of from noise. Everything else is returned as it is.
+    * **Non-causal -> causal**: a centred convolution of ``k`` frames used with causal padding would read its
+      ``(k - 1) / 2`` future taps from the past, delaying its output by that many frames (27 frames, 0.54 s, through
+      the default model's stacks). Each centred kernel (the stacks' depthwise and input convolutions) is cut to its
+      past and present taps, kept at their offsets: the causal model starts as the non-causal one without its look-
+      ahead, not as a delayed copy.
+    * **A new head window** (``head_n_fft``, or a causal head whose frames sit elsewhere): the head's projection
+      (log-magnitudes then phases, one row per frequency bin) is resampled onto the new bins by linear interpolation
+      in frequency, the log-magnitude bias shifted by ``log(new / old)`` (a Hann window's gain is proportional to its
+      length), and the phase bias given the linear ramp that puts a frame's content back where the old head put it
+      (the window centre moves within the frame, and with causal frames relative to the stem's). Measured on
+      dev-clean (tests/test_framerate.py): the adapted, untrained causal model decodes in time with its input.
     """
     saved = with_defaults(saved)
-    old_n, new_n = saved["head_n_fft"], wanted.get("head_n_fft", saved["head_n_fft"])
-    if old_n == new_n or wanted.get("architecture") != "convnext":
+    if wanted.get("architecture", saved["architecture"]) != "convnext":
         return state, []
     state, adapted = dict(state), []
+    to_causal = bool(wanted.get("causal")) and not saved["causal"]
+    if to_causal:
+        for name, value in state.items():
+            if (name.endswith("dwconv.weight") or name.endswith("net.proj_in.weight")) and value.shape[-1] > 1:
+                k, half = value.shape[-1], (value.shape[-1] - 1) // 2
+                kept = torch.zeros_like(value)
+                kept[..., k - 1 - half:] = value[..., :half + 1]  # offsets -half .. 0 -> the kernel's last taps
+                state[name] = kept
+                adapted.append(name)
+    old_n, new_n = saved["head_n_fft"], wanted.get("head_n_fft", saved["head_n_fft"])
+    shift = (new_n - old_n) / 2  # samples the content moves within a frame when the window centre does
+    if to_causal:
+        stem_n = saved["stem_n_fft"]
+        shift += (new_n - stem_n) / 2  # causal frames end with their block: the content of stem frame t sits
+        # at its centre, (t + 1)·hop - stem_n / 2, which is head-frame position new_n - stem_n / 2
+    if old_n == new_n and shift == 0:
+        return state, adapted
     old_bins, new_bins = old_n // 2 + 1, new_n // 2 + 1
     position = torch.linspace(0, old_bins - 1, new_bins)  # new bin k sits at old bin k · old_n / new_n
     below = position.floor().long().clamp(max=old_bins - 2)
@@ -128,6 +152,7 @@ def adapt_state_dict(state: dict[str, torch.Tensor], saved: dict[str, Any],
         resampled = halves[:, below] * (1 - frac) + halves[:, below + 1] * frac
         if name.endswith("bias"):
             resampled[0, :, 0] += math.log(new_n / old_n)
+            resampled[1, :, 0] -= 2 * math.pi * torch.arange(new_bins) * shift / new_n  # content `shift` later
         state[name] = resampled.reshape(2 * new_bins, *value.shape[1:]).to(state[name].dtype)
         adapted.append(name)
     return state, adapted

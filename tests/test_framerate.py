@@ -273,7 +273,7 @@ def test_a_causal_model_starts_from_the_shipped_one_in_time_with_its_input(speec
     over, its centred kernels cut to their past and present taps, its head resampled onto the 640-point grid with
     the phase ramp that keeps each frame's content in place. Untrained, it decodes real speech in time with the input
     (waveform cross-correlation peaking at lag 0; measured 0.42) and closer to it than with the kernels used as they
-    are (a 27-frame delay; measured mel distance 0.39 against 0.58) or with a fresh head (0.82)."""
+    are (a 28-frame delay; measured mel distance 0.39 against 0.58) or with a fresh head (0.82)."""
     import soundfile as sf
 
     from rvqcodec.metrics import mel_distance

@@ -110,7 +110,7 @@ def adapt_state_dict(state: dict[str, torch.Tensor], saved: dict[str, Any],
     :data:`ADAPTED_FIELDS` -> ``(state, names of the adapted entries)``. Frame-rate models only.
 
     * **Non-causal -> causal**: a centred convolution of ``k`` frames used with causal padding would read its
-      ``(k - 1) / 2`` future taps from the past, delaying its output by that many frames (27 frames, 0.54 s, through
+      ``(k - 1) / 2`` future taps from the past, delaying its output by that many frames (28 frames, 0.56 s, through
       the default model's stacks). Each centred kernel (the stacks' depthwise and input convolutions) is cut to its
       past and present taps, kept at their offsets: the causal model starts as the non-causal one without its look-
       ahead, not as a delayed copy.

@@ -19,6 +19,12 @@ asked for); the stream at a lower bitrate holds the first ``n_q`` stages of thos
 so this is exactly what compressing at that bitrate produces). Each stream is real ``.rvq`` bytes, decoded with
 :func:`rvqcodec.api.decompress`.
 
+``--reuse PREVIOUS/quality.json`` takes the rows that do not depend on the model (the classical codecs and the
+original speech) from an earlier run on the same files, cut the same way, scored with the same listener models
+and the same external tools, instead of running and scoring them again (an hour of CPU on speech-ood); each file
+and setting it lacks is run as usual. Comparing a new checkpoint against the classical codecs then costs only
+rvqcodec's own rows.
+
 Writes ``quality.json`` (settings, per-codec means, per-file scores), ``quality.md`` (the table and the
 targets) and ``quality_pesq_wb.png`` (PESQ-WB against measured kbps, one line per codec) into ``--out``.
 A missing external codec is skipped with a note (how to install it), never an error.
@@ -28,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
+import json
 import math
 import platform
 import statistics
@@ -189,11 +196,14 @@ def run_rvqcodec(codec, ref: np.ndarray, bitrates: list[float], path: Path, sett
 
 
 def run_external(codec: ext.ExternalCodec, ref: np.ndarray, path: Path, settings: dict[str, Setting],
-                 notes: list[str]) -> None:
-    """Every setting of an external codec on ``ref``; a tool failure becomes a note, not an error."""
+                 notes: list[str], reused: Reused | None = None) -> None:
+    """Every setting of an external codec on ``ref``; a tool failure becomes a note, not an error. A record in
+    ``reused`` (``--reuse``) is taken as it is instead of running the codec."""
     for s in codec.settings():
         if s.name not in settings:
             settings[s.name] = Setting(s.codec, s.name, s.nominal_kbps, s.description)
+        if reused is not None and reused.take(settings[s.name], path):
+            continue
         with tempfile.TemporaryDirectory(prefix="rvqbench-") as tmp:
             try:
                 coded = codec.run(ref, SCORE_RATE, s, Path(tmp))
@@ -202,6 +212,54 @@ def run_external(codec: ext.ExternalCodec, ref: np.ndarray, path: Path, settings
                 continue
         settings[s.name].per_file.append(_file_record(path, ref, coded.audio, coded.payload_bytes,
                                                       coded.file_bytes, coded.encode_seconds, coded.decode_seconds))
+
+
+REUSE_MUST_MATCH = (("config", "max_seconds"), ("config", "score_sample_rate"), ("config", "max_shift_seconds"),
+                    ("config", "perceptual"), ("environment", "ffmpeg"), ("environment", "amr_wb_encoder"))
+"""What an earlier result must share with this run for ``--reuse`` to take its records."""
+
+
+class Reused:
+    """The model-independent per-file records of an earlier ``quality.json`` (``--reuse``): the original speech's
+    row and the classical codecs', by ``(setting, shown file path)``.
+
+    Raises ``UserError`` (one line) when the file is unreadable or was made under other conditions
+    (:data:`REUSE_MUST_MATCH`: cut length, scoring rate and alignment, listener models, ffmpeg, AMR-WB encoder).
+    """
+
+    def __init__(self, path: Path, current: dict[str, dict]):
+        try:
+            previous = json.loads(Path(path).read_text())
+            config, records = previous["config"], previous["per_file"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"--reuse {path}: not a quality.json this script wrote ({exc})") from None
+        for section, key in REUSE_MUST_MATCH:
+            if key not in current[section]:  # the tools of codecs this run does not use
+                continue
+            ours, theirs = current[section][key], previous.get(section, {}).get(key)
+            if ours != theirs:
+                raise UserError(f"--reuse {path}: made with {section} {key} = {theirs!r}, this run has {ours!r}")
+        self.path = path
+        self.seconds = {f["file"]: f["seconds"] for f in config["files"]}
+        self.records = {(r["setting"], r["file"]): r for r in records if r["codec"] != "rvqcodec"}
+        self.taken = 0
+
+    def take(self, setting: Setting, path: Path) -> bool:
+        """Append the earlier record of ``setting`` on ``path`` to ``setting.per_file`` if there is one (for the
+        same file at the same length); False if this run must make it."""
+        name = shown_path(path)
+        record = self.records.get((setting.name, name))
+        if record is None:
+            return False
+        record = {k: v for k, v in record.items() if k not in ("codec", "setting")}
+        record.update({k: math.nan for k, v in record.items() if v is None})  # JSON null: an undefined score
+        setting.per_file.append(record)
+        self.taken += 1
+        return True
+
+    def covers(self, path: Path, seconds: float) -> bool:
+        """True if the earlier run scored ``path`` at this length (its records may then be taken)."""
+        return abs(self.seconds.get(shown_path(path), -1.0) - seconds) < 1e-9
 
 
 def _finite_mean(values: list[float]) -> float:
@@ -395,6 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--macro-by-folder", action="store_true",
                    help="average each metric over the top-level folders of --data first, then over folders (each "
                         "corpus of ../shared/data/speech-ood counts the same, as its README asks)")
+    p.add_argument("--reuse", metavar="JSON", type=Path, default=None,
+                   help="take the classical codecs' and the original speech's scores from an earlier quality.json "
+                        "of the same files (same cut, listener models and tools) instead of computing them again")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device for rvqcodec")
     p.add_argument("--threads", metavar="N", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
@@ -466,6 +527,14 @@ def run(args: argparse.Namespace) -> dict:
     groups = ({shown_path(p): p.relative_to(data_root).parts[0] if len(p.relative_to(data_root).parts) > 1 else "."
                for p in files} if args.macro_by_folder else None)
 
+    environment = {"python": platform.python_version(), "torch": torch.__version__,
+                   "ffmpeg": ext.ffmpeg_version(args.ffmpeg),
+                   "amr_wb_encoder": next((c.encoder_backend() for c in externals if c.name == "amr-wb"), None)}
+    run_config = {"max_seconds": max_seconds, "score_sample_rate": SCORE_RATE, "max_shift_seconds": MAX_SHIFT_SECONDS,
+                  "perceptual": PERCEPTUAL is not None}
+    reused = (Reused(args.reuse, {"config": run_config, "environment": environment if externals else {}})
+              if args.reuse else None)
+
     settings: dict[str, Setting] = {}
     file_info = []
     started = time.perf_counter()
@@ -480,18 +549,22 @@ def run(args: argparse.Namespace) -> dict:
         file_info.append({"file": shown_path(path), "seconds": ref.size / SCORE_RATE})
         print(f"[{i}/{len(files)}] {path.name} ({ref.size / SCORE_RATE:.1f} s, "
               f"{time.perf_counter() - started:.0f} s elapsed)", file=sys.stderr)
+        reuse_file = reused if reused is not None and reused.covers(path, ref.size / SCORE_RATE) else None
         if PERCEPTUAL is not None:
-            settings.setdefault(REFERENCE_SETTING, Setting(REFERENCE_SETTING, REFERENCE_SETTING, math.nan,
-                                                           "the unprocessed speech"))
-            settings[REFERENCE_SETTING].per_file.append(reference_record(path, ref))
+            original = settings.setdefault(REFERENCE_SETTING, Setting(REFERENCE_SETTING, REFERENCE_SETTING, math.nan,
+                                                                      "the unprocessed speech"))
+            if reuse_file is None or not reuse_file.take(original, path):
+                original.per_file.append(reference_record(path, ref))
         run_rvqcodec(codec, ref, bitrates, path, settings)
         for external in externals:
-            run_external(external, ref, path, settings, notes)
+            run_external(external, ref, path, settings, notes, reuse_file)
+    if reused is not None:
+        notes.append(f"{reused.taken} records of the original speech and the classical codecs reused from "
+                     f"{shown_path(reused.path)}")
 
     order = [REFERENCE_SETTING, "rvqcodec"] + [c.name for c in externals]
     rows = sorted((summarise(s, len(files), groups) for s in settings.values()),
                   key=lambda r: (order.index(r["codec"]), 0 if math.isnan(r["nominal_kbps"]) else r["nominal_kbps"]))
-    amrwb = next((c for c in externals if c.name == "amr-wb"), None)
     result = {
         "benchmark": "quality",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -501,13 +574,12 @@ def run(args: argparse.Namespace) -> dict:
             "bitrates_kbps": bitrates, "external_codecs": [c.name for c in externals],
             "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
                       "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
-            "out": shown_path(out_dir), "device": args.device, "threads": torch.get_num_threads(), "score_sample_rate": SCORE_RATE,
-            "max_shift_seconds": MAX_SHIFT_SECONDS, "perceptual": PERCEPTUAL is not None,
+            "out": shown_path(out_dir), "device": args.device, "threads": torch.get_num_threads(),
+            "score_sample_rate": SCORE_RATE, "max_shift_seconds": MAX_SHIFT_SECONDS, "perceptual": PERCEPTUAL is not None,
             "macro_by_folder": sorted(set(groups.values())) if groups else None,
+            "reused_from": shown_path(args.reuse) if args.reuse else None,
         },
-        "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                        "ffmpeg": ext.ffmpeg_version(args.ffmpeg),
-                        "amr_wb_encoder": amrwb.encoder_backend() if amrwb else None},
+        "environment": environment,
         "notes": notes,
         "results": rows,
         "targets": targets(rows),

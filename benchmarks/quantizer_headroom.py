@@ -12,7 +12,11 @@ For every file of ``--data`` (default: dev-clean), the model's decoder is fed
   training audio (``--fit-data``, default train-clean-100). It shows whether the trained codebooks still fit what
   the encoder emits, and whether the decoder has adapted to its own codebooks' errors.
 
-and scored with PESQ-WB and mel distance against the input. The latent itself is measured too: its principal-
+and scored against the input with PESQ-WB, mel distance, the waveform's normalised cross-correlation at lag 0 (1:
+the same waveform up to a gain; does the decoder reproduce phase) and the level ratio (RMS of the output over the
+input's). A decoder that is poor even on the unquantized latent has a synthesis problem that better codes will not
+fix; one trained with quantization on every batch may decode the unquantized latent worse than 16 stages (it has
+not seen it since its warm-up). The latent itself is measured too: its principal-
 component spectrum and the residual energy after k stages of either quantizer (relative to the latents' centred
 energy: 1 = nothing captured), on the same files. Writes ``headroom.md`` and ``headroom.json`` into ``--out``.
 """
@@ -25,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -91,13 +96,16 @@ def residual_energy(rvq: ResidualVQ, latent: torch.Tensor) -> list[float]:
 
 @torch.no_grad()
 def decode_scores(codec: Codec, latent: torch.Tensor, n_q: int, ref: torch.Tensor) -> dict[str, float]:
-    """PESQ-WB and mel distance of the decoder's output for ``latent`` (a sum of ``n_q`` stages; 0: unquantized)
-    against ``ref`` (1, 1, T): only the two metrics reported (the full :func:`rvqcodec.metrics.score_aligned`
-    would add STOI and PESQ-NB per decode)."""
-    ref_np = ref.flatten().numpy()
-    audio = codec.decode_latent(latent, n_q)[..., : ref.shape[-1]].flatten().numpy()
+    """PESQ-WB, mel distance, waveform cross-correlation at lag 0 and level ratio of the decoder's output for
+    ``latent`` (a sum of ``n_q`` stages; 0: unquantized) against ``ref`` (1, 1, T), without alignment: only the
+    metrics reported (the full :func:`rvqcodec.metrics.score_aligned` would add STOI and PESQ-NB per decode)."""
+    ref_np = ref.flatten().numpy().astype(np.float64)
+    audio = codec.decode_latent(latent, n_q)[..., : ref.shape[-1]].flatten().numpy().astype(np.float64)
+    energy_ref, energy_out = float(np.dot(ref_np, ref_np)), float(np.dot(audio, audio))
     return {"pesq_wb": metrics.pesq_wb(ref_np, audio, codec.sample_rate),
-            "mel_distance": metrics.mel_distance(ref_np, audio, codec.sample_rate)}
+            "mel_distance": metrics.mel_distance(ref_np, audio, codec.sample_rate),
+            "waveform_xcorr": float(np.dot(ref_np, audio)) / max(np.sqrt(energy_ref * energy_out), 1e-20),
+            "level_ratio": np.sqrt(energy_out / max(energy_ref, 1e-20))}
 
 
 def measure(codec: Codec, refit: ResidualVQ, files: list[Path], stages: list[int]) -> dict:
@@ -142,14 +150,15 @@ def markdown_report(result: dict) -> str:
         f"({result['measurement']['seconds']:.1f} s, {result['measurement']['frames']} frames); refitted RVQ: principal subspace + "
         f"k-means per stage on {result['fit_seconds']:.0f} s of `{result['fit_data']}`. Command: `{result['command']}`",
         "",
-        "| decoder input | kbps | PESQ-WB | mel distance |",
-        "|---|---:|---:|---:|",
+        "| decoder input | kbps | PESQ-WB | mel distance | waveform xcorr | level ratio |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, scores in result["measurement"]["decoded"].items():
         kbps = "–" if name == "unquantized" else f"{int(name.split()[1]) * codec_rate:g}"
         label = {"model": "model's RVQ", "refit": "refitted RVQ"}.get(name.split()[0], name)
         stages = "" if name == "unquantized" else f", {name.split()[1]} stages"
-        lines.append(f"| {label}{stages} | {kbps} | {scores['pesq_wb']:.3f} | {scores['mel_distance']:.4f} |")
+        lines.append(f"| {label}{stages} | {kbps} | {scores['pesq_wb']:.3f} | {scores['mel_distance']:.4f} | "
+                     f"{scores['waveform_xcorr']:.2f} | {scores['level_ratio']:.2f} |")
     energy = result["measurement"]["residual_energy"]
     shown = [k for k in (1, 2, 4, 6, 8, 12, 16) if k <= len(energy["model"])]
     lines += ["", "Residual energy after k stages, relative to the latents' centred energy (1 = nothing captured):", "",

@@ -26,8 +26,9 @@ audio equals ``codec.decode`` of all the codes (``F·hop`` samples; float roundi
   frame ``t`` the samples before ``(t+1)·hop - (head_n_fft - hop)`` have every window they will get: they are
   divided by the overlap-added squared window (the offline normaliser) and returned; the ``head_n_fft - hop``
   samples after them wait in an overlap-add tail, with their partial window sums. Samples before 0 (the first
-  windows' overhang) are dropped as offline. :meth:`StreamDecoder.flush` returns the tail divided by its partial
-  window sum, which is what offline does at the end of the signal.
+  windows' overhang) are dropped as offline. :meth:`StreamDecoder.flush` returns the tail divided by its window
+  sum plus what the windows of the frames that would follow add, which is what offline does at the end of the
+  signal (it fades out as if silence followed; :mod:`rvqcodec.model.spectral`).
 
 **Latency** (:func:`algorithmic_latency_samples`): a sample waits for the end of its frame (``hop``: 20 ms at 16 kHz,
 hop 320) and, decoded, for the next ``head_n_fft - hop`` samples' windows (20 ms for ``head_n_fft`` 640): 40 ms for
@@ -45,7 +46,7 @@ import torch
 
 from rvqcodec.errors import InputError
 from rvqcodec.model.frame_by_frame import FrameQuantizer, FrameStack, decoded_code_tables
-from rvqcodec.model.spectral import synthesis_frames
+from rvqcodec.model.spectral import frames_to_come, overlap_add, synthesis_frames
 
 if TYPE_CHECKING:  # pragma: no cover
     from rvqcodec.model.codec import Codec
@@ -173,6 +174,9 @@ class StreamDecoder:
         self._overhang = head.n_fft - self.hop  # samples a frame's window reaches back beyond its own block
         self._tail = torch.zeros(self._overhang, device=self._device)  # overlap-add sums not yet final
         self._tail_weight = torch.zeros(self._overhang, device=self._device)  # their squared-window sums
+        # what the windows of the frames after the last would add to the tail's sums (offline's normaliser)
+        to_come = frames_to_come(head.n_fft, self.hop)
+        self._tail_weight_to_come = overlap_add(self._window_sq.expand(1, to_come, -1), self.hop)[0, :self._overhang]
         self._to_drop = self._overhang  # the first windows' samples before the signal's start
         self._tables = decoded_code_tables(codec.quantizer)  # (S, K, D): a frame's latent is a sum of rows
         self._stack: FrameStack | None = None  # made on the first push, when the stream's stage count is known
@@ -224,14 +228,14 @@ class StreamDecoder:
         return audio[:self.hop] / weight[:self.hop].clamp_min(1e-8)
 
     def flush(self) -> np.ndarray:
-        """End of the codes: the overlap-add tail (``head_n_fft - hop`` samples) normalised by the windows it got,
-        as offline decoding ends. Afterwards ``samples_out == frames_in · hop``, ``codec.decode``'s length."""
+        """End of the codes: the overlap-add tail (``head_n_fft - hop`` samples) normalised as offline decoding
+        ends, as if silent frames followed (:mod:`rvqcodec.model.spectral`). Afterwards ``samples_out == frames_in · hop``, ``codec.decode``'s length."""
         if self._finished:
             return np.zeros(0, dtype=np.float32)
         self._finished = True
         if self.frames_in == 0:
             return np.zeros(0, dtype=np.float32)
-        return self._emit(self._tail / self._tail_weight.clamp_min(1e-8))
+        return self._emit(self._tail / (self._tail_weight + self._tail_weight_to_come).clamp_min(1e-8))
 
     def _emit(self, out: torch.Tensor) -> np.ndarray:
         if self._to_drop:

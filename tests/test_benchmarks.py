@@ -128,6 +128,44 @@ def test_quality_quick_writes_consistent_table_json_and_plot(tiny_model, dev_cle
     assert "rvqcodec-6k" in capsys.readouterr().out
 
 
+def test_quality_reuses_the_model_independent_rows_of_an_earlier_run(tiny_model, dev_clean, tmp_path, capsys,
+                                                                      monkeypatch):
+    base = ["--quick", "--model", str(tiny_model), "--data", str(dev_clean)]
+    assert quality.main(base + ["--out", str(tmp_path / "first")]) == 0
+    first = json.loads((tmp_path / "first" / "quality.json").read_text())
+
+    made = {"scored": 0, "original": 0}
+    score, original = quality._file_record, quality.reference_record
+
+    def counted_score(*args, **kwargs):
+        made["scored"] += 1
+        return score(*args, **kwargs)
+
+    def counted_original(*args, **kwargs):
+        made["original"] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(quality, "_file_record", counted_score)
+    monkeypatch.setattr(quality, "reference_record", counted_original)
+    reuse = ["--reuse", str(tmp_path / "first" / "quality.json")]
+    assert quality.main(base + reuse + ["--out", str(tmp_path / "second")]) == 0
+    second = json.loads((tmp_path / "second" / "quality.json").read_text())
+    # only rvqcodec's records were made again; every other row and record is the earlier run's
+    assert made == {"scored": quality.QUICK_FILES * len(quality.QUICK_BITRATES), "original": 0}
+    assert {r["setting"] for r in second["results"]} == {r["setting"] for r in first["results"]}
+    kept = [r for r in second["results"] if r["codec"] != "rvqcodec"]
+    assert kept and kept == [r for r in first["results"] if r["codec"] != "rvqcodec"]
+    assert any("records of the original speech and the classical codecs reused" in n for n in second["notes"])
+    assert second["config"]["reused_from"].endswith("quality.json")
+
+    # an earlier run on files cut to another length cannot be reused: one line, nothing written
+    capsys.readouterr()
+    assert quality.main(base + reuse + ["--max-seconds", "2", "--out", str(tmp_path / "third")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --reuse") and "max_seconds" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "third").exists()
+
+
 def test_quality_skips_missing_external_codecs_with_a_note(tiny_model, dev_clean, tmp_path, capsys):
     out = tmp_path / "q"
     argv = ["--quick", "--model", str(tiny_model), "--data", str(dev_clean), "--out", str(out),
@@ -470,6 +508,10 @@ def test_quantizer_headroom_decodes_as_the_codec_does(tiny_model, dev_clean, tmp
             audio = codec(wav, n_q=n_q).audio
         expected = evaluate_pair(wav.flatten().numpy(), audio.flatten().numpy(), codec.sample_rate, align=False)
         assert decoded[f"model {n_q}"]["mel_distance"] == pytest.approx(expected["mel_distance"], rel=1e-5)
+        ref, out_audio = wav.flatten().double(), audio.flatten()[:wav.shape[-1]].double()
+        assert decoded[f"model {n_q}"]["level_ratio"] == pytest.approx(float(out_audio.norm() / ref.norm()), rel=1e-5)
+        xcorr = float(torch.dot(ref, out_audio) / (ref.norm() * out_audio.norm()))
+        assert decoded[f"model {n_q}"]["waveform_xcorr"] == pytest.approx(xcorr, rel=1e-4, abs=1e-6)
     assert decoded["refit 4"]["mel_distance"] != pytest.approx(decoded["model 4"]["mel_distance"], rel=1e-3)
 
     energy = result["measurement"]["residual_energy"]

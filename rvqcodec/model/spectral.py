@@ -12,10 +12,16 @@ Samples outside the signal are zeros. So an encoder built on :func:`frame_signal
 per ``hop`` samples for any ``T``, and :class:`ISTFTHead` turns ``F`` frames back into exactly ``F·hop``
 samples on the same grid.
 
-**Inverse.** ``istft_overlap_add`` inverts ``stft_frames`` exactly (up to float rounding) wherever the
-analysis windows cover a sample with non-zero total weight: frames are inverse-FFT'd, multiplied by the
-window, overlap-added and divided by the overlap-added squared window (the least-squares inverse of Griffin &
-Lim, as ``torch.istft`` does). With a Hann window and ``hop <= n_fft / 2`` every sample is covered.
+**Inverse.** ``istft_overlap_add`` inverts ``stft_frames``: frames are inverse-FFT'd, multiplied by the window,
+overlap-added and divided by the overlap-added squared window (the least-squares inverse of Griffin & Lim, as
+``torch.istft`` does). With a Hann window and ``hop <= n_fft / 2`` the inverse is exact (up to float rounding)
+on every sample of centred frames. Causal windows end with their frame, so the last ``n_fft - hop`` samples are
+reached only by the falling tails of the last windows, whose squared sum goes to 0 at the last sample: dividing by
+it inverts a known STFT exactly but multiplies any error of a *predicted* spectrum there by up to 1e8 (a causal
+model trained that way decoded 3 s clips ending at 159 times full scale, and learnt mostly to be quiet). So the
+causal normaliser also counts the windows of the frames that would follow the last one, as if they carried
+silence: the last ``n_fft - hop`` samples fade out as their window does, and no error is amplified more than by
+the steady-state normaliser (1 / 0.5 for Hann at ``hop = n_fft / 2``). A streaming decoder emits the same.
 """
 from __future__ import annotations
 
@@ -64,11 +70,19 @@ def synthesis_frames(spec: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
     return torch.fft.irfft(spec, n=window.shape[-1], dim=-1) * window
 
 
+def frames_to_come(n_fft: int, hop: int) -> int:
+    """Frames after a causal frame whose windows reach back into its last ``n_fft - hop`` samples."""
+    return -(-(n_fft - hop) // hop)
+
+
 def window_envelope(window: torch.Tensor, hop: int, n_frames: int, causal: bool = False) -> torch.Tensor:
     """``(n_frames·hop,)`` overlap-added squared window on the frame grid, floored at 1e-8: the normaliser of
-    :func:`istft_overlap_add`."""
-    left, _ = _padding(window.shape[-1], hop, causal)
-    envelope = overlap_add((window * window).expand(1, n_frames, -1), hop)[0]
+    :func:`istft_overlap_add`. Causal: with the windows of the :func:`frames_to_come` after the last frame (module
+    docstring)."""
+    n_fft = window.shape[-1]
+    left, _ = _padding(n_fft, hop, causal)
+    n_windows = n_frames + (frames_to_come(n_fft, hop) if causal else 0)
+    envelope = overlap_add((window * window).expand(1, n_windows, -1), hop)[0]
     return envelope[left:left + n_frames * hop].clamp_min(1e-8)
 
 

@@ -531,7 +531,7 @@ def run(args: argparse.Namespace) -> dict:
                    "ffmpeg": ext.ffmpeg_version(args.ffmpeg),
                    "amr_wb_encoder": next((c.encoder_backend() for c in externals if c.name == "amr-wb"), None)}
     run_config = {"max_seconds": max_seconds, "score_sample_rate": SCORE_RATE, "max_shift_seconds": MAX_SHIFT_SECONDS,
-                  "perceptual": PERCEPTUAL is not None}
+                  "perceptual": PERCEPTUAL is not None}  # written into the result's config, checked by --reuse
     reused = (Reused(args.reuse, {"config": run_config, "environment": environment if externals else {}})
               if args.reuse else None)
 
@@ -570,12 +570,11 @@ def run(args: argparse.Namespace) -> dict:
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": {
             "quick": bool(args.quick), "data": shown_path(args.data or DEFAULT_DATA), "files": file_info,
-            "total_seconds": sum(f["seconds"] for f in file_info), "max_seconds": max_seconds,
+            "total_seconds": sum(f["seconds"] for f in file_info), **run_config,
             "bitrates_kbps": bitrates, "external_codecs": [c.name for c in externals],
             "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
                       "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
             "out": shown_path(out_dir), "device": args.device, "threads": torch.get_num_threads(),
-            "score_sample_rate": SCORE_RATE, "max_shift_seconds": MAX_SHIFT_SECONDS, "perceptual": PERCEPTUAL is not None,
             "macro_by_folder": sorted(set(groups.values())) if groups else None,
             "reused_from": shown_path(args.reuse) if args.reuse else None,
         },

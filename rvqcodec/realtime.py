@@ -229,7 +229,8 @@ class StreamDecoder:
 
     def flush(self) -> np.ndarray:
         """End of the codes: the overlap-add tail (``head_n_fft - hop`` samples) normalised as offline decoding
-        ends, as if silent frames followed (:mod:`rvqcodec.model.spectral`). Afterwards ``samples_out == frames_in · hop``, ``codec.decode``'s length."""
+        ends, as if silent frames followed (:mod:`rvqcodec.model.spectral`). Afterwards ``samples_out == frames_in ·
+        hop``, ``codec.decode``'s length."""
         if self._finished:
             return np.zeros(0, dtype=np.float32)
         self._finished = True

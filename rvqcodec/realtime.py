@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 from rvqcodec.errors import InputError
-from rvqcodec.model.frame_by_frame import FrameQuantizer, FrameStack, decoded_code_tables
-from rvqcodec.model.spectral import frames_to_come, overlap_add, synthesis_frames
+from rvqcodec.model.frame_by_frame import FrameHead, FrameQuantizer, FrameStack, FrameStem, decoded_code_tables
+from rvqcodec.model.spectral import frames_to_come, overlap_add
 
 if TYPE_CHECKING:  # pragma: no cover
     from rvqcodec.model.codec import Codec
@@ -76,20 +76,18 @@ def algorithmic_latency_samples(codec: Codec) -> int:
     return hop + (codec.config.head_n_fft - hop)
 
 
-def _device(codec: Codec) -> torch.device:
-    return next(codec.parameters()).device
-
-
-def _as_samples(samples: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A 1-D piece of float samples as a float32 tensor on ``device`` (ValueError for another shape)."""
-    tensor = torch.as_tensor(samples)
-    if tensor.dim() == 2 and tensor.shape[0] == 1:
-        tensor = tensor[0]
-    if tensor.dim() != 1:
-        raise ValueError(f"expected a 1-D piece of mono samples, got shape {tuple(tensor.shape)}")
-    if not (tensor.dtype.is_floating_point or tensor.numel() == 0):
-        raise ValueError(f"expected float samples in [-1, 1], got {tensor.dtype}")
-    return tensor.to(device=device, dtype=torch.float32)
+def _as_samples(samples: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A 1-D piece of float samples as a float32 numpy array (ValueError for another shape)."""
+    if torch.is_tensor(samples):
+        samples = samples.detach().cpu().numpy()
+    piece = np.asarray(samples)
+    if piece.ndim == 2 and piece.shape[0] == 1:
+        piece = piece[0]
+    if piece.ndim != 1:
+        raise ValueError(f"expected a 1-D piece of mono samples, got shape {piece.shape}")
+    if not (np.issubdtype(piece.dtype, np.floating) or piece.size == 0):
+        raise ValueError(f"expected float samples in [-1, 1], got {piece.dtype}")
+    return piece.astype(np.float32, copy=False)
 
 
 class StreamEncoder:
@@ -111,9 +109,9 @@ class StreamEncoder:
         self.n_q = int(self.n_q)
         self.hop = codec.hop_length
         self.n_fft = codec.encoder.stem.n_fft
-        self._device = _device(codec)
         self._history = self.n_fft - self.hop  # samples before a frame that its window reads
-        self._buffer = torch.zeros(self._history, device=self._device)  # history + the unfinished frame
+        self._buffer = np.zeros(self._history, dtype=np.float32)  # history + the unfinished frame
+        self._stem = FrameStem(codec.encoder.stem)
         self._stack = FrameStack(codec.encoder.net, codec.encoder.net.proj_out)
         self._quantizer = FrameQuantizer(codec.quantizer, self.n_q)
         self.samples_in = 0
@@ -125,10 +123,10 @@ class StreamEncoder:
         of the frames this piece completed (0 frames until a frame's ``hop`` samples are in)."""
         if self._finished:
             raise RuntimeError("push after flush: start a new StreamEncoder for a new signal")
-        piece = _as_samples(samples, self._device)
-        self.samples_in += piece.numel()
-        self._buffer = torch.cat([self._buffer, piece])
-        n_frames = (self._buffer.numel() - self._history) // self.hop
+        piece = _as_samples(samples)
+        self.samples_in += piece.size
+        self._buffer = np.concatenate([self._buffer, piece])
+        n_frames = (self._buffer.size - self._history) // self.hop
         return self._encode(n_frames)
 
     def flush(self) -> np.ndarray:
@@ -136,9 +134,9 @@ class StreamEncoder:
         whole frames). Equals what ``codec.encode`` gives for the last frame."""
         if self._finished:
             return np.zeros((self.n_q, 0), dtype=np.int64)
-        pending = self._buffer.numel() - self._history
+        pending = self._buffer.size - self._history
         if pending:
-            self._buffer = torch.cat([self._buffer, self._buffer.new_zeros(self.hop - pending)])
+            self._buffer = np.concatenate([self._buffer, np.zeros(self.hop - pending, dtype=np.float32)])
         codes = self._encode(1 if pending else 0)
         self._finished = True
         return codes
@@ -146,15 +144,14 @@ class StreamEncoder:
     def _encode(self, n_frames: int) -> np.ndarray:
         if n_frames == 0:
             return np.zeros((self.n_q, 0), dtype=np.int64)
-        used = self._history + n_frames * self.hop
-        windows = self._buffer[:used].unfold(0, self.n_fft, self.hop)  # (n_frames, n_fft)
-        self._buffer = self._buffer[n_frames * self.hop:]
+        codes = np.empty((self.n_q, n_frames), dtype=np.int64)
         with torch.inference_mode():
-            features = self.codec.encoder.stem.from_frames(windows[None])[0]  # (3·bins, n_frames)
-            codes = torch.stack([self._quantizer.encode(self._stack.step(features[:, t])) for t in range(n_frames)],
-                                dim=1)
+            for t in range(n_frames):  # frame t's window: the n_fft samples ending with its last sample
+                window = self._buffer[t * self.hop:t * self.hop + self.n_fft]
+                codes[:, t] = self._quantizer.encode(self._stack.step(self._stem.features(window)))
+        self._buffer = self._buffer[n_frames * self.hop:]
         self.frames_out += n_frames
-        return codes.cpu().numpy()
+        return codes
 
 
 class StreamDecoder:
@@ -167,16 +164,16 @@ class StreamDecoder:
         check_streamable(codec)
         self.codec = codec
         self.hop = codec.hop_length
-        self._device = _device(codec)
         head = codec.decoder.head
-        self._window = head.window.to(self._device)
-        self._window_sq = self._window * self._window
+        self._head = FrameHead(head)
+        self._window_sq = self._head.window * self._head.window
         self._overhang = head.n_fft - self.hop  # samples a frame's window reaches back beyond its own block
-        self._tail = torch.zeros(self._overhang, device=self._device)  # overlap-add sums not yet final
-        self._tail_weight = torch.zeros(self._overhang, device=self._device)  # their squared-window sums
+        self._tail = np.zeros(self._overhang, dtype=np.float32)  # overlap-add sums not yet final
+        self._tail_weight = np.zeros(self._overhang, dtype=np.float32)  # their squared-window sums
         # what the windows of the frames after the last would add to the tail's sums (offline's normaliser)
         to_come = frames_to_come(head.n_fft, self.hop)
-        self._tail_weight_to_come = overlap_add(self._window_sq.expand(1, to_come, -1), self.hop)[0, :self._overhang]
+        window_sq = torch.from_numpy(self._window_sq)
+        self._tail_weight_to_come = overlap_add(window_sq.expand(1, to_come, -1), self.hop)[0, :self._overhang].numpy()
         self._to_drop = self._overhang  # the first windows' samples before the signal's start
         self._tables = decoded_code_tables(codec.quantizer)  # (S, K, D): a frame's latent is a sum of rows
         self._stack: FrameStack | None = None  # made on the first push, when the stream's stage count is known
@@ -190,10 +187,9 @@ class StreamDecoder:
         clamped to [-1, 1] as ``codec.decode`` clamps."""
         if self._finished:
             raise RuntimeError("push after flush: start a new StreamDecoder for a new signal")
-        codes = torch.as_tensor(np.asarray(codes) if not torch.is_tensor(codes) else codes)
-        if codes.dim() != 2 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
-            raise ValueError(f"expected integer codes of shape (n_q, frames), got {codes.dtype} "
-                             f"{tuple(codes.shape)}")
+        codes = np.asarray(codes.detach().cpu() if torch.is_tensor(codes) else codes)
+        if codes.ndim != 2 or not np.issubdtype(codes.dtype, np.integer):
+            raise ValueError(f"expected integer codes of shape (n_q, frames), got {codes.dtype} {codes.shape}")
         n_q = codes.shape[0]
         if self.n_q is None:
             if not 1 <= n_q <= self.codec.max_n_q:
@@ -209,23 +205,21 @@ class StreamDecoder:
         if self._stack is None:
             decoder = self.codec.decoder
             self._stack = FrameStack(decoder.net, decoder.head.proj, decoder.conditioning(n_q))
+        latents = self._tables[np.arange(n_q)[:, None], codes].sum(0)  # (n_frames, D)
         with torch.inference_mode():
-            stages = torch.arange(n_q, device=self._device)[:, None]
-            latents = self._tables[stages, codes.long().to(self._device)].sum(0)  # (n_frames, D)
-            out = torch.cat([self._synthesise(latent) for latent in latents])
+            out = np.concatenate([self._synthesise(latent) for latent in latents])
         self.frames_in += n_frames
         return self._emit(out)
 
-    def _synthesise(self, latent: torch.Tensor) -> torch.Tensor:
+    def _synthesise(self, latent: np.ndarray) -> np.ndarray:
         """One frame's latent ``(D,)`` -> the ``hop`` output samples it makes final (``frames_in·hop - overhang``
         on); its window's later samples join the overlap-add tail."""
-        head = self.codec.decoder.head
-        audio = synthesis_frames(head.to_spectrum(self._stack.step(latent)), self._window)  # (n_fft,)
-        weight = self._window_sq.clone()
+        audio = self._head.windowed(self._stack.step(latent))  # (n_fft,)
+        weight = self._window_sq.copy()
         audio[:self._overhang] += self._tail
         weight[:self._overhang] += self._tail_weight
         self._tail, self._tail_weight = audio[self.hop:], weight[self.hop:]
-        return audio[:self.hop] / weight[:self.hop].clamp_min(1e-8)
+        return audio[:self.hop] / np.maximum(weight[:self.hop], 1e-8)
 
     def flush(self) -> np.ndarray:
         """End of the codes: the overlap-add tail (``head_n_fft - hop`` samples) normalised as offline decoding
@@ -236,14 +230,14 @@ class StreamDecoder:
         self._finished = True
         if self.frames_in == 0:
             return np.zeros(0, dtype=np.float32)
-        return self._emit(self._tail / (self._tail_weight + self._tail_weight_to_come).clamp_min(1e-8))
+        return self._emit(self._tail / np.maximum(self._tail_weight + self._tail_weight_to_come, 1e-8))
 
-    def _emit(self, out: torch.Tensor) -> np.ndarray:
+    def _emit(self, out: np.ndarray) -> np.ndarray:
         if self._to_drop:
-            dropped = min(self._to_drop, out.numel())
+            dropped = min(self._to_drop, out.size)
             out, self._to_drop = out[dropped:], self._to_drop - dropped
-        self.samples_out += out.numel()
-        return out.clamp(-1.0, 1.0).float().cpu().numpy()
+        self.samples_out += out.size
+        return np.clip(out, -1.0, 1.0).astype(np.float32, copy=False)
 
 
 # ------------------------------------------------------------------------------------- measuring

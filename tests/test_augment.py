@@ -61,6 +61,20 @@ def test_lowpass_removes_the_band_above_the_cutoff_only(speech):
     assert torch.allclose(spec_y[below], spec_x[below], atol=1e-3)
 
 
+def test_change_speed_moves_pitch_and_tempo_together_and_keeps_the_length(speech):
+    tone = torch.sin(2 * torch.pi * 200.0 * torch.arange(SR) / SR)
+    for factor, peak_hz in ((1.1, 220.0), (0.9, 180.0)):
+        y = augment.change_speed(tone, factor)
+        assert y.shape == tone.shape
+        spectrum = torch.fft.rfft(y[:SR // 2] * torch.hann_window(SR // 2)).abs()  # 2 Hz bins
+        assert float(spectrum.argmax()) * 2.0 == pytest.approx(peak_hz, abs=2.0)
+    faster = augment.change_speed(speech, 1.15)  # 3 s of speech in 2.61 s, then silence
+    assert faster.shape == speech.shape
+    assert float(faster[-int(0.35 * SR):].abs().max()) == 0.0 and float(faster[:int(2.5 * SR)].abs().max()) > 0.1
+    slower = augment.change_speed(speech, 0.85)  # the first 2.55 s of the speech, stretched to 3 s
+    assert slower.shape == speech.shape and float(slower[-int(0.1 * SR):].abs().max()) > 0
+
+
 def test_reverberate_is_a_causal_convolution_that_keeps_the_timing(speech):
     rir = torch.zeros(2000)
     rir[0], rir[700], rir[1999] = 1.0, 0.5, -0.25
@@ -132,7 +146,8 @@ def test_recipe_section_is_checked_with_one_line_errors(noise_dir):
     cfg = load_config(recipe, ["augment.prob=0.5", f"augment.noise_dirs=[{noise_dir}]", "augment.snr_db=[5,20]"])
     assert cfg.augment.snr_db == (5.0, 20.0) and cfg.augment.noise_dirs == [str(noise_dir)]
     for override, message in (("augment.prob=1.5", "augment.prob"), ("augment.snr_db=[20,5]", "augment.snr_db"),
-                              ("augment.noise=0.8", "one noise at most")):
+                              ("augment.noise=0.8", "one noise at most"),
+                              ("augment.speed_factor=[0,1.1]", "augment.speed_factor")):
         with pytest.raises(ValueError, match=message):
             load_config(recipe, ["augment.prob=0.5", f"augment.noise_dirs=[{noise_dir}]", override])
     with pytest.raises(ValueError, match="noise_dirs"):

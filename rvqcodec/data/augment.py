@@ -4,6 +4,9 @@ A codec is not a denoiser: what it is given is what it should give back. So each
 both the input and the target, and the model learns to code noise, rooms, quiet microphones and narrow bands
 instead of meeting them first in use. Per example, with probability :attr:`AugmentConfig.prob`, in this order:
 
+0. **a speed change** (``speed``): the example played ``r`` times as fast, ``r`` drawn from ``speed_factor``
+   (band-limited resampling: tempo, pitch and formants move together, as in Kaldi's speed perturbation), cut or
+   zero-padded back to its length -- other voices than the training speakers' (higher, lower, faster, slower);
 1. **reverberation** (``reverb``): convolution with a room impulse response from a bank of ``n_rooms`` shoebox
    rooms simulated once at start-up with pyroomacoustics' image source method (RT60 drawn from ``rt60``; the
    image order is capped at :data:`MAX_IMAGE_ORDER`, which shortens the longest tails a little), scaled to keep
@@ -17,7 +20,7 @@ instead of meeting them first in use. Per example, with probability :attr:`Augme
 4. **a level change** (``level``): the example is scaled to an RMS drawn from ``level_dbfs`` (dB re full scale;
    a quiet microphone at -60, a loud one at -15), and scaled down if that would clip.
 
-The conditional probabilities of steps 1-4 are independent; of the three noises at most one is drawn (their
+The conditional probabilities of steps 0-4 are independent; of the three noises at most one is drawn (their
 probabilities must sum to <= 1). Randomness comes from torch's global generator, so a resumed run continues the
 same draws; the room bank from ``seed``. Audio is ``(B, 1, T)``; the batch is changed out of place.
 """
@@ -40,6 +43,8 @@ class AugmentConfig:
     """The ``augment`` section of a training recipe (module docstring). ``prob = 0`` switches it off."""
 
     prob: float = 0.0  # fraction of training examples corrupted at all
+    speed: float = 0.0  # P(speed change | corrupted)
+    speed_factor: tuple[float, float] = (0.85, 1.15)  # playback speed r (1.15: 15 % faster and higher)
     noise_dirs: list[str] = field(default_factory=list)  # folders of background-noise recordings (recursive)
     noise_heldout_fraction: float = 0.2  # recordings kept out of training for the noisy dev set
     noise: float = 0.4  # P(real background noise | corrupted)
@@ -57,17 +62,19 @@ class AugmentConfig:
 
     def check(self) -> None:
         """ValueError naming the first bad field."""
-        for name in ("prob", "noise", "babble", "colored", "reverb", "bandlimit", "level", "noise_heldout_fraction"):
+        for name in ("prob", "speed", "noise", "babble", "colored", "reverb", "bandlimit", "level",
+                     "noise_heldout_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.noise + self.babble + self.colored > 1.0 + 1e-9:
             raise ValueError("augment.noise + augment.babble + augment.colored must be <= 1 (one noise at most)")
-        for name in ("snr_db", "rt60", "cutoff_hz", "level_dbfs"):
+        for name in ("speed_factor", "snr_db", "rt60", "cutoff_hz", "level_dbfs"):
             low, high = getattr(self, name)
             if not low <= high:
                 raise ValueError(f"augment.{name} must be [low, high] with low <= high, got {[low, high]}")
-        if self.rt60[0] <= 0 or self.cutoff_hz[0] <= 0 or self.level_dbfs[1] > 0:
-            raise ValueError("augment.rt60 and augment.cutoff_hz must be > 0 and augment.level_dbfs <= 0")
+        if self.speed_factor[0] <= 0 or self.rt60[0] <= 0 or self.cutoff_hz[0] <= 0 or self.level_dbfs[1] > 0:
+            raise ValueError("augment.speed_factor, augment.rt60 and augment.cutoff_hz must be > 0 and "
+                             "augment.level_dbfs <= 0")
         if self.prob > 0 and self.noise > 0 and not self.noise_dirs:
             raise ValueError("augment.noise > 0 needs augment.noise_dirs (folders of noise recordings)")
         if self.n_rooms < 1:
@@ -170,6 +177,23 @@ def lowpass(x: torch.Tensor, cutoff_hz: float, sample_rate: int) -> torch.Tensor
     return torch.fft.irfft(spectrum * (freqs <= cutoff_hz), n=x.shape[-1], dim=-1)
 
 
+SPEED_STEPS = 160
+"""A speed factor is rounded to a multiple of 1/SPEED_STEPS, so the resampling ratio stays one of small integers."""
+
+
+def change_speed(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x`` (``(..., T)``) played ``factor`` times as fast (tempo and pitch together; ``factor`` rounded to a
+    multiple of 1/:data:`SPEED_STEPS`), cut or zero-padded at the end to ``T`` samples."""
+    import torchaudio
+
+    steps = max(1, round(factor * SPEED_STEPS))
+    y = torchaudio.functional.resample(x, orig_freq=steps, new_freq=SPEED_STEPS)
+    length = x.shape[-1]
+    if y.shape[-1] >= length:
+        return y[..., :length]
+    return torch.nn.functional.pad(y, (0, length - y.shape[-1]))
+
+
 def reverberate(x: torch.Tensor, rir: torch.Tensor) -> torch.Tensor:
     """``x`` (``(..., T)``) convolved with ``rir``, cut to ``T`` samples (the direct path keeps its timing). FFT
     convolution at a power-of-two length (several times faster than an awkward full length)."""
@@ -230,6 +254,8 @@ class Augmenter:
     def corrupt(self, x: torch.Tensor, batch: torch.Tensor, index: int) -> torch.Tensor:
         """One example ``x`` ``(T,)`` of ``batch`` corrupted (module docstring)."""
         c = self.config
+        if c.speed > 0 and float(torch.rand(())) < c.speed:  # no draw when off: older recipes keep their draws
+            x = change_speed(x, _uniform(*c.speed_factor))
         if self.rooms and float(torch.rand(())) < c.reverb:
             x = reverberate(x, self.rooms[int(torch.randint(len(self.rooms), ()))])
         draw = float(torch.rand(()))

@@ -131,8 +131,8 @@ def load_streaming_codec(device: str | torch.device = "cpu") -> "Codec":
     if not path.is_file():
         raise FileNotFoundError(
             f"the streaming model is not shipped yet ({path} is missing): train it with 'rvqcodec train "
-            "recipes/librispeech/convnext-causal.yaml', export it with 'rvqcodec export RUN "
-            "rvqcodec/pretrained/streaming.pt', or pass --model PATH to a causal checkpoint")
+            "recipes/librispeech/convnext-causal.yaml', export it with 'rvqcodec export RUN --as-streaming', "
+            "or pass --model PATH to a causal checkpoint")
     codec = load_codec(path, device=device)
     card = path.with_name(STREAMING_CARD_NAME)
     if card.is_file():

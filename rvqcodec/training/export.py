@@ -80,8 +80,9 @@ def training_facts(trained: TrainedCodec, recipe: str | os.PathLike | None = Non
             kinds = cfg.disc.fields.get("kinds") or "preset"
             facts["discriminators"] = f"{cfg.disc.preset} preset, kinds {', '.join(kinds)} ({lo.adv_kind})"
         if cfg.augment.prob > 0:
-            facts["augmentation"] = (f"{cfg.augment.prob:g} of the examples corrupted (noise, babble, coloured noise, "
-                                     f"rooms, band limits, levels; rvqcodec.data.augment)")
+            speed = "speed changes, " if cfg.augment.speed > 0 else ""
+            facts["augmentation"] = (f"{cfg.augment.prob:g} of the examples corrupted ({speed}noise, babble, coloured "
+                                     f"noise, rooms, band limits, levels; rvqcodec.data.augment)")
     lineage = trained.lineage
     facts["steps"] = lineage.get("steps")
     facts["audio_hours_seen"] = round(float(lineage.get("audio_hours", 0.0)), 2)
@@ -94,7 +95,8 @@ def export_codec(trained: TrainedCodec, out: str | os.PathLike, recipe: str | os
     """Write ``trained`` as an inference-only checkpoint (float16 by default: half the size) with its training
     facts and lineage in the meta; returns the path."""
     codec = trained.codec
-    name = f"rvqcodec-speech-{codec.config.sample_rate // 1000}k-{codec.config.architecture}"
+    causal = "-causal" if codec.config.causal else ""
+    name = f"rvqcodec-speech-{codec.config.sample_rate // 1000}k-{codec.config.architecture}{causal}"
     meta = {"name": name, **training_facts(trained, recipe), "lineage": trained.lineage}
     return codec.save(out, meta=meta, inference_only=True, float16=float16)
 

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from rvqcodec.data.audio_io import mono_samples
 from rvqcodec.errors import InputError
 from rvqcodec.model.frame_by_frame import FrameHead, FrameQuantizer, FrameStack, FrameStem, decoded_code_tables
 from rvqcodec.model.spectral import frames_to_come, overlap_add
@@ -77,14 +78,8 @@ def algorithmic_latency_samples(codec: Codec) -> int:
 
 
 def _as_samples(samples: np.ndarray | torch.Tensor) -> np.ndarray:
-    """A 1-D piece of float samples as a float32 numpy array (ValueError for another shape)."""
-    if torch.is_tensor(samples):
-        samples = samples.detach().cpu().numpy()
-    piece = np.asarray(samples)
-    if piece.ndim == 2 and piece.shape[0] == 1:
-        piece = piece[0]
-    if piece.ndim != 1:
-        raise ValueError(f"expected a 1-D piece of mono samples, got shape {piece.shape}")
+    """A mono piece of float samples as a 1-D float32 numpy array (ValueError for another shape or dtype)."""
+    piece = mono_samples(samples)
     if not (np.issubdtype(piece.dtype, np.floating) or piece.size == 0):
         raise ValueError(f"expected float samples in [-1, 1], got {piece.dtype}")
     return piece.astype(np.float32, copy=False)

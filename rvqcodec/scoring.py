@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from rvqcodec import metrics
+from rvqcodec.data.audio_io import mono_samples
 from rvqcodec.errors import InputError
 from rvqcodec.lengths import MAX_SHIFT_SECONDS, READ_BLOCK_SECONDS
 
@@ -89,17 +90,6 @@ def segments_note(result: dict[str, Any]) -> str | None:
             f"(at most {SEGMENT_SECONDS:g} s each); the scores are length-weighted means over the segments")
 
 
-def _as_numpy(block: torch.Tensor | np.ndarray) -> np.ndarray:
-    if isinstance(block, torch.Tensor):
-        block = block.detach().cpu().numpy()
-    array = np.asarray(block)
-    if array.ndim == 2 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 1:
-        raise ValueError(f"expected mono blocks of shape (t,) or (1, t), got {array.shape}")
-    return array
-
-
 def reblock(blocks: Iterable[torch.Tensor | np.ndarray], lengths: Iterable[int], skip: int = 0) -> Iterator[np.ndarray]:
     """Cut a stream of mono blocks into consecutive float64 pieces of the given ``lengths``, after dropping its first
     ``skip`` samples. Stops when the stream ends (the last piece may then be shorter; an empty one is not yielded).
@@ -113,7 +103,7 @@ def reblock(blocks: Iterable[torch.Tensor | np.ndarray], lengths: Iterable[int],
         nonlocal have, exhausted
         while have < target and not exhausted:
             try:
-                block = _as_numpy(next(iterator))
+                block = mono_samples(next(iterator))
             except StopIteration:
                 exhausted = True
                 return
@@ -232,7 +222,7 @@ def evaluate_pair(ref, deg, sr: int, align: bool = True, max_shift_seconds: floa
     sample_rate = sr
     sample_rate = metrics._check_sr(sample_rate)
     _check_max_shift(max_shift_seconds)
-    ref, deg = (_as_numpy(x).astype(np.float64, copy=False) for x in (ref, deg))
+    ref, deg = (mono_samples(x).astype(np.float64, copy=False) for x in (ref, deg))
     for name, x in (("reference", ref), ("degraded signal", deg)):
         if not np.all(np.isfinite(x)):
             raise InputError(f"the {name} contains NaN or infinite samples")

@@ -472,6 +472,19 @@ def _generate_blocks(path: Path, block_frames: int, resampler: StreamingResample
             yield tail.contiguous()
 
 
+def mono_samples(block: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A mono block ``(t,)`` or ``(1, t)`` (numpy, or torch on any device) as a 1-D numpy array, dtype kept;
+    ValueError for another shape."""
+    if isinstance(block, torch.Tensor):
+        block = block.detach().cpu().numpy()
+    array = np.asarray(block)
+    if array.ndim == 2 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 1:
+        raise ValueError(f"expected mono blocks of shape (t,) or (1, t), got {array.shape}")
+    return array
+
+
 def _as_frames_by_channels(samples: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(samples, torch.Tensor):
         samples = samples.detach().cpu().float().numpy()

@@ -25,12 +25,15 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff", ".au
 _GLOB_CHARS = set("*?[")
 
 
-def add_threads_argument(parser: argparse.ArgumentParser) -> None:
-    """``--threads N``: CPU threads for torch."""
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads torch may use (default: torch's choice, one per core). Waiting threads "
-                             "sleep (OMP_WAIT_POLICY=PASSIVE unless set), so the default stays within about 1.2x of "
-                             "one thread on a busy machine and uses every core on an idle one")
+def add_threads_argument(parser: argparse.ArgumentParser, default: int | None = None, why: str | None = None) -> None:
+    """``--threads N``: CPU threads for torch; ``default`` None is torch's choice, ``why`` says why another."""
+    if default is None:
+        help_text = ("CPU threads torch may use (default: torch's choice, one per core). Waiting threads sleep "
+                     "(OMP_WAIT_POLICY=PASSIVE unless set), so the default stays within about 1.2x of one thread "
+                     "on a busy machine and uses every core on an idle one")
+    else:
+        help_text = f"CPU threads torch may use (default: {default}: {why})"
+    parser.add_argument("--threads", type=int, default=default, metavar="N", help=help_text)
 
 
 def apply_threads(args: argparse.Namespace) -> None:

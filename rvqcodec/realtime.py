@@ -47,7 +47,7 @@ import torch
 from rvqcodec.data.audio_io import mono_samples
 from rvqcodec.errors import InputError
 from rvqcodec.model.frame_by_frame import FrameHead, FrameQuantizer, FrameStack, FrameStem, decoded_code_tables
-from rvqcodec.model.spectral import frames_to_come, overlap_add
+from rvqcodec.model.spectral import ENVELOPE_FLOOR, frames_to_come, overlap_add
 
 if TYPE_CHECKING:  # pragma: no cover
     from rvqcodec.model.codec import Codec
@@ -214,7 +214,7 @@ class StreamDecoder:
         audio[:self._overhang] += self._tail
         weight[:self._overhang] += self._tail_weight
         self._tail, self._tail_weight = audio[self.hop:], weight[self.hop:]
-        return audio[:self.hop] / np.maximum(weight[:self.hop], 1e-8)
+        return audio[:self.hop] / np.maximum(weight[:self.hop], ENVELOPE_FLOOR)
 
     def flush(self) -> np.ndarray:
         """End of the codes: the overlap-add tail (``head_n_fft - hop`` samples) normalised as offline decoding
@@ -225,7 +225,8 @@ class StreamDecoder:
         self._finished = True
         if self.frames_in == 0:
             return np.zeros(0, dtype=np.float32)
-        return self._emit(self._tail / np.maximum(self._tail_weight + self._tail_weight_to_come, 1e-8))
+        weight = self._tail_weight + self._tail_weight_to_come
+        return self._emit(self._tail / np.maximum(weight, ENVELOPE_FLOOR))
 
     def _emit(self, out: np.ndarray) -> np.ndarray:
         if self._to_drop:

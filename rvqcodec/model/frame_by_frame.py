@@ -32,7 +32,7 @@ import torch
 from torch.nn import functional as F
 
 from rvqcodec.model.convnext import ConvNeXtStack
-from rvqcodec.model.spectral import ISTFTHead, STFTFeatures
+from rvqcodec.model.spectral import MAGNITUDE_FLOOR, ISTFTHead, STFTFeatures
 from rvqcodec.quantize.residual import ResidualVQ
 
 
@@ -193,8 +193,9 @@ class FrameStem:
     def features(self, samples: np.ndarray) -> np.ndarray:
         spec = np.fft.rfft(samples * self.window)
         mag = np.abs(spec)
-        scale = (mag + 1e-5) ** (self.compress - 1.0)  # |X|^0.3 / |X|, finite at 0
-        return np.concatenate([np.log(mag + 1e-5), spec.real * scale, spec.imag * scale]).astype(np.float32)
+        scale = (mag + MAGNITUDE_FLOOR) ** (self.compress - 1.0)  # |X|^0.3 / |X|, finite at 0
+        features = np.concatenate([np.log(mag + MAGNITUDE_FLOOR), spec.real * scale, spec.imag * scale])
+        return features.astype(np.float32)
 
 
 class FrameHead:

@@ -30,6 +30,14 @@ from torch import nn
 from torch.nn import functional as F
 
 
+ENVELOPE_FLOOR = 1e-8
+"""The overlap-added squared window is floored here before dividing by it (:func:`window_envelope`; a streaming
+decoder's running sums likewise)."""
+MAGNITUDE_FLOOR = 1e-5
+"""Added to ``|X|`` in :class:`STFTFeatures` before its log and power law (finite at 0); the frame-by-frame stem's
+too."""
+
+
 def _padding(n_fft: int, hop: int, causal: bool) -> tuple[int, int]:
     extra = n_fft - hop
     left = extra if causal else extra // 2
@@ -76,14 +84,14 @@ def frames_to_come(n_fft: int, hop: int) -> int:
 
 
 def window_envelope(window: torch.Tensor, hop: int, n_frames: int, causal: bool = False) -> torch.Tensor:
-    """``(n_frames·hop,)`` overlap-added squared window on the frame grid, floored at 1e-8: the normaliser of
-    :func:`istft_overlap_add`. Causal: with the windows of the :func:`frames_to_come` after the last frame (module
-    docstring)."""
+    """``(n_frames·hop,)`` overlap-added squared window on the frame grid, floored at :data:`ENVELOPE_FLOOR`: the
+    normaliser of :func:`istft_overlap_add`. Causal: with the windows of the :func:`frames_to_come` after the last
+    frame (module docstring)."""
     n_fft = window.shape[-1]
     left, _ = _padding(n_fft, hop, causal)
     n_windows = n_frames + (frames_to_come(n_fft, hop) if causal else 0)
     envelope = overlap_add((window * window).expand(1, n_windows, -1), hop)[0]
-    return envelope[left:left + n_frames * hop].clamp_min(1e-8)
+    return envelope[left:left + n_frames * hop].clamp_min(ENVELOPE_FLOOR)
 
 
 def istft_overlap_add(spec: torch.Tensor, window: torch.Tensor, hop: int, causal: bool = False,
@@ -121,8 +129,8 @@ class STFTFeatures(nn.Module):
         streaming encoder cuts each new frame's window from its own sample history."""
         spec = torch.fft.rfft(frames.float() * self.window, dim=-1)
         mag = spec.abs()
-        scale = (mag + 1e-5).pow(self.compress - 1.0)  # |X|^0.3 / |X|, finite at 0
-        feats = torch.cat([torch.log(mag + 1e-5), spec.real * scale, spec.imag * scale], dim=-1)
+        scale = (mag + MAGNITUDE_FLOOR).pow(self.compress - 1.0)  # |X|^0.3 / |X|, finite at 0
+        feats = torch.cat([torch.log(mag + MAGNITUDE_FLOOR), spec.real * scale, spec.imag * scale], dim=-1)
         return feats.transpose(1, 2)
 
 

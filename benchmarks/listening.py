@@ -370,7 +370,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         "created": now.isoformat(timespec="seconds"),
         "created_display": now.strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "benchmarks/listening.py", *argv]),
-        "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
+        "model": {"path": shown_path(checkpoint), "model_id": codec.model_id, "postfilter": codec.postfilter,
                   "parameters": codec.parameter_counts()["total"]},
         "data": shown_path(data),
         "sample_rate": SAMPLE_RATE,

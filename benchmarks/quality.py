@@ -54,6 +54,7 @@ if str(BENCH_DIR) not in sys.path:
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
 from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import api, perceptual, streams  # noqa: E402
+from rvqcodec.commands.common import add_postfilter_argument, apply_postfilter  # noqa: E402
 from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
 from rvqcodec.extras import MissingExtraError, require  # noqa: E402
@@ -360,6 +361,7 @@ def markdown_report(result: dict) -> str:
     cfg = result["config"]
     parts = [f"# Quality vs bitrate ({'quick' if cfg['quick'] else 'full'} run)", "",
              f"Model: `{cfg['model']['path']}` (id {cfg['model']['model_id']}, "
+             f"formant postfilter {cfg['model'].get('postfilter', 0.0):g}, "
              f"{cfg['model']['parameters']:,} parameters). Data: `{cfg['data']}`, {len(cfg['files'])} files, "
              f"{cfg['total_seconds']:.1f} s" + (f" (each cut to {cfg['max_seconds']:g} s)" if cfg["max_seconds"] else "")
              + f". Scored at {SCORE_RATE} Hz after delay alignment (up to {MAX_SHIFT_SECONDS * 1000:g} ms; "
@@ -429,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of speech files, searched recursively (default: "
                         "../shared/data/speech-dev/LibriSpeech/dev-clean, relative to the repository root)")
     p.add_argument("--model", metavar="PATH", default=None, help="codec checkpoint (default: the shipped rvqcodec/pretrained/default.pt)")
+    add_postfilter_argument(p)
     p.add_argument("--bitrates", metavar="KBPS", default=None, help="rvqcodec bitrates in kbps, comma-separated (default: all)")
     p.add_argument("--codecs", metavar="NAMES", default=",".join(ext.EXTERNAL_CODECS),
                    help=f"external codecs to compare, comma-separated (default: {','.join(ext.EXTERNAL_CODECS)})")
@@ -502,6 +505,7 @@ def run(args: argparse.Namespace) -> dict:
         codec = load_codec(checkpoint, device=args.device)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    apply_postfilter(codec, args)
     bitrates = parse_bitrates(args.bitrates, codec)
     if args.quick and args.bitrates is None:
         valid = set(codec.bitrates())
@@ -573,7 +577,7 @@ def run(args: argparse.Namespace) -> dict:
             "total_seconds": sum(f["seconds"] for f in file_info), **run_config,
             "bitrates_kbps": bitrates, "external_codecs": [c.name for c in externals],
             "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
-                      "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
+                      "postfilter": codec.postfilter, "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
             "out": shown_path(out_dir), "device": args.device, "threads": torch.get_num_threads(),
             "macro_by_folder": sorted(set(groups.values())) if groups else None,
             "reused_from": shown_path(args.reuse) if args.reuse else None,

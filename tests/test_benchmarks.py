@@ -198,6 +198,7 @@ def test_rvq_streams_equal_compressing_at_each_bitrate(tiny_model, dev_clean):
     (["--data", "/nonexistent/speech"], "data folder not found"),
     (["--codecs", "mp3"], "unknown external codec"),
     (["--max-files", "0"], "must be > 0"),
+    (["--postfilter", "0.2"], "no spectral head: no postfilter"),  # the tiny model is a SEANet codec
 ])
 def test_quality_user_mistakes_give_one_line_errors(tiny_model, dev_clean, tmp_path, capsys, argv, message):
     base = ["--model", str(tiny_model), "--data", str(dev_clean), "--out", str(tmp_path / "q")]

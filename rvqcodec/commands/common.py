@@ -1,6 +1,7 @@
 """What the codec commands (``compress``, ``decompress``, ``roundtrip``, and ``eval`` for ``--threads``) share.
 
-* the ``--model``, ``--device`` and ``--threads`` options and loading the model they name (:func:`load_model`);
+* the ``--model``, ``--device`` and ``--threads`` options and loading the model they name (:func:`load_model`),
+  with the decoding commands' ``--postfilter``;
 * ``--bitrate`` / ``--n-q`` -> RVQ stages (:func:`resolve_stages`);
 * inputs: files, folders (searched recursively) and quoted glob patterns (:func:`collect_inputs`); outputs: one
   file, or a folder that mirrors the input layout (:func:`plan_outputs`), refused before any work if unwritable;
@@ -80,16 +81,38 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_threads_argument(parser)
 
 
+def add_postfilter_argument(parser: argparse.ArgumentParser) -> None:
+    """``--postfilter S``: the decoder's formant postfilter strength (default: the model's own)."""
+    parser.add_argument("--postfilter", type=float, default=None, metavar="S",
+                        help="formant postfilter strength of the decoder, 0 (off) to 1: sharpens the spectral "
+                             "envelope, which the decoder flattens (docs/training.md, the formant postfilter); "
+                             "default: the model's own, recorded in its checkpoint (0.2 for the shipped default "
+                             "model)")
+
+
+def apply_postfilter(codec, args: argparse.Namespace) -> None:
+    """Set ``codec``'s postfilter from ``--postfilter`` when given; one-line UserError when out of range."""
+    if getattr(args, "postfilter", None) is None:
+        return
+    try:
+        codec.postfilter = args.postfilter
+    except ValueError as exc:
+        raise UserError(f"--postfilter: {exc}") from None
+
+
 def load_model(args: argparse.Namespace):
-    """The codec named by ``--model`` (or the shipped default) on ``--device``, after applying ``--threads``;
-    one-line UserError if the device is not available or the checkpoint cannot be loaded."""
+    """The codec named by ``--model`` (or the shipped default) on ``--device``, after applying ``--threads``, with
+    ``--postfilter`` if the command has it; one-line UserError if the device is not available or the checkpoint
+    cannot be loaded."""
     from rvqcodec.pretrained import load_codec
 
     apply_threads(args)
     try:
-        return load_codec(args.model, device=args.device)
+        codec = load_codec(args.model, device=args.device)
     except (FileNotFoundError, ValueError) as exc:  # missing file, not a checkpoint, unavailable device
         raise UserError(str(exc)) from None
+    apply_postfilter(codec, args)
+    return codec
 
 
 def resolve_stages(codec, bitrate: float | None, n_q: int | None) -> int:

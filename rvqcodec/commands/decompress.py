@@ -16,6 +16,7 @@ from rvqcodec.errors import UserError
 from rvqcodec.commands.common import (
     InputFile,
     add_model_arguments,
+    add_postfilter_argument,
     collect_inputs,
     load_model,
     plan_outputs,
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="sample format of a PCM file (.wav, .flac, ...; default: PCM_16); lossy formats "
                              "(.ogg, .opus, .mp3) use their own codec")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
+    add_postfilter_argument(parser)
     add_model_arguments(parser)
 
 

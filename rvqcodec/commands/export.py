@@ -3,7 +3,7 @@
 RUN_OR_CHECKPOINT is a run folder (its ``codec.pt``), a codec checkpoint or a training checkpoint
 (``checkpoints/step_*.pt``). OUT defaults to ``export.pt`` beside the source. The file is float16 and inference-only
 (a third of a training checkpoint's size; loads back in float32 and still fine-tunes), with the run's training
-facts in its meta (:mod:`rvqcodec.training.export`). ``--as-default`` writes the shipped default model (OUT, by
+facts and the decoder's formant postfilter strength (``--postfilter``) in its meta (:mod:`rvqcodec.training.export`). ``--as-default`` writes the shipped default model (OUT, by
 default ``rvqcodec/pretrained/default.pt``) and its card ``default.json`` beside it; ``--as-streaming`` the shipped
 streaming model (``streaming.pt`` and ``streaming.json``; a causal model only). Exit codes: 0, 2 (user mistake).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rvqcodec.commands.common import apply_postfilter
 from rvqcodec.errors import UserError
 
 
@@ -29,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", default=None, metavar="YAML", help="the recipe the run was trained with (named "
                                                                        "on the card)")
     parser.add_argument("--note", default="", help="a sentence added to the card's description (--as-default, --as-streaming)")
+    parser.add_argument("--postfilter", type=float, default=None, metavar="S",
+                        help="formant postfilter strength (0 to 1) the exported model decodes with by default, "
+                             "recorded in its meta and card (default: the source's own; 0 for a training run)")
     parser.add_argument("--float32", action="store_true", help="keep float32 weights (default: float16, half the size)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite an existing OUT")
 
@@ -42,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         trained = read_trained_codec(args.source)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from None
+    apply_postfilter(trained.codec, args)
     if args.as_default and args.as_streaming:
         raise UserError("--as-default and --as-streaming exclude each other")
     if args.as_default or args.as_streaming:

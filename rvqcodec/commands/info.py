@@ -76,6 +76,7 @@ def checkpoint_info(path: Path) -> dict[str, Any]:
         "codebook_size": codec.config.codebook_size,
         "bits_per_code": codec.bits_per_code,
         "bitrates_kbps": codec.bitrates(),
+        "postfilter": codec.postfilter,
         "parameters": counts,
         "config": model_config(codec.config.to_dict()),
         "meta": meta,
@@ -138,6 +139,7 @@ def _format(info: dict[str, Any]) -> str:
         f"audio       {info['sample_rate']} Hz mono, hop {info['hop_length']} -> {info['frame_rate']:g} frames/s",
         f"quantizer   {info['max_n_q']} stages x {info['codebook_size']} codes ({info['bits_per_code']} bits)",
         f"bitrates    {rates} kbps",
+        f"postfilter  {info['postfilter']:g} (formant postfilter strength the decoder uses; --postfilter overrides)",
         f"parameters  {params['total']:,} (encoder {params['encoder']:,}, decoder {params['decoder']:,}, "
         f"quantizer {params['quantizer']:,}; {params['codebook_entries']:,} codebook values)",
         "config      " + ", ".join(f"{k}={v}" for k, v in info["config"].items()),
@@ -147,7 +149,7 @@ def _format(info: dict[str, Any]) -> str:
 
         lines.append(f"saved with  torch {info['saved_with_torch']} (running torch {torch.__version__})")
     # the id and torch version have their own lines; free-text fields (e.g. how it was trained) follow as written
-    meta = {k: v for k, v in info["meta"].items() if k not in ("model_id", "torch_version")}
+    meta = {k: v for k, v in info["meta"].items() if k not in ("model_id", "torch_version", "postfilter")}
     if meta:
         lines.append("meta        " + ", ".join(f"{k}={v}" for k, v in meta.items()))
     return "\n".join(lines)

@@ -37,6 +37,7 @@ from rvqcodec.commands.common import (
     InputFile,
     add_model_arguments,
     add_perceptual_argument,
+    add_postfilter_argument,
     collect_inputs,
     display_names,
     load_model,
@@ -70,6 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also keep each file's .rvq and decoded .wav in this folder")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing files in --output-dir")
     add_perceptual_argument(parser)
+    add_postfilter_argument(parser)
     add_model_arguments(parser)
 
 

@@ -20,7 +20,13 @@ import argparse
 import json
 import sys
 
-from rvqcodec.commands.common import add_threads_argument, apply_threads, resolve_stages
+from rvqcodec.commands.common import (
+    add_postfilter_argument,
+    add_threads_argument,
+    apply_postfilter,
+    apply_threads,
+    resolve_stages,
+)
 from rvqcodec.errors import InputError, UserError
 
 NESTED_COMMANDS = True
@@ -69,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     "frame repeated, fading to silence over 80 ms) and counted on stderr.")
     decode.add_argument("--raw", action="store_true",
                         help="write raw 16-bit little-endian mono PCM (as aplay -f S16_LE -r 16000 reads), not WAV")
+    add_postfilter_argument(decode)
     _add_model(decode)
 
     loop = modes.add_parser(
@@ -85,6 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     loop.add_argument("--out", metavar="OUT", default=None, help="also write the decoded audio to this file")
     loop.add_argument("-f", "--force", action="store_true", help="overwrite --out if it exists")
     loop.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_postfilter_argument(loop)
     _add_model(loop)
 
 
@@ -101,6 +109,7 @@ def load_streaming_model(args: argparse.Namespace):
         check_streamable(codec)
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc).splitlines()[0]) from None
+    apply_postfilter(codec, args)
     return codec
 
 

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 from rvqcodec.dicts import DictConfig
 from rvqcodec.fileio import atomic_torch_save
 from rvqcodec.model.framerate import FrameRateDecoder, FrameRateEncoder
+from rvqcodec.model.postfilter import check_strength
 from rvqcodec.model.seanet import SEANetDecoder, SEANetEncoder
 from rvqcodec.quantize import QUANTIZER_DEFAULTS, ResidualVQ
 
@@ -370,6 +371,23 @@ class Codec(nn.Module):
         return self.config.sample_rate
 
     @property
+    def postfilter(self) -> float:
+        """Formant postfilter strength of the decoder (:mod:`rvqcodec.model.postfilter`), 0 = off: a decoding
+        setting, not a weight (no effect on encoding, training losses or :attr:`model_id`). A checkpoint saved
+        with one loads with it (``meta["postfilter"]``); only the frame-rate decoder has one."""
+        head = getattr(self.decoder, "head", None)
+        return head.postfilter if head is not None else 0.0
+
+    @postfilter.setter
+    def postfilter(self, strength: float) -> None:
+        head = getattr(self.decoder, "head", None)
+        if head is None:
+            if check_strength(strength):
+                raise ValueError(f"the {self.config.architecture} decoder has no spectral head: no postfilter")
+            return
+        head.postfilter = strength
+
+    @property
     def hop_length(self) -> int:
         """Audio samples per latent frame."""
         return self.config.hop_length
@@ -539,7 +557,7 @@ class Codec(nn.Module):
         and ``meta["model_id"]`` is the rounded model's id, the id the loaded model has.
 
         Contents: ``{"format": "rvqcodec-checkpoint", "version": 1, "config": dict, "state_dict": ...,
-        "meta": {"model_id", "parameters", "torch_version", **meta}}``. Returns the path written."""
+        "meta": {"model_id", "parameters", "torch_version", "postfilter", **meta}}``. Returns the path written."""
         path = Path(path)
         if path.is_dir():
             raise IsADirectoryError(f"checkpoint path {path} is a directory")
@@ -555,7 +573,7 @@ class Codec(nn.Module):
                         tensor.copy_(tensor.half())
             model_id = rounded.model_id
         info = {"model_id": model_id, "parameters": self.parameter_counts(),
-                "torch_version": str(torch.__version__)}
+                "torch_version": str(torch.__version__), "postfilter": self.postfilter}
         info.update(meta or {})
         try:  # meta must load back with torch.load(weights_only=True): plain JSON types only
             info = json.loads(json.dumps(info))
@@ -614,4 +632,8 @@ class Codec(nn.Module):
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0]
             raise ValueError(f"{path}: checkpoint weights do not match its config ({first})") from None
+        try:
+            codec.postfilter = (payload.get("meta") or {}).get("postfilter", 0.0)
+        except ValueError as exc:
+            raise ValueError(f"{path}: bad postfilter in checkpoint meta: {exc}") from None
         return codec.eval()

@@ -199,9 +199,10 @@ class FrameStem:
 
 
 class FrameHead:
-    """The :class:`ISTFTHead` after its projection, on one frame: :meth:`windowed` maps the projection's output
-    ``(2·n_bins,)`` (log-magnitudes, then phases) to the frame's windowed inverse FFT ``(n_fft,)``, which the
-    caller overlap-adds (``synthesis_frames(head.to_spectrum(projected), window)`` one frame at a time)."""
+    """The :class:`ISTFTHead` after its projection, on one frame: :meth:`windowed` maps the output of
+    ``head.output_projection()`` ``(2·n_bins,)`` (log-magnitudes, postfiltered if the head's postfilter is on, then
+    phases) to the frame's windowed inverse FFT ``(n_fft,)``, which the caller overlap-adds (what
+    ``synthesis_frames(head.spectrum(x), window)`` gives offline, one frame at a time)."""
 
     def __init__(self, head: ISTFTHead):
         self.window = _cpu(head.window).numpy()

@@ -68,7 +68,8 @@ def variants(codec, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out["decoder fed the unquantized latent"] = codec(wav, quantize=False).audio[0, 0, :n]
         codec.postfilter = strength
         if strength:
-            out[f"decode, 12 stages, formant postfilter {strength:g}"] = codec.decode(codec.encode(wav, n_q=12))[0, 0, :n]
+            name = f"decode, 12 stages, formant postfilter {strength:g}"
+            out[name] = codec.decode(codec.encode(wav, n_q=12))[0, 0, :n]
     decoded = out["decode, 16 stages"]
     versions = {"original": x, **out}
     a, b = stft(x, 512, 128), stft(decoded, 512, 128)
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> dict:
             s = scorer.non_intrusive(y.clamp(-1, 1), SR)
             scores.setdefault(name, []).append((s["distillmos"], s["dnsmos_p808"]))
         print(f"scored {path.name}", file=sys.stderr)
-    return {"model": shown_path(checkpoint), "model_id": codec.model_id, "data": shown_path(args.data), "files": [shown_path(p) for p in files],
+    return {"model": shown_path(checkpoint), "model_id": codec.model_id, "data": shown_path(args.data),
+            "files": [shown_path(p) for p in files],
             "means": {name: {"distillmos": float(np.mean([v[0] for v in values])),
                              "dnsmos_p808": float(np.mean([v[1] for v in values]))} for name, values in scores.items()}}
 

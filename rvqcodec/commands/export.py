@@ -3,9 +3,10 @@
 RUN_OR_CHECKPOINT is a run folder (its ``codec.pt``), a codec checkpoint or a training checkpoint
 (``checkpoints/step_*.pt``). OUT defaults to ``export.pt`` beside the source. The file is float16 and inference-only
 (a third of a training checkpoint's size; loads back in float32 and still fine-tunes), with the run's training
-facts and the decoder's formant postfilter strength (``--postfilter``) in its meta (:mod:`rvqcodec.training.export`). ``--as-default`` writes the shipped default model (OUT, by
-default ``rvqcodec/pretrained/default.pt``) and its card ``default.json`` beside it; ``--as-streaming`` the shipped
-streaming model (``streaming.pt`` and ``streaming.json``; a causal model only). Exit codes: 0, 2 (user mistake).
+facts and the decoder's formant postfilter strength (``--postfilter``) in its meta (:mod:`rvqcodec.training.export`).
+``--as-default`` writes the shipped default model (OUT, by default ``rvqcodec/pretrained/default.pt``) and its card
+``default.json`` beside it; ``--as-streaming`` the shipped streaming model (``streaming.pt`` and ``streaming.json``;
+a causal model only). Exit codes: 0, 2 (user mistake).
 """
 from __future__ import annotations
 

@@ -199,7 +199,7 @@ class StreamDecoder:
             raise ValueError(f"codes must lie in [0, {self._tables.shape[1]})")
         if self._stack is None:
             decoder = self.codec.decoder
-            self._stack = FrameStack(decoder.net, decoder.head.output_projection(), decoder.conditioning(n_q))
+            self._stack = FrameStack(decoder.net, decoder.head.proj, decoder.conditioning(n_q))
         latents = self._tables[np.arange(n_q)[:, None], codes].sum(0)  # (n_frames, D)
         with torch.inference_mode():
             out = np.concatenate([self._synthesise(latent) for latent in latents])

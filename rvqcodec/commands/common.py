@@ -84,10 +84,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 def add_postfilter_argument(parser: argparse.ArgumentParser) -> None:
     """``--postfilter S``: the decoder's formant postfilter strength (default: the model's own)."""
     parser.add_argument("--postfilter", type=float, default=None, metavar="S",
-                        help="formant postfilter strength of the decoder, 0 (off) to 1: sharpens the spectral "
-                             "envelope, which the decoder flattens (docs/training.md, the formant postfilter); "
-                             "default: the model's own, recorded in its checkpoint (0.2 for the shipped default "
-                             "model)")
+                        help="formant postfilter strength of the decoder, 0 (off) to 1: deepens the valleys of "
+                             "the spectral envelope between formants, which the decoder fills (docs/training.md, the "
+                             "formant postfilter); default: the model's own, recorded in its checkpoint (0.4 for the "
+                             "shipped default model)")
 
 
 def apply_postfilter(codec, args: argparse.Namespace) -> None:

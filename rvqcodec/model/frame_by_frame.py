@@ -199,17 +199,21 @@ class FrameStem:
 
 
 class FrameHead:
-    """The :class:`ISTFTHead` after its projection, on one frame: :meth:`windowed` maps the output of
-    ``head.output_projection()`` ``(2·n_bins,)`` (log-magnitudes, postfiltered if the head's postfilter is on, then
-    phases) to the frame's windowed inverse FFT ``(n_fft,)``, which the caller overlap-adds (what
+    """The :class:`ISTFTHead` after its projection, on one frame: :meth:`windowed` maps the output of ``head.proj``
+    ``(2·n_bins,)`` (log-magnitudes, then phases) to the frame's windowed inverse FFT ``(n_fft,)``, with the head's
+    postfilter (as set now) applied to the log-magnitudes, which the caller overlap-adds (what
     ``synthesis_frames(head.spectrum(x), window)`` gives offline, one frame at a time)."""
 
     def __init__(self, head: ISTFTHead):
+        self.head = head
         self.window = _cpu(head.window).numpy()
         self.n_fft, self.n_bins, self.max_log_mag = head.n_fft, head.n_bins, head.max_log_mag
 
     def windowed(self, projected: np.ndarray) -> np.ndarray:
-        magnitude = np.exp(np.minimum(projected[:self.n_bins], self.max_log_mag))
+        log_mag = projected[:self.n_bins]
+        if self.head.postfilter:
+            log_mag = self.head.postfiltered(torch.from_numpy(log_mag).cpu()).numpy()
+        magnitude = np.exp(np.minimum(log_mag, self.max_log_mag))
         phase = projected[self.n_bins:]
         spec = np.empty(self.n_bins, dtype=np.complex64)
         spec.real, spec.imag = magnitude * np.cos(phase), magnitude * np.sin(phase)

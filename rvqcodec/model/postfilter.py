@@ -1,21 +1,22 @@
-"""Formant postfilter: sharpens the spectral envelope of the decoder's log-magnitude spectrum.
+"""Formant postfilter: deepens the valleys of the decoder's spectral envelope, frame by frame.
 
 Speech decoders since CELP (G.729, AMR) end with a formant postfilter: it deepens the valleys between formants,
-where coding noise is heard, and narrows the formants that coding at a low rate flattens. The inverse-STFT head
-of the frame-rate codec (:class:`~rvqcodec.model.spectral.ISTFTHead`) gives one log-magnitude spectrum per frame,
-so the postfilter acts there, frame by frame, with no look-ahead and no state:
+where coding noise is heard and which coding at a low rate fills. The inverse-STFT head of the frame-rate codec
+(:class:`~rvqcodec.model.spectral.ISTFTHead`) gives one log-magnitude spectrum per frame, so the postfilter acts
+there, frame by frame, with no look-ahead and no state:
 
     envelope = lifter(log|X|)          the real cepstrum of the frame's log-magnitudes kept at quefrencies
                                        LIFTER_LOW .. LIFTER_HIGH - 1 samples (0.125–1.8 ms at 16 kHz): formants
                                        and their widths, without the level and spectral tilt (quefrencies 0, 1)
                                        and without the pitch harmonics (≥ 1.9 ms for voices up to 530 Hz)
-    log|X'| = log|X| + strength · envelope          the phases are left as they are
+    log|X'| = log|X| + strength · min(envelope, 0)      the phases are left as they are
 
-It is linear in the log-magnitudes: one ``(n_bins, n_bins)`` matrix, which the frame-by-frame decoder folds into
-the head's projection (no cost per frame). ``strength`` 0 is the decoder as trained. The codec's losses never see
-it: it is a decoding setting (:attr:`rvqcodec.model.codec.Codec.postfilter`), stored in a shipped checkpoint's meta.
-Why and how much (the decoder regresses the envelope toward its mean; measured by listener models and PESQ-WB):
-docs/training.md, "The formant postfilter".
+Where the envelope lies below the frame's level-and-tilt line (a valley between formants) it is made
+``1 + strength`` times as deep; the formant peaks are left as they are. (A first version scaled the whole envelope,
+peaks too: listener models liked it as much, but raising the peaks moved the spectrum away from the original's,
+which ViSQOL and noisy or quiet input penalised; docs/training.md, "The formant postfilter".) ``strength`` 0 is the
+decoder as trained. The codec's losses never see it: it is a decoding setting
+(:attr:`rvqcodec.model.codec.Codec.postfilter`), stored in a shipped checkpoint's meta.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 
 LIFTER_LOW = 2  # first quefrency (samples) counted as envelope: 0 is the level, 1 the tilt
 LIFTER_HIGH = 30  # first quefrency left out: the pitch period of a voice at 533 Hz and above
-MAX_STRENGTH = 1.0  # beyond this the envelope's dynamic range doubles: formant "ringing", never measured better
+MAX_STRENGTH = 1.0  # valleys twice as deep: beyond this, holes in the spectrum, never measured better
 
 
 def check_strength(strength: float) -> float:
@@ -54,9 +55,7 @@ def envelope_operator(n_bins: int, low: int = LIFTER_LOW, high: int = LIFTER_HIG
     return torch.fft.rfft(cepstra * mask, n=n, dim=-1).real
 
 
-def postfilter_matrix(n_bins: int, strength: float) -> torch.Tensor:
-    """``(n_bins, n_bins)`` float32 matrix ``P = I + strength · L``: ``log_mag @ P`` is the postfiltered
-    log-magnitude spectrum."""
-    strength = check_strength(strength)
-    eye = torch.eye(n_bins, dtype=torch.float64)
-    return (eye + strength * envelope_operator(n_bins)).float()
+def deepen_valleys(log_mag: torch.Tensor, operator: torch.Tensor, strength: float) -> torch.Tensor:
+    """Postfiltered log-magnitudes: ``log_mag`` ``(..., n_bins)`` (natural log) plus ``strength`` times the
+    negative part of its envelope (``log_mag @ operator``, ``operator`` from :func:`envelope_operator`)."""
+    return log_mag + strength * (log_mag @ operator).clamp(max=0.0)

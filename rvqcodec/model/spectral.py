@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rvqcodec.model.postfilter import check_strength, postfilter_matrix
+from rvqcodec.model.postfilter import check_strength, deepen_valleys, envelope_operator
 
 
 ENVELOPE_FLOOR = 1e-8
@@ -141,8 +141,8 @@ class ISTFTHead(nn.Module):
 
     A linear map gives per bin a log-magnitude ``m`` and a phase ``p``; ``X = exp(m) · e^{ip}`` (magnitude
     capped at ``e^{max_log_mag}``) is inverted by :func:`istft_overlap_add` with a Hann window (Vocos' head).
-    :attr:`postfilter` > 0 sharpens each frame's envelope first (:mod:`rvqcodec.model.postfilter`; 0, the
-    default, is the head as trained).
+    :attr:`postfilter` > 0 deepens the valleys of each frame's envelope first (:mod:`rvqcodec.model.postfilter`;
+    0, the default, is the head as trained).
     """
 
     def __init__(self, dim: int, n_fft: int, hop: int, causal: bool = False, max_log_mag: float = 4.6):
@@ -153,7 +153,7 @@ class ISTFTHead(nn.Module):
         self.proj = nn.Linear(dim, 2 * self.n_bins)
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self._envelopes: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}  # by frame count
-        self._postfilter, self._postfilter_matrix = 0.0, None  # (n_bins, n_bins) when the strength is > 0
+        self._postfilter, self._envelope_operator = 0.0, None  # (n_bins, n_bins) when the strength is > 0
 
     @property
     def postfilter(self) -> float:
@@ -163,20 +163,14 @@ class ISTFTHead(nn.Module):
     @postfilter.setter
     def postfilter(self, strength: float) -> None:
         self._postfilter = check_strength(strength)
-        self._postfilter_matrix = postfilter_matrix(self.n_bins, self._postfilter) if self._postfilter else None
+        self._envelope_operator = envelope_operator(self.n_bins).float() if self._postfilter else None
 
-    def output_projection(self) -> nn.Linear:
-        """The projection with the postfilter folded into its log-magnitude rows (``self.proj`` itself when the
-        postfilter is off): ``output_projection()(x)`` equals ``proj(x)`` with the log-magnitudes postfiltered.
-        For the frame-by-frame decoder, which then pays nothing for the postfilter."""
-        if self._postfilter_matrix is None:
-            return self.proj
-        p = self._postfilter_matrix.to(self.proj.weight)
-        folded = nn.Linear(self.proj.in_features, self.proj.out_features).to(self.proj.weight)
-        with torch.no_grad():
-            folded.weight.copy_(torch.cat([p.T @ self.proj.weight[:self.n_bins], self.proj.weight[self.n_bins:]]))
-            folded.bias.copy_(torch.cat([self.proj.bias[:self.n_bins] @ p, self.proj.bias[self.n_bins:]]))
-        return folded.requires_grad_(False)
+    def postfiltered(self, log_mag: torch.Tensor) -> torch.Tensor:
+        """``(..., n_bins)`` float32 log-magnitudes through the postfilter (themselves when it is off); frame by
+        frame, so the frame-by-frame decoder applies it too."""
+        if self._envelope_operator is None:
+            return log_mag
+        return deepen_valleys(log_mag, self._envelope_operator.to(log_mag.device), self._postfilter)
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, dim, F)`` -> complex ``(B, F, n_bins)`` (float32)."""
@@ -186,8 +180,7 @@ class ISTFTHead(nn.Module):
         """The projection's output ``(..., 2·n_bins)`` (log-magnitudes, then phases) -> complex ``(..., n_bins)``
         (float32)."""
         log_mag, phase = projected.float().chunk(2, dim=-1)
-        if self._postfilter_matrix is not None:
-            log_mag = log_mag @ self._postfilter_matrix.to(log_mag.device)
+        log_mag = self.postfiltered(log_mag)
         return torch.polar(torch.exp(log_mag.clamp(max=self.max_log_mag)), phase)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -161,3 +161,29 @@ def test_cli_decoding_commands_take_postfilter(tmp_path, capsys):
     assert main(["roundtrip", str(SAMPLE), "--postfilter", "1.5", "--no-perceptual"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--postfilter" in err
+
+
+def test_the_sweep_compares_the_forms_on_the_same_envelope():
+    """``benchmarks/postfilter_sweep.py`` settings: a bare strength is the library's (valleys) form, ``envelope:S``
+    the first form (``m + S·E``) and ``peaks:S`` (``m + S·max(E, 0)``), each decoded by swapping the head's
+    postfilter; setting the library's form again restores it; an unknown form is refused."""
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import postfilter_sweep as sweep
+
+    assert sweep.parse_setting("0.4") == ("valleys", 0.4) and sweep.parse_setting("envelope:0.2") == ("envelope", 0.2)
+    with pytest.raises(ValueError, match="unknown postfilter form"):
+        sweep.parse_setting("sharpen:0.2")
+    codec = Codec(CodecConfig.preset("convnext")).eval()
+    head = codec.decoder.head
+    log_mag = torch.randn(5, head.n_bins)
+    envelope = log_mag @ envelope_operator(head.n_bins).float()
+    expected = {"envelope": log_mag + 0.3 * envelope, "peaks": log_mag + 0.3 * envelope.clamp(min=0),
+                "valleys": log_mag + 0.3 * envelope.clamp(max=0)}
+    for form in ("envelope", "peaks", "valleys"):
+        sweep.set_form(codec, form, 0.3)
+        torch.testing.assert_close(head.postfiltered(log_mag), expected[form], atol=1e-4, rtol=0)
+    sweep.set_form(codec, "envelope", 0.3)
+    sweep.set_form(codec, "valleys", 0.0)
+    assert codec.postfilter == 0.0 and torch.equal(head.postfiltered(log_mag), log_mag)

@@ -31,6 +31,7 @@ if str(BENCH_DIR) not in sys.path:
 from common import DEFAULT_OUT, SPEECH_ROOT, shown_path  # noqa: E402
 from rvqcodec import perceptual  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
+from rvqcodec.data.datasets import find_audio_files  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.metrics import pesq_wb  # noqa: E402
 from rvqcodec.model.postfilter import check_strength, envelope_operator  # noqa: E402
@@ -86,7 +87,7 @@ def run(args: argparse.Namespace) -> dict:
     settings = list(dict.fromkeys((LIBRARY_FORM, 0.0) if s == 0 else (f, s)
                                   for f, s in map(parse_setting, args.strengths.split(","))))
     scorer = perceptual.get_scorer()
-    files = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in (".flac", ".wav"))
+    files = find_audio_files(args.data, (".flac", ".wav"))
     groups: dict[str, list[dict]] = {}
     for i, path in enumerate(files):
         x = read_audio(path, target_sr=codec.sample_rate).samples[0]

@@ -36,6 +36,7 @@ if str(BENCH_DIR) not in sys.path:
 from common import DEFAULT_OUT, SPEECH_ROOT, shown_path  # noqa: E402
 from rvqcodec import perceptual  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
+from rvqcodec.data.datasets import find_audio_files  # noqa: E402
 from rvqcodec.fileio import atomic_write_json, atomic_write_text  # noqa: E402
 from rvqcodec.model.postfilter import envelope_operator  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> dict:
     checkpoint = resolve_checkpoint(args.model)
     codec = load_codec(checkpoint).eval()
     scorer = perceptual.get_scorer()
-    files = sorted(p for p in args.data.rglob("*") if p.suffix.lower() in (".flac", ".wav"))
+    files = find_audio_files(args.data, (".flac", ".wav"))
     files = files[::max(1, len(files) // args.files)][:args.files]
     scores: dict[str, list[tuple[float, float]]] = {}
     for path in files:

@@ -153,7 +153,9 @@ class ISTFTHead(nn.Module):
         self.proj = nn.Linear(dim, 2 * self.n_bins)
         self.register_buffer("window", torch.hann_window(n_fft, periodic=True), persistent=False)
         self._envelopes: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}  # by frame count
-        self._postfilter, self._envelope_operator = 0.0, None  # (n_bins, n_bins) when the strength is > 0
+        self._postfilter = 0.0
+        # the postfilter's lifter (n_bins, n_bins), made the first time a strength > 0 is set; moves with the module
+        self.register_buffer("_lifter", None, persistent=False)
 
     @property
     def postfilter(self) -> float:
@@ -163,14 +165,15 @@ class ISTFTHead(nn.Module):
     @postfilter.setter
     def postfilter(self, strength: float) -> None:
         self._postfilter = check_strength(strength)
-        self._envelope_operator = envelope_operator(self.n_bins).float() if self._postfilter else None
+        if self._postfilter and self._lifter is None:
+            self._lifter = envelope_operator(self.n_bins).to(self.window)
 
     def postfiltered(self, log_mag: torch.Tensor) -> torch.Tensor:
         """``(..., n_bins)`` float32 log-magnitudes through the postfilter (themselves when it is off); frame by
         frame, so the frame-by-frame decoder applies it too."""
-        if self._envelope_operator is None:
+        if not self._postfilter:
             return log_mag
-        return deepen_valleys(log_mag, self._envelope_operator.to(log_mag.device), self._postfilter)
+        return deepen_valleys(log_mag, self._lifter.to(log_mag), self._postfilter)
 
     def spectrum(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, dim, F)`` -> complex ``(B, F, n_bins)`` (float32)."""

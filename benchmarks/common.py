@@ -10,6 +10,8 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 SPEECH_ROOT = REPO_ROOT.parent / "shared" / "data" / "speech-dev" / "LibriSpeech"
 DEFAULT_OUT = BENCH_DIR / "results"
+AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
+"""What a benchmark's data folder is searched for."""
 
 
 def shown_path(path: str | os.PathLike) -> str:
@@ -21,6 +23,22 @@ def shown_path(path: str | os.PathLike) -> str:
 def resolved_shown_path(shown: str) -> Path:
     """Inverse of :func:`shown_path`, relative to the current folder (for messages to the user)."""
     return Path(os.path.relpath((REPO_ROOT / shown).resolve()))
+
+
+def list_audio_files(folder: Path) -> list[Path]:
+    """Audio files (:data:`AUDIO_SUFFIXES`) under ``folder``, recursively, sorted by path, hidden ones skipped
+    (:func:`rvqcodec.data.datasets.find_audio_files`).
+
+    Raises:
+        UserError: the folder is missing or holds no audio (one line).
+    """
+    from rvqcodec.data.datasets import find_audio_files
+    from rvqcodec.errors import UserError
+
+    try:
+        return find_audio_files(folder, AUDIO_SUFFIXES)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from None
 
 
 def fmt_number(value, spec: str) -> str:

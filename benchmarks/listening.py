@@ -72,7 +72,7 @@ from quality import (  # noqa: E402
     rvq_streams,
     selected_external_codecs,
 )
-from rvqcodec import api  # noqa: E402
+from rvqcodec import api, level  # noqa: E402
 from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample, write_audio  # noqa: E402
 from rvqcodec.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text, json_safe  # noqa: E402
@@ -130,7 +130,7 @@ def decode_all(codec, clip: listening_clips.Clip, bitrates: list[float], externa
     """``{version key: (decoded 16 kHz signal, counted bytes)}`` for every coded version of ``clip``, or
     ``{key: error message}`` where an external tool failed."""
     results: dict[str, tuple[np.ndarray, int] | str] = {}
-    streams, _ = rvq_streams(codec, clip.audio, bitrates)
+    streams, _ = rvq_streams(codec, clip.audio, bitrates, normalize=level.NORMALIZE_BY_DEFAULT)
     for kbps, data in streams.items():
         decoded, sr = api.decompress(codec, data)
         decoded = decoded[0]
@@ -371,7 +371,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> dict:
         "created_display": now.strftime("%Y-%m-%d %H:%M UTC"),
         "command": shlex.join(["python", "benchmarks/listening.py", *argv]),
         "model": {"path": shown_path(checkpoint), "model_id": codec.model_id, "postfilter": codec.postfilter,
-                  "parameters": codec.parameter_counts()["total"]},
+                  "normalize": level.NORMALIZE_BY_DEFAULT, "parameters": codec.parameter_counts()["total"]},
         "data": shown_path(data),
         "sample_rate": SAMPLE_RATE,
         "bitrates_kbps": bitrates,

@@ -177,7 +177,9 @@ def render_html(manifest: dict) -> str:
         f"<style>{CSS}</style>", "</head>", "<body>", "<main>",
         "<h1>rvqcodec: listen to each bitrate beside Opus, AMR-WB and Codec2</h1>",
         f'<p class="meta">Model <code>{esc(model["model_id"])}</code> (<code>{esc(model["path"])}</code>, '
-        f'{model["parameters"]:,} parameters, decoded with formant postfilter {model.get("postfilter", 0.0):g}) · generated {esc(manifest["created_display"])} by '
+        f'{model["parameters"]:,} parameters, decoded with formant postfilter {model.get("postfilter", 0.0):g}'
+        f'{", input level normalized" if model.get("normalize") else ""})'
+        f' · generated {esc(manifest["created_display"])} by '
         f'<code>{esc(manifest["command"])}</code></p>',
         f"<p>{n_clips} clip{'s' if n_clips != 1 else ''} of held-out speech (<code>{esc(manifest['data'])}</code>, "
         "never used for training), each encoded and decoded by every codec below. A decoded version is shifted by "

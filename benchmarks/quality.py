@@ -52,9 +52,9 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
-from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
-from rvqcodec import api, perceptual, streams  # noqa: E402
-from rvqcodec.commands.common import add_postfilter_argument, apply_postfilter  # noqa: E402
+from common import DEFAULT_OUT, SPEECH_ROOT, fmt_number, list_audio_files, resolved_shown_path, shown_path  # noqa: E402
+from rvqcodec import api, level, perceptual, streams  # noqa: E402
+from rvqcodec.commands.common import add_level_argument, add_postfilter_argument, apply_postfilter  # noqa: E402
 from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio, resample  # noqa: E402
 from rvqcodec.extras import MissingExtraError, require  # noqa: E402
@@ -64,7 +64,6 @@ from rvqcodec.scoring import evaluate_pair, metric_names  # noqa: E402
 from rvqcodec.pretrained import load_codec, resolve_checkpoint  # noqa: E402
 
 DEFAULT_DATA = SPEECH_ROOT / "dev-clean"
-AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 SCORE_RATE = ext.SAMPLE_RATE  # every codec is scored at 16 kHz
 
 QUICK_FILES = 2
@@ -85,19 +84,6 @@ REFERENCE_SETTING = "original"
 
 # ------------------------------------------------------------------------------------------------- inputs
 
-
-def list_audio_files(folder: Path) -> list[Path]:
-    """Audio files (``.flac``, ``.wav``, ``.ogg``) under ``folder``, recursively, sorted by path.
-
-    Raises:
-        UserError: the folder is missing or holds no audio.
-    """
-    if not folder.is_dir():
-        raise UserError(f"data folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
-    return files
 
 
 def parse_bitrates(text: str | None, codec) -> list[float]:
@@ -162,26 +148,29 @@ def reference_record(path: Path, ref: np.ndarray) -> dict:
     return record
 
 
-def rvq_streams(codec, ref: np.ndarray, bitrates: list[float]) -> tuple[dict[float, bytes], float]:
+def rvq_streams(codec, ref: np.ndarray, bitrates: list[float],
+                normalize: bool = level.NORMALIZE_BY_DEFAULT) -> tuple[dict[float, bytes], float]:
     """The ``.rvq`` bytes of ``ref`` (16 kHz ``(T,)``) at every bitrate, from one encode, and its time in seconds.
 
     :func:`rvqcodec.streams.encode_stages` computes the codes once with the most stages needed; the stream at
     ``kbps`` keeps their first ``n_q`` stages, which is byte for byte what
-    ``api.compress(codec, ref, 16000, bitrate=kbps)`` gives.
+    ``api.compress(codec, ref, 16000, bitrate=kbps, normalize=normalize)`` gives.
     """
     n_qs = {kbps: streams.resolve_n_q(codec, bitrate=kbps) for kbps in bitrates}
     wav = torch.from_numpy(ref)
     if codec.sample_rate != SCORE_RATE:
         wav = resample(wav, SCORE_RATE, codec.sample_rate)
     start = time.perf_counter()
-    by_n_q = streams.encode_stages(codec, [wav], list(n_qs.values()))
+    gain_db = level.gain_db_of([wav]) if normalize else 0.0
+    by_n_q = streams.encode_stages(codec, [wav], list(n_qs.values()), gain_db=gain_db)
     encode_s = time.perf_counter() - start
     return {kbps: by_n_q[n_q] for kbps, n_q in n_qs.items()}, encode_s
 
 
-def run_rvqcodec(codec, ref: np.ndarray, bitrates: list[float], path: Path, settings: dict[str, Setting]) -> None:
+def run_rvqcodec(codec, ref: np.ndarray, bitrates: list[float], path: Path, settings: dict[str, Setting],
+                 normalize: bool) -> None:
     """Score rvqcodec on ``ref`` at every bitrate: one encode (:func:`rvq_streams`), one decode per stream."""
-    by_kbps, encode_s = rvq_streams(codec, ref, bitrates)
+    by_kbps, encode_s = rvq_streams(codec, ref, bitrates, normalize)
     for kbps, data in by_kbps.items():
         start = time.perf_counter()
         decoded, sr = api.decompress(codec, data)
@@ -362,6 +351,7 @@ def markdown_report(result: dict) -> str:
     parts = [f"# Quality vs bitrate ({'quick' if cfg['quick'] else 'full'} run)", "",
              f"Model: `{cfg['model']['path']}` (id {cfg['model']['model_id']}, "
              f"formant postfilter {cfg['model'].get('postfilter', 0.0):g}, "
+             f"input level {'normalized' if cfg['model'].get('normalize') else 'as recorded'}, "
              f"{cfg['model']['parameters']:,} parameters). Data: `{cfg['data']}`, {len(cfg['files'])} files, "
              f"{cfg['total_seconds']:.1f} s" + (f" (each cut to {cfg['max_seconds']:g} s)" if cfg["max_seconds"] else "")
              + f". Scored at {SCORE_RATE} Hz after delay alignment (up to {MAX_SHIFT_SECONDS * 1000:g} ms; "
@@ -432,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "../shared/data/speech-dev/LibriSpeech/dev-clean, relative to the repository root)")
     p.add_argument("--model", metavar="PATH", default=None, help="codec checkpoint (default: the shipped rvqcodec/pretrained/default.pt)")
     add_postfilter_argument(p)
+    add_level_argument(p)
     p.add_argument("--bitrates", metavar="KBPS", default=None, help="rvqcodec bitrates in kbps, comma-separated (default: all)")
     p.add_argument("--codecs", metavar="NAMES", default=",".join(ext.EXTERNAL_CODECS),
                    help=f"external codecs to compare, comma-separated (default: {','.join(ext.EXTERNAL_CODECS)})")
@@ -559,7 +550,7 @@ def run(args: argparse.Namespace) -> dict:
                                                                       "the unprocessed speech"))
             if reuse_file is None or not reuse_file.take(original, path):
                 original.per_file.append(reference_record(path, ref))
-        run_rvqcodec(codec, ref, bitrates, path, settings)
+        run_rvqcodec(codec, ref, bitrates, path, settings, args.normalize)
         for external in externals:
             run_external(external, ref, path, settings, notes, reuse_file)
     if reused is not None:
@@ -577,7 +568,8 @@ def run(args: argparse.Namespace) -> dict:
             "total_seconds": sum(f["seconds"] for f in file_info), **run_config,
             "bitrates_kbps": bitrates, "external_codecs": [c.name for c in externals],
             "model": {"path": shown_path(checkpoint), "model_id": codec.model_id,
-                      "postfilter": codec.postfilter, "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
+                      "postfilter": codec.postfilter, "normalize": args.normalize,
+                      "parameters": codec.parameter_counts()["total"], "config": codec.config.to_dict()},
             "out": shown_path(out_dir), "device": args.device, "threads": torch.get_num_threads(),
             "macro_by_folder": sorted(set(groups.values())) if groups else None,
             "reused_from": shown_path(args.reuse) if args.reuse else None,

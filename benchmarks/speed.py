@@ -72,7 +72,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import external_codecs as ext  # noqa: E402  (needs BENCH_DIR on sys.path)
-from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, fmt_number, resolved_shown_path, shown_path  # noqa: E402
+from common import DEFAULT_OUT, REPO_ROOT, SPEECH_ROOT, fmt_number, list_audio_files, resolved_shown_path, shown_path  # noqa: E402
 from rvqcodec import api, codec_files  # noqa: E402
 from rvqcodec.errors import UserError  # noqa: E402
 from rvqcodec.data.audio_io import read_audio  # noqa: E402
@@ -89,7 +89,6 @@ from rvqcodec.training.config import (  # noqa: E402
 
 DEFAULT_DATA = SPEECH_ROOT / "dev-clean"
 DEFAULT_TRAIN_DATA = SPEECH_ROOT / "train-clean-100"
-AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 CONVNEXT_RECIPE = REPO_ROOT / "recipes" / "librispeech" / "convnext.yaml"  # losses of ConvNeXt training steps
 RTF_TARGET_X = 100.0  # encode + decode at least this many times faster than real time ...
 RTF_TARGET_THREADS = 2  # ... on this many CPU threads
@@ -146,14 +145,6 @@ def timed_interleaved(fns: dict[tuple, Callable[[], object]], device: torch.devi
             times[name] += timed(fn, device, repeats=1, warmup=0)
     return times
 
-
-def list_audio_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise UserError(f"data folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
-    if not files:
-        raise UserError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) under {folder}")
-    return files
 
 
 def speech_signal(folder: Path, seconds: float, sample_rate: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from rvqcodec import streams
+from rvqcodec import level, streams
 from rvqcodec.chunking import ChunkConfig
 from rvqcodec.data import audio_io
 from rvqcodec.errors import InputError
@@ -93,7 +93,8 @@ def as_mono(wav: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def compress(codec: Codec, wav: torch.Tensor | np.ndarray, sr: int, bitrate: float | None = None,
-             n_q: int | None = None, chunking: ChunkConfig = ChunkConfig()) -> bytes:
+             n_q: int | None = None, chunking: ChunkConfig = ChunkConfig(),
+             normalize: bool = level.NORMALIZE_BY_DEFAULT) -> bytes:
     """Audio -> the bytes of a ``.rvq`` file.
 
     Args:
@@ -103,6 +104,8 @@ def compress(codec: Codec, wav: torch.Tensor | np.ndarray, sr: int, bitrate: flo
         sr: sample rate of ``wav`` in Hz (resampled to ``codec.sample_rate`` if different).
         bitrate: kbps, one of ``codec.bitrates()``; or give ``n_q``; neither: all stages.
         n_q: number of RVQ stages.
+        normalize: encode the signal moved to the level the model was trained at, the gain in the stream
+            (:mod:`rvqcodec.level`; decoding divides it out); False: as it is (gain 0 dB).
 
     Raises:
         ValueError: unsupported bitrate (listing the valid ones), bad sample rate.
@@ -114,7 +117,8 @@ def compress(codec: Codec, wav: torch.Tensor | np.ndarray, sr: int, bitrate: flo
     mono = as_mono(wav)
     if mono.numel() and int(sr) != codec.sample_rate:
         mono = audio_io.resample(mono, int(sr), codec.sample_rate)
-    return streams.encode(codec, [mono], n_q, chunking)
+    gain_db = level.gain_db_of([mono]) if normalize else 0.0
+    return streams.encode(codec, [mono], n_q, chunking, gain_db=gain_db)
 
 
 def decompress(codec: Codec, data: bytes, chunking: ChunkConfig = ChunkConfig()) -> tuple[torch.Tensor, int]:

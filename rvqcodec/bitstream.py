@@ -4,19 +4,21 @@ The byte layout is specified in ``docs/bitstream.md``; in short (all integers li
 
     offset size  field
          0    4  magic  b"RVQC"
-         4    1  format version (uint8, currently 1)
+         4    1  format version (uint8, currently 2)
          5    4  sample rate in Hz (uint32)
          9    4  hop length in samples per frame (uint32)   -> frame rate = sample_rate / hop_length
         13    1  number of RVQ stages n_q (uint8)
         14    1  bits per code (uint8, = ceil(log2 codebook_size))
         15    8  number of audio samples (uint64)
         23    8  model identifier (the 16 hex characters of ``Codec.model_id`` as 8 raw bytes)
-        31    4  CRC32 of bytes 0..30 (the header)
-        35    P  payload: ceil(n_q * n_frames * bits / 8) bytes, n_frames = ceil(num_samples / hop_length)
-      35+P    4  CRC32 of bytes 0..35+P-1 (header, header CRC and payload)
+        31    1  gain (int8, in steps of 0.5 dB): the decoder divides the decoded audio by it (version 2)
+        32    4  CRC32 of bytes 0..31 (the header)
+        36    P  payload: ceil(n_q * n_frames * bits / 8) bytes, n_frames = ceil(num_samples / hop_length)
+      36+P    4  CRC32 of bytes 0..36+P-1 (header, header CRC and payload)
 
-so a file is exactly ``39 + ceil(n_q * bits * ceil(num_samples / hop) / 8)`` bytes: the nominal bitrate
-times the duration rounded up to whole frames, plus 39 bytes.
+so a file is exactly ``40 + ceil(n_q * bits * ceil(num_samples / hop) / 8)`` bytes: the nominal bitrate
+times the duration rounded up to whole frames, plus 40 bytes. Version 1 (rvqcodec before the gain) is the same
+without the gain byte (a 35-byte header, 39 bytes in all, gain 0 dB); it is still read.
 
 Codes are stored frame-major (frame 0 stages 0..n_q-1, frame 1 stages 0..n_q-1, ...), each as ``bits``
 bits, most significant bit first, concatenated without gaps; the last byte is padded with zero bits.
@@ -28,6 +30,7 @@ message: :class:`NotRVQFileError`, :class:`UnsupportedVersionError`, :class:`Tru
 """
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -40,12 +43,22 @@ from rvqcodec.errors import InputError
 from rvqcodec.fileio import already_exists_message, atomic_write_bytes
 
 MAGIC = b"RVQC"
-FORMAT_VERSION = 1
-_HEADER_STRUCT = struct.Struct("<4sBIIBBQ8s")  # magic .. model id (31 bytes)
+FORMAT_VERSION = 2
+_HEADER_STRUCTS = {1: struct.Struct("<4sBIIBBQ8s"),  # magic .. model id (31 bytes)
+                   2: struct.Struct("<4sBIIBBQ8sb")}  # and the gain (32 bytes)
 _CRC_STRUCT = struct.Struct("<I")
-HEADER_SIZE = _HEADER_STRUCT.size + _CRC_STRUCT.size  # 35: header fields + header CRC
 TRAILER_SIZE = _CRC_STRUCT.size  # 4: CRC of everything before it
-OVERHEAD_BYTES = HEADER_SIZE + TRAILER_SIZE  # 39
+GAIN_STEP_DB = 0.5
+"""Unit of the header's gain byte."""
+
+
+def header_size(version: int = FORMAT_VERSION) -> int:
+    """Bytes of a version's header fields and header CRC (35 for version 1, 36 for version 2)."""
+    return _HEADER_STRUCTS[version].size + _CRC_STRUCT.size
+
+
+HEADER_SIZE = header_size()  # 36
+OVERHEAD_BYTES = HEADER_SIZE + TRAILER_SIZE  # 40
 MAX_BITS_PER_CODE = 32
 # Codes packed per numpy pass; a multiple of 8 so every chunk ends on a byte boundary whatever ``bits`` is.
 _PACK_CHUNK_CODES = 1 << 18
@@ -86,6 +99,9 @@ class RVQHeader:
         bits_per_code: bits used per code (``ceil(log2(codebook_size))``).
         num_samples: length of the original audio at ``sample_rate`` (the decoder trims to it).
         model_id: identifier of the model that wrote the codes, 16 lowercase hex characters.
+        gain_db: the gain the encoder applied before encoding (:mod:`rvqcodec.level`), a multiple of
+            :data:`GAIN_STEP_DB` in [-64, 63.5]; the decoder divides it out. 0 in a version 1 file.
+        format_version: the container version the stream is (or is to be) written in: 1 or 2.
     """
 
     sample_rate: int
@@ -94,6 +110,8 @@ class RVQHeader:
     bits_per_code: int
     num_samples: int
     model_id: str
+    gain_db: float = 0.0
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         problems = []
@@ -109,6 +127,12 @@ class RVQHeader:
             problems.append(f"num_samples {self.num_samples}")
         if not _is_model_id(self.model_id):
             problems.append(f"model_id {self.model_id!r} (must be 16 hex characters)")
+        if self.format_version not in _HEADER_STRUCTS:
+            problems.append(f"format_version {self.format_version}")
+        if not is_storable_gain(self.gain_db):
+            problems.append(f"gain_db {self.gain_db} (must be a multiple of {GAIN_STEP_DB} in [-64, 63.5])")
+        elif self.gain_db and self.format_version < 2:
+            problems.append(f"gain_db {self.gain_db} in a version {self.format_version} header (which has none)")
         if problems:
             raise ValueError("invalid .rvq header: " + ", ".join(problems))
 
@@ -139,7 +163,15 @@ class RVQHeader:
     @property
     def file_bytes(self) -> int:
         """Exact size of the whole ``.rvq`` file."""
-        return OVERHEAD_BYTES + self.payload_bytes
+        return header_size(self.format_version) + self.payload_bytes + TRAILER_SIZE
+
+
+def is_storable_gain(gain_db: object) -> bool:
+    """Whether the header's gain byte can hold ``gain_db``: a multiple of :data:`GAIN_STEP_DB` in [-64, 63.5]."""
+    if isinstance(gain_db, bool) or not isinstance(gain_db, (int, float)) or not math.isfinite(gain_db):
+        return False
+    steps = gain_db / GAIN_STEP_DB
+    return steps == round(steps) and -128 <= steps <= 127
 
 
 def _is_model_id(model_id: object) -> bool:
@@ -158,7 +190,7 @@ def payload_size(n_q: int, num_frames: int, bits_per_code: int) -> int:
 
 
 def file_size(n_q: int, num_samples: int, hop_length: int, bits_per_code: int) -> int:
-    """Exact ``.rvq`` file size in bytes: ``39 + ceil(n_q * bits * ceil(num_samples / hop) / 8)``."""
+    """Exact ``.rvq`` file size in bytes: ``40 + ceil(n_q * bits * ceil(num_samples / hop) / 8)``."""
     return OVERHEAD_BYTES + payload_size(n_q, -(-num_samples // hop_length), bits_per_code)
 
 
@@ -221,8 +253,11 @@ def encode_bitstream(header: RVQHeader, codes: np.ndarray) -> bytes:
     codes = np.asarray(codes)
     if codes.shape != (header.n_q, header.num_frames):
         raise ValueError(f"codes have shape {codes.shape}, the header needs ({header.n_q}, {header.num_frames})")
-    fields = _HEADER_STRUCT.pack(MAGIC, FORMAT_VERSION, header.sample_rate, header.hop_length, header.n_q,
-                                 header.bits_per_code, header.num_samples, bytes.fromhex(header.model_id))
+    values = [MAGIC, header.format_version, header.sample_rate, header.hop_length, header.n_q,
+              header.bits_per_code, header.num_samples, bytes.fromhex(header.model_id)]
+    if header.format_version >= 2:
+        values.append(round(header.gain_db / GAIN_STEP_DB))
+    fields = _HEADER_STRUCTS[header.format_version].pack(*values)
     head = fields + _CRC_STRUCT.pack(zlib.crc32(fields))
     payload = pack_codes(codes, header.bits_per_code)
     crc = zlib.crc32(payload, zlib.crc32(head))
@@ -230,8 +265,8 @@ def encode_bitstream(header: RVQHeader, codes: np.ndarray) -> bytes:
 
 
 def _shorter_than_header(size: int) -> TruncatedBitstreamError:
-    """The error for a file too short to hold its header. It states :data:`OVERHEAD_BYTES` (39), the size the README
-    and docs/bitstream.md give for the header with its checksums (the 35 bytes of :data:`HEADER_SIZE` plus the
+    """The error for a file too short to hold its header. It states :data:`OVERHEAD_BYTES` (40), the size the README
+    and docs/bitstream.md give for the header with its checksums (the 36 bytes of :data:`HEADER_SIZE` plus the
     trailing CRC), so the message and the documentation say the same number."""
     return TruncatedBitstreamError(f"truncated .rvq file: {size} of at least {OVERHEAD_BYTES} bytes (every .rvq file "
                                    "has a header and checksums of that size)")
@@ -251,19 +286,21 @@ def read_header(data: bytes | memoryview) -> RVQHeader:
     if size <= len(MAGIC):
         raise _shorter_than_header(size)
     version = data[len(MAGIC)]
-    if version != FORMAT_VERSION:
+    if version not in _HEADER_STRUCTS:
         newer = " (written by a newer rvqcodec; upgrade to read it)" if version > FORMAT_VERSION else ""
         raise UnsupportedVersionError(f"unsupported .rvq format version {version}{newer}; "
-                                      f"this rvqcodec reads version {FORMAT_VERSION}")
-    if size < HEADER_SIZE:
+                                      f"this rvqcodec reads versions 1 to {FORMAT_VERSION}")
+    layout = _HEADER_STRUCTS[version]
+    if size < layout.size + _CRC_STRUCT.size:
         raise _shorter_than_header(size)
-    fields = bytes(data[:_HEADER_STRUCT.size])
-    (stored_crc,) = _CRC_STRUCT.unpack_from(data, _HEADER_STRUCT.size)
+    fields = bytes(data[:layout.size])
+    (stored_crc,) = _CRC_STRUCT.unpack_from(data, layout.size)
     if zlib.crc32(fields) != stored_crc:
         raise CorruptedBitstreamError("corrupted .rvq file: header checksum (CRC32) mismatch")
-    _, _, sample_rate, hop, n_q, bits, num_samples, model_bytes = _HEADER_STRUCT.unpack(fields)
+    _, _, sample_rate, hop, n_q, bits, num_samples, model_bytes, *gain = layout.unpack(fields)
     try:
-        return RVQHeader(sample_rate, hop, n_q, bits, num_samples, model_bytes.hex())
+        return RVQHeader(sample_rate, hop, n_q, bits, num_samples, model_bytes.hex(),
+                         gain_db=gain[0] * GAIN_STEP_DB if gain else 0.0, format_version=version)
     except ValueError as exc:
         raise CorruptedBitstreamError(f"corrupted .rvq file: {exc}") from None
 
@@ -286,7 +323,8 @@ def decode_bitstream(data: bytes | memoryview) -> tuple[RVQHeader, np.ndarray]:
     (stored_crc,) = _CRC_STRUCT.unpack_from(data, body_end)
     if zlib.crc32(data[:body_end]) != stored_crc:
         raise CorruptedBitstreamError("corrupted .rvq file: payload checksum (CRC32) mismatch")
-    codes = unpack_codes(data[HEADER_SIZE:body_end], header.n_q, header.num_frames, header.bits_per_code)
+    payload = data[header_size(header.format_version):body_end]
+    codes = unpack_codes(payload, header.n_q, header.num_frames, header.bits_per_code)
     if codes.size and int(codes.max()) >= 1 << header.bits_per_code:  # pragma: no cover - unpacking bounds it
         raise CorruptedBitstreamError("corrupted .rvq file: code out of range")
     return header, codes

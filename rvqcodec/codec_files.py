@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rvqcodec import streams
+from rvqcodec import level, streams
 from rvqcodec.bitstream import RVQHeader
 from rvqcodec.chunking import ChunkConfig
 from rvqcodec.data import audio_io
@@ -60,13 +60,15 @@ class CompressReport:
 
 def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.PathLike, n_q: int,
                   overwrite: bool = False, chunking: ChunkConfig = ChunkConfig(),
-                  protected: Sequence[str | os.PathLike] = ()) -> CompressReport:
+                  protected: Sequence[str | os.PathLike] = (),
+                  normalize: bool = level.NORMALIZE_BY_DEFAULT) -> CompressReport:
     """Compress an audio file (any format/rate/channels soundfile reads) into a ``.rvq`` file, in bounded memory.
 
-    The input is read block by block, resampled to the codec rate and averaged to mono; a float file beyond full
-    scale is scaled to peak at full scale and a truncated file is encoded as far as it goes (both listed in
-    ``CompressReport.warnings``). An audio file with zero samples gives a valid empty stream. The output is written
-    atomically and never over ``source`` or a ``protected`` path.
+    The input is read block by block, resampled to the codec rate and averaged to mono, twice with ``normalize``
+    (first to measure its level, :mod:`rvqcodec.level`, then to encode it at the gain that normalizes it); a float
+    file beyond full scale is scaled to peak at full scale and a truncated file is encoded as far as it goes (both
+    listed in ``CompressReport.warnings``). An audio file with zero samples gives a valid empty stream. The output
+    is written atomically and never over ``source`` or a ``protected`` path.
 
     Raises:
         AudioReadError: unreadable / non-audio input. FileExistsError: output exists and not ``overwrite``.
@@ -79,12 +81,17 @@ def compress_file(codec: Codec, source: str | os.PathLike, output: str | os.Path
     info = audio_io.audio_info(source)
     _check_output(output, overwrite, [source, *protected])
     warnings = tuple(audio_io.input_warnings(source))
-    blocks = ()  # an audio file with no samples: the empty stream
-    if info.frames:
-        block_frames = max(1, round(chunking.read_block_seconds * info.samplerate))
-        blocks = audio_io.iter_audio_blocks(source, block_frames, target_sr=codec.sample_rate, mono=True,
-                                            fit_full_scale=True)
-    header, n_bytes = streams.encode_file(codec, blocks, output, n_q, chunking, overwrite=overwrite)
+    block_frames = max(1, round(chunking.read_block_seconds * info.samplerate))
+
+    def blocks() -> Iterable:
+        if not info.frames:  # an audio file with no samples: the empty stream
+            return ()
+        return audio_io.iter_audio_blocks(source, block_frames, target_sr=codec.sample_rate, mono=True,
+                                          fit_full_scale=True)
+
+    gain_db = level.gain_db_of(blocks()) if normalize else 0.0
+    header, n_bytes = streams.encode_file(codec, blocks(), output, n_q, chunking, overwrite=overwrite,
+                                          gain_db=gain_db)
     return CompressReport(source, output, header, n_bytes, int(info.samplerate), int(info.channels), warnings)
 
 

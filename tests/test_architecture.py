@@ -24,8 +24,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("rvqcodec", "rvqcodec.errors", "rvqcodec.extras", "rvqcodec.fileio", "rvqcodec.dicts",
                     "rvqcodec.lengths")),
     ("model", ("rvqcodec.quantize", "rvqcodec.model", "rvqcodec.losses")),
-    ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.packets", "rvqcodec.metrics",
-                          "rvqcodec.perceptual")),
+    ("audio and format", ("rvqcodec.data", "rvqcodec.bitstream", "rvqcodec.level", "rvqcodec.packets",
+                          "rvqcodec.metrics", "rvqcodec.perceptual")),
     ("codec API", ("rvqcodec.pretrained", "rvqcodec.chunking", "rvqcodec.streams", "rvqcodec.api",
                    "rvqcodec.codec_files", "rvqcodec.scoring", "rvqcodec.realtime", "rvqcodec.live")),
     ("training", ("rvqcodec.training",)),
@@ -199,8 +199,8 @@ CONTAINER_MODULES = ("rvqcodec/bitstream.py", "rvqcodec/streams.py")
 headers, packs codes or reads the layout."""
 CONTAINER_NAMES = frozenset({
     "encode_bitstream", "decode_bitstream", "read_header", "write_rvq", "read_rvq", "pack_codes", "unpack_codes",
-    "check_model", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "TRAILER_SIZE", "_HEADER_STRUCT", "_CRC_STRUCT",
-    "_PACK_CHUNK_CODES"})
+    "check_model", "MAGIC", "FORMAT_VERSION", "HEADER_SIZE", "TRAILER_SIZE", "_HEADER_STRUCTS", "header_size",
+    "_CRC_STRUCT", "_PACK_CHUNK_CODES"})
 """What of ``rvqcodec.bitstream`` makes or reads a container. The rest may be used anywhere: ``RVQHeader`` as a type
 (never constructed), the errors, and the size rules (``OVERHEAD_BYTES``, ``file_size``, ``payload_size``)."""
 SCANNED_FOLDERS = ("rvqcodec", "benchmarks", "recipes")
@@ -287,7 +287,7 @@ def test_the_container_check_sees_every_way_of_building_a_stream(tmp_path):
         "header": "from rvqcodec.bitstream import RVQHeader as H\ndef f(c):\n    return H(1, 1, 1, 1, 0, c)\n",
         "commands/roundtrip": "def f():\n    from .. import bitstream as b\n    return b.pack_codes\n",
         "aliased": "import rvqcodec.bitstream as bs\nx = bs.RVQHeader(1, 1, 1, 1, 0, 'id')\n",
-        "relative": "from .bitstream import _HEADER_STRUCT\n",
+        "relative": "from .bitstream import _HEADER_STRUCTS\n",
         "by_hand": "import struct\nHEAD = b'RVQC' + struct.pack('<B', 1)\n",
         "allowed": ("from rvqcodec.bitstream import OVERHEAD_BYTES, BitstreamError, RVQHeader\n"
                     "from rvqcodec import bitstream\n"

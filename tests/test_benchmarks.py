@@ -24,6 +24,7 @@ if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))
 
 import common  # noqa: E402
+import compare_quality  # noqa: E402
 import external_codecs as ext  # noqa: E402
 import quality  # noqa: E402
 import speed  # noqa: E402
@@ -195,7 +196,7 @@ def test_rvq_streams_equal_compressing_at_each_bitrate(tiny_model, dev_clean):
 @pytest.mark.parametrize("argv, message", [
     (["--bitrates", "2.25"], "valid bitrates"),
     (["--bitrates", "six"], "not a number"),
-    (["--data", "/nonexistent/speech"], "data folder not found"),
+    (["--data", "/nonexistent/speech"], "audio folder not found"),
     (["--codecs", "mp3"], "unknown external codec"),
     (["--max-files", "0"], "must be > 0"),
     (["--postfilter", "0.2"], "no spectral head: no postfilter"),  # the tiny model is a SEANet codec
@@ -536,3 +537,26 @@ def test_quantizer_headroom_decodes_as_the_codec_does(tiny_model, dev_clean, tmp
 ])
 def test_results_tables_write_undefined_numbers_as_a_dash_and_never_minus_zero(value, spec, text):
     assert common.fmt_number(value, spec) == text
+
+
+def test_compare_quality_gives_each_folders_means_and_their_macro_average(tmp_path, capsys):
+    """Two quality.py results on the same data: per folder the means of the files scored in both runs, then the mean
+    of the folders' means (a file scored in one run only, and other codecs' records, are left out)."""
+    def result(values: dict[str, float], extra: dict | None = None) -> dict:
+        records = [{"codec": "rvqcodec", "setting": "rvqcodec-6k", "file": f"data/{name}", "pesq_wb": v}
+                   for name, v in values.items()]
+        records.append({"codec": "opus", "setting": "opus-6k", "file": "data/a/1.flac", "pesq_wb": 9.0})
+        return {"config": {"data": "data"}, "per_file": records + [extra] if extra else records}
+
+    before = result({"a/1.flac": 2.0, "a/2.flac": 3.0, "b/1.flac": 1.0})
+    after = result({"a/1.flac": 2.5, "a/2.flac": 3.5, "b/1.flac": 2.0},
+                   {"codec": "rvqcodec", "setting": "rvqcodec-6k", "file": "data/b/2.flac", "pesq_wb": 0.0})
+    rows = {r["folder"]: r for r in compare_quality.compare(before, after, None, ["pesq_wb"])}
+    assert rows["a"]["pesq_wb"] == (2.5, 3.0) and rows["a"]["files"] == 2
+    assert rows["b"]["pesq_wb"] == (1.0, 2.0) and rows["b"]["files"] == 1  # b/2 scored in one run only
+    assert rows["macro"]["pesq_wb"] == (1.75, 2.5) and set(rows) == {"a", "b", "macro"}
+    for name, data in (("before", before), ("after", after)):
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    assert compare_quality.main([str(tmp_path / "before.json"), str(tmp_path / "after.json"),
+                                 "--metrics", "pesq_wb"]) == 0
+    assert "| rvqcodec-6k | macro | 3 | 1.750 / 2.500 (+0.750) |" in capsys.readouterr().out

@@ -76,13 +76,13 @@ def test_out_of_range_codes_are_refused():
 
 @pytest.mark.parametrize("num_samples", [0, 1, 319, 320, 321, 16000, 16000 * 7 + 5])
 @pytest.mark.parametrize("n_q", [1, 3, 16])
-def test_file_size_is_nominal_bitrate_times_duration_plus_39_bytes(num_samples, n_q):
+def test_file_size_is_nominal_bitrate_times_duration_plus_40_bytes(num_samples, n_q):
     header, codes = _random_stream(n_q, num_samples)
     data = bs.encode_bitstream(header, codes)
     frames = -(-num_samples // 320)
-    # documented formula: 39 + ceil(bitrate_bps * (frames * hop / sr) / 8)
+    # documented formula: 40 + ceil(bitrate_bps * (frames * hop / sr) / 8)
     nominal_bits = header.bitrate_kbps * 1000 * frames * 320 / 16000
-    assert bs.OVERHEAD_BYTES == 39  # the number the README and docs/bitstream.md state
+    assert bs.OVERHEAD_BYTES == 40  # the number the README and docs/bitstream.md state
     assert len(data) == bs.OVERHEAD_BYTES + int(np.ceil(round(nominal_bits, 6) / 8))
     assert len(data) == bs.file_size(n_q, num_samples, 320, 10) == header.file_bytes
 
@@ -149,16 +149,16 @@ def good_stream() -> bytes:
     return bs.encode_bitstream(header, codes)
 
 
-@pytest.mark.parametrize("keep", [0, 1, 3, 4, 5, 20, 34, 35, 36, -1, -4, -5])
+@pytest.mark.parametrize("keep", [0, 1, 3, 4, 5, 20, 34, 35, 36, 37, -1, -4, -5])
 def test_truncated_file_gives_truncation_error(good_stream, keep):
     cut = good_stream[:keep] if keep >= 0 else good_stream[:len(good_stream) + keep]
     with pytest.raises(TruncatedBitstreamError, match="truncated|empty"):
         bs.decode_bitstream(cut)
 
 
-@pytest.mark.parametrize("keep", [5, 20, 34])
+@pytest.mark.parametrize("keep", [5, 20, 35])
 def test_a_file_shorter_than_the_header_states_the_documented_size(good_stream, keep):
-    """The README and docs/bitstream.md call the 39 bytes every .rvq file has its header (issue 28: an error said
+    """The README and docs/bitstream.md call the 40 bytes every .rvq file has its header (issue 28: an error said
     '35-byte header'); the error message states the same number, from the module's constant."""
     with pytest.raises(TruncatedBitstreamError) as info:
         bs.decode_bitstream(good_stream[:keep])
@@ -203,8 +203,9 @@ def test_text_file_is_not_rvq():
 
 
 def _with_version(data: bytes, version: int) -> bytes:
-    """Rewrite the version byte and fix both checksums, as a genuine writer of that version would."""
-    fields = bytearray(data[:31])
+    """Rewrite the version byte and fix both checksums, as a genuine writer of that version would (the header's
+    fields unchanged, so its length stays version 2's)."""
+    fields = bytearray(data[:32])
     fields[4] = version
     head = bytes(fields) + struct.pack("<I", zlib.crc32(bytes(fields)))
     payload = data[bs.HEADER_SIZE:-4]
@@ -212,11 +213,47 @@ def _with_version(data: bytes, version: int) -> bytes:
 
 
 def test_newer_version_gives_version_error(good_stream):
-    assert bs.decode_bitstream(_with_version(good_stream, 1))[0].n_q == 6  # the helper itself is sound
-    with pytest.raises(UnsupportedVersionError, match="version 2 .*newer"):
-        bs.decode_bitstream(_with_version(good_stream, 2))
+    assert bs.decode_bitstream(_with_version(good_stream, 2))[0].n_q == 6  # the helper itself is sound
+    with pytest.raises(UnsupportedVersionError, match="version 3 .*newer"):
+        bs.decode_bitstream(_with_version(good_stream, 3))
     with pytest.raises(UnsupportedVersionError, match="version 0"):
         bs.decode_bitstream(_with_version(good_stream, 0))
+
+
+@pytest.mark.parametrize("gain_db", [0.0, 0.5, -0.5, 22.5, -20.0, 63.5, -64.0])
+def test_the_gain_survives_the_round_trip_in_one_byte(gain_db):
+    header, codes = _random_stream(3, 16000)
+    header = RVQHeader(**{**header.__dict__, "gain_db": gain_db})
+    data = bs.encode_bitstream(header, codes)
+    assert len(data) == header.file_bytes == bs.OVERHEAD_BYTES + header.payload_bytes
+    assert struct.unpack_from("<b", data, 31)[0] == round(2 * gain_db)  # offset 31, half-decibels
+    assert bs.decode_bitstream(data)[0].gain_db == gain_db
+
+
+@pytest.mark.parametrize("gain_db", [0.25, 64.0, -64.5, float("nan"), float("inf"), True, "3"])
+def test_a_gain_the_byte_cannot_hold_is_refused(gain_db):
+    assert not bs.is_storable_gain(gain_db)
+    with pytest.raises(ValueError, match="gain_db"):
+        RVQHeader(16000, 320, 4, 10, 100, MODEL_ID, gain_db=gain_db)
+
+
+def test_a_version_1_stream_is_read_as_gain_0_and_written_back_byte_for_byte():
+    """Version 1 (before the gain byte): a 35-byte header, 39 bytes of overhead. Built here from its documented
+    layout, independently of the writer."""
+    header, codes = _random_stream(5, 16000 + 33)
+    fields = struct.pack("<4sBIIBBQ8s", b"RVQC", 1, 16000, 320, 5, 10, 16000 + 33, bytes.fromhex(MODEL_ID))
+    head = fields + struct.pack("<I", zlib.crc32(fields))
+    payload = bs.pack_codes(codes, 10)
+    data = head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
+    parsed, parsed_codes = bs.decode_bitstream(data)
+    assert (parsed.format_version, parsed.gain_db, parsed.num_samples) == (1, 0.0, 16000 + 33)
+    np.testing.assert_array_equal(parsed_codes, codes)
+    assert parsed.file_bytes == len(data) == 39 + len(payload)
+    assert bs.encode_bitstream(parsed, codes) == data
+    with pytest.raises(ValueError, match="version 1 header"):
+        RVQHeader(16000, 320, 5, 10, 100, MODEL_ID, gain_db=3.0, format_version=1)
+    with pytest.raises(TruncatedBitstreamError):
+        bs.decode_bitstream(data[:34])
 
 
 def test_other_model_gives_model_mismatch_error(good_stream):

@@ -244,10 +244,10 @@ def test_single_bad_input_is_a_user_error(capsys, tmp_path, model):
 
 
 def _rewrite_version(data: bytes, version: int) -> bytes:
-    fields = bytearray(data[:31])
+    fields = bytearray(data[:bitstream.HEADER_SIZE - 4])
     fields[4] = version
     head = bytes(fields) + struct.pack("<I", zlib.crc32(bytes(fields)))
-    payload = data[35:-4]
+    payload = data[bitstream.HEADER_SIZE:-4]
     return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
 
 
@@ -265,7 +265,7 @@ def test_every_damaged_stream_has_its_own_error(capsys, tmp_path, model, clips):
         "truncated": (good[:-10], "truncated .rvq file"),
         "flipped": (bytes(flipped), "payload checksum (CRC32) mismatch"),
         "magic": (b"OggS" + good[4:], "not an .rvq file"),
-        "newer": (_rewrite_version(good, 2), "unsupported .rvq format version 2 (written by a newer rvqcodec"),
+        "newer": (_rewrite_version(good, 3), "unsupported .rvq format version 3 (written by a newer rvqcodec"),
     }
     for name, (data, message) in cases.items():
         (tmp_path / f"{name}.rvq").write_bytes(data)

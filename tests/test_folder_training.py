@@ -226,7 +226,7 @@ def test_data_mistakes_are_one_line_errors_before_anything_is_written(my_wavs, s
         ([], "config key 'data.train_dirs': no training audio: give folders of audio (data.train_dirs=[my_wavs])"),
         ([f"data.train_dirs=[{tmp_path / 'nowhere'}]"], f"config key 'data.train_dirs': audio folder not found: "
                                                         f"{tmp_path / 'nowhere'}"),
-        ([f"data.train_dirs=[{empty}]"], f"config key 'data.train_dirs': no audio files (.wav, .flac"),
+        ([f"data.train_dirs=[{empty}]"], "config key 'data.train_dirs': no audio files (.wav, .flac"),
         ([f"data.train_list={tmp_path / 'nope.txt'}"], "config key 'data.train_list': list file not found"),
         ([f"data.train_list={listed}"], f"config key 'data.train_list': {listed} line 3: no such file: "
                                         f"{tmp_path / 'missing' / 'clip.wav'}"),

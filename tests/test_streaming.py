@@ -10,7 +10,7 @@ import pytest
 import soundfile
 import torch
 
-from rvqcodec import api, bitstream, chunking, codec_files, streams
+from rvqcodec import api, bitstream, chunking, codec_files, level, streams
 from rvqcodec.bitstream import ModelMismatchError
 from rvqcodec.chunking import ChunkConfig
 from rvqcodec.data.audio_io import AudioReadError, read_audio, resample
@@ -160,26 +160,31 @@ def test_silence_compresses_and_decodes_to_finite_audio(codec):
 
 def test_bytes_api_agrees_with_single_pass_codec(codec, speech):
     wav = speech[:5 * 16000]
-    _, codes = bitstream.decode_bitstream(api.compress(codec, wav, 16000, bitrate=3.0))
+    _, codes = bitstream.decode_bitstream(api.compress(codec, wav, 16000, bitrate=3.0, normalize=False))
     np.testing.assert_array_equal(codes, _single_pass_codes(codec, wav, 6))
+    header, codes = bitstream.decode_bitstream(api.compress(codec, wav, 16000, bitrate=3.0))  # at the model's level
+    assert header.gain_db == level.gain_db_of([wav]) != 0.0
+    np.testing.assert_array_equal(codes, _single_pass_codes(codec, wav * level.amplitude(header.gain_db), 6))
 
 
 def test_stereo_is_averaged_and_other_rates_are_resampled(codec, speech):
+    """(At the input's own level: the codes compared with a single pass of the codec.)"""
     left = speech[:3 * 16000]
     stereo = torch.stack([left, 0.5 * left])
-    mono_codes = bitstream.decode_bitstream(api.compress(codec, 0.75 * left, 16000, n_q=4))[1]
-    header, stereo_codes = bitstream.decode_bitstream(api.compress(codec, stereo.numpy(), 16000, n_q=4))
+    mono_codes = bitstream.decode_bitstream(api.compress(codec, 0.75 * left, 16000, n_q=4, normalize=False))[1]
+    stereo_data = api.compress(codec, stereo.numpy(), 16000, n_q=4, normalize=False)
+    header, stereo_codes = bitstream.decode_bitstream(stereo_data)
     np.testing.assert_array_equal(stereo_codes, mono_codes)
 
     at_44k = resample(left, 16000, 44100)
-    header, codes = bitstream.decode_bitstream(api.compress(codec, at_44k, 44100, n_q=4))
+    header, codes = bitstream.decode_bitstream(api.compress(codec, at_44k, 44100, n_q=4, normalize=False))
     assert header.sample_rate == 16000 and header.num_samples == math.ceil(at_44k.numel() * 160 / 441)
     assert abs(header.num_samples - left.numel()) <= 1
     # exactly the single-pass codes of the signal resampled to 16 kHz (one chunk: the documented tolerance,
     # >= 99.9 % of codes equal, leaves no code of these 150 frames free to differ)
     np.testing.assert_array_equal(codes, _single_pass_codes(codec, resample(at_44k, 44100, 16000), 4))
     # and the same content as the 16 kHz original: frames whose 4 codes all agree, measured 147 of 150 (98 %)
-    original = bitstream.decode_bitstream(api.compress(codec, left, 16000, n_q=4))[1]
+    original = bitstream.decode_bitstream(api.compress(codec, left, 16000, n_q=4, normalize=False))[1]
     assert codes.shape == original.shape and np.mean((codes == original).all(axis=0)) >= 0.95
 
 
@@ -228,15 +233,16 @@ def test_streams_bytes_file_and_stage_prefixes_agree(codec, speech, tmp_path):
     wav = speech[:3 * 16000 + 77]
     config = ChunkConfig(chunk_seconds=1.0)
     blocks = lambda: torch.split(wav, 5000)  # noqa: E731
-    data = streams.encode(codec, blocks(), 6, config)
-    header, n_bytes = streams.encode_file(codec, blocks(), tmp_path / "a.rvq", 6, config)
+    gain_db = level.gain_db_of(blocks())  # what api.compress applies
+    data = streams.encode(codec, blocks(), 6, config, gain_db=gain_db)
+    header, n_bytes = streams.encode_file(codec, blocks(), tmp_path / "a.rvq", 6, config, gain_db=gain_db)
     assert (tmp_path / "a.rvq").read_bytes() == data and n_bytes == len(data) == header.file_bytes
     assert header == bitstream.decode_bitstream(data)[0]
     assert (header.sample_rate, header.hop_length, header.bits_per_code, header.n_q, header.num_samples,
-            header.model_id) == (16000, HOP, 10, 6, wav.numel(), codec.model_id)
-    by_n_q = streams.encode_stages(codec, blocks(), [6, 2, 16, 6], config)
+            header.model_id, header.gain_db) == (16000, HOP, 10, 6, wav.numel(), codec.model_id, gain_db)
+    by_n_q = streams.encode_stages(codec, blocks(), [6, 2, 16, 6], config, gain_db=gain_db)
     assert sorted(by_n_q) == [2, 6, 16] and by_n_q[6] == data
-    assert by_n_q[2] == streams.encode(codec, blocks(), 2, config)
+    assert by_n_q[2] == streams.encode(codec, blocks(), 2, config, gain_db=gain_db)
     assert by_n_q[2] == api.compress(codec, wav, 16000, n_q=2, chunking=config)
     for decoded_header, audio in (streams.decode(codec, data, config),
                                   streams.decode_file(codec, tmp_path / "a.rvq", config)):

@@ -90,6 +90,16 @@ def add_postfilter_argument(parser: argparse.ArgumentParser) -> None:
                              "shipped default model)")
 
 
+def add_level_argument(parser: argparse.ArgumentParser) -> None:
+    """``--no-normalize``: encode the input at its own level (default: scaled to the model's, the gain stored;
+    :mod:`rvqcodec.level`, not imported here: ``--help`` loads no torch)."""
+    parser.add_argument("--no-normalize", dest="normalize", action="store_false",
+                        help="encode each file at its own level; by default it is scaled to the level the model "
+                             "was trained at (the file's RMS to -23 dBFS, its peak at most -1 dBFS) and the gain, "
+                             "stored in the .rvq header, is divided out when decoding, so quiet and loud recordings "
+                             "are coded as well as typical ones and decode at their own level")
+
+
 def apply_postfilter(codec, args: argparse.Namespace) -> None:
     """Set ``codec``'s postfilter from ``--postfilter`` when given; one-line UserError when out of range."""
     if getattr(args, "postfilter", None) is None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from rvqcodec.commands.common import (
     AUDIO_SUFFIXES,
     InputFile,
+    add_level_argument,
     add_model_arguments,
     collect_inputs,
     load_model,
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default: the model's highest)")
     rate.add_argument("--n-q", type=int, default=None, help="number of RVQ stages instead of --bitrate")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing output files")
+    add_level_argument(parser)
     add_model_arguments(parser)
     parser.add_argument("--chunk-seconds", type=float, default=CHUNK_SECONDS,
                         help=f"long files are encoded in chunks of this many seconds (default: {CHUNK_SECONDS:g})")
@@ -65,15 +67,16 @@ def run(args: argparse.Namespace) -> int:
 
     def work(item: InputFile, out: Path | None) -> str:
         report = compress_file(codec, item.path, out, n_q, overwrite=args.force, chunking=chunking,
-                               protected=protected)
+                               protected=protected, normalize=args.normalize)
         for warning in report.warnings:
             tqdm.write(f"warning: {item.path}: {warning}", file=sys.stderr)
         if report.downmixed:
             tqdm.write(f"note: {item.path}: {report.source_channels} channels downmixed to mono", file=sys.stderr)
         resampled = f", resampled {report.source_sample_rate} -> {report.header.sample_rate} Hz" \
             if report.resampled else ""
+        gain = f", level {report.header.gain_db:+g} dB" if report.header.gain_db else ""
         return (f"{item.path} -> {out}: {report.header.duration_s:.2f} s, {report.n_bytes} bytes, "
-                f"{report.header.bitrate_kbps:g} kbps{resampled}")
+                f"{report.header.bitrate_kbps:g} kbps{resampled}{gain}")
 
     if batch:
         print(f"compressing {len(inputs)} file(s) at {codec.bitrate(n_q):g} kbps ({n_q} stages) into "

@@ -102,6 +102,8 @@ def stream_info(path: Path, model_path: str | None) -> dict[str, Any]:
         "num_samples": header.num_samples,
         "duration_s": header.duration_s,
         "model_id": header.model_id,
+        "gain_db": header.gain_db,
+        "format_version": header.format_version,
     }
     try:
         codec = load_codec(model_path)
@@ -126,6 +128,8 @@ def _format(info: dict[str, Any]) -> str:
             f"bitrate     {info['bitrate_kbps']:g} kbps ({info['n_q']} stages x {info['bits_per_code']} bits x "
             f"{info['sample_rate'] / info['hop_length']:g} frames/s)",
             f"model       {info['model_id']}",
+            f"level gain  {info['gain_db']:+g} dB (applied before encoding, divided out when decoding)",
+            f"format      version {info['format_version']}",
         ]
         if "decodable" in info:
             verdict = "yes" if info["decodable"] else "no (written by another model)"

@@ -35,6 +35,7 @@ import numpy as np
 from rvqcodec.commands.common import (
     AUDIO_SUFFIXES,
     InputFile,
+    add_level_argument,
     add_model_arguments,
     add_perceptual_argument,
     add_postfilter_argument,
@@ -72,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing files in --output-dir")
     add_perceptual_argument(parser)
     add_postfilter_argument(parser)
+    add_level_argument(parser)
     add_model_arguments(parser)
 
 
@@ -90,11 +92,13 @@ def _written(blocks: Iterable, write: Callable) -> Iterator:
 
 
 def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overwrite: bool = False,
-                  progress: bool = False, perceptual=None) -> dict[str, Any]:
+                  progress: bool = False, perceptual=None, normalize: bool | None = None) -> dict[str, Any]:
     """Compress + decompress + score one file in bounded memory -> its row (a JSON-safe dict but for NaN).
 
     With ``output`` (a ``.wav`` path) the bitstream is written to ``output.with_suffix(".rvq")`` and decoded from
-    there, and the decoded audio, as it is decoded, to ``output`` (both atomically). ``progress`` shows a bar over the audio.
+    there, and the decoded audio, as it is decoded, to ``output`` (both atomically). ``normalize``: as
+    :func:`rvqcodec.codec_files.compress_file` (the file is read once more, to measure its level; None:
+    ``rvqcodec.level.NORMALIZE_BY_DEFAULT``). ``progress`` shows a bar over the audio.
     Row keys: ``file``, ``seconds``, ``bytes``, ``kbps`` (NaN for 0 samples), ``source_sample_rate``,
     ``source_channels``, ``segments``, ``silent_reference``, ``silent_degraded``, ``warnings`` (the lines of
     :func:`rvqcodec.data.audio_io.input_warnings`) and the metrics (NaN where undefined; no wideband PESQ for a file
@@ -103,7 +107,7 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
     """
     from tqdm import tqdm
 
-    from rvqcodec import streams
+    from rvqcodec import level, streams
     from rvqcodec.data.audio_io import audio_info, input_warnings, streamed_audio_file
     from rvqcodec.scoring import file_blocks, metric_names, score_streams
 
@@ -116,14 +120,17 @@ def roundtrip_one(codec, path: Path, n_q: int, output: Path | None = None, overw
         def advance(samples: int) -> None:
             bar.update(samples / sr)
 
+        if normalize is None:
+            normalize = level.NORMALIZE_BY_DEFAULT
+        gain_db = level.gain_db_of(file_blocks(path, sr)) if normalize else 0.0
         blocks: Iterable = _counted(file_blocks(path, sr), advance) if info.frames else ()
         if output is None:
-            data = streams.encode(codec, blocks, n_q)
+            data = streams.encode(codec, blocks, n_q, gain_db=gain_db)
             n_bytes = len(data)
             header, audio = streams.decode(codec, data)
         else:  # the kept .rvq file is the one decoded
             rvq_path = output.with_suffix(".rvq")
-            _, n_bytes = streams.encode_file(codec, blocks, rvq_path, n_q, overwrite=overwrite)
+            _, n_bytes = streams.encode_file(codec, blocks, rvq_path, n_q, overwrite=overwrite, gain_db=gain_db)
             header, audio = streams.decode_file(codec, rvq_path)
         num_samples = header.num_samples
         decoded: Iterable = _counted(audio, advance)
@@ -249,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"note: {item.path}: {info.channels} channels downmixed to mono", file=sys.stderr)
         long_file = info.frames / info.samplerate >= PROGRESS_MIN_SECONDS
         row = roundtrip_one(codec, item.path, n_q, out, overwrite=args.force, progress=long_file and not batch,
-                            perceptual=scorer)
+                            perceptual=scorer, normalize=args.normalize)
         rows.append(row)
         for warning in row["warnings"]:
             tqdm.write(f"warning: {item.path}: {warning}", file=sys.stderr)

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import Dataset
 
 from rvqcodec.data.audio_io import AudioReadError, audio_info, read_audio
+from rvqcodec import level
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd",
                     ".caf", ".w64", ".rf64")
@@ -125,7 +126,8 @@ class _AudioSegmentDataset(Dataset):
 
     def __init__(self, files: Sequence[Path], segment_seconds: float | None = 1.0, sample_rate: int = 16000,
                  gain_normalize: bool = True, random_crop: bool = True, seed: int = 0, crops_per_file: int = 1,
-                 cache_audio: bool = False, target_rms_dbfs: float = -23.0, peak_limit_dbfs: float = -1.0):
+                 cache_audio: bool = False, target_rms_dbfs: float = level.TARGET_RMS_DBFS,
+                 peak_limit_dbfs: float = level.PEAK_LIMIT_DBFS):
         if int(sample_rate) != sample_rate or sample_rate <= 0:
             raise ValueError(f"sample_rate must be a positive integer number of Hz, got {sample_rate!r}")
         if segment_seconds is not None and not (segment_seconds > 0 and math.isfinite(segment_seconds)):

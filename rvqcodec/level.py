@@ -58,6 +58,9 @@ def amplitude(gain_db: float) -> float:
     return 10.0 ** (gain_db / 20.0)
 
 
+_PIECE = 1 << 16  # samples converted to float64 at a time
+
+
 class LevelMeter:
     """RMS and peak of a signal given block by block (``(t,)`` or ``(1, t)`` tensors or arrays), in O(1) memory."""
 
@@ -67,13 +70,15 @@ class LevelMeter:
         self._peak = 0.0
 
     def add(self, block: torch.Tensor | np.ndarray) -> None:
-        """Account for the next ``block`` of samples."""
+        """Account for the next ``block`` of samples (summed in float64, :data:`_PIECE` samples at a time, so a
+        whole signal passed as one block costs no float64 copy of it)."""
         samples = block.detach().cpu().numpy() if isinstance(block, torch.Tensor) else np.asarray(block)
-        samples = samples.reshape(-1).astype(np.float64)
-        if samples.size:
-            self._energy += float(np.dot(samples, samples))
-            self._count += samples.size
-            self._peak = max(self._peak, float(np.abs(samples).max()))
+        samples = samples.reshape(-1)
+        for start in range(0, samples.size, _PIECE):
+            piece = samples[start:start + _PIECE].astype(np.float64)
+            self._energy += float(np.dot(piece, piece))
+            self._peak = max(self._peak, float(np.abs(piece).max()))
+        self._count += samples.size
 
     @property
     def rms_dbfs(self) -> float:

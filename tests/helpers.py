@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import struct
+import zlib
 
 import torch
 
@@ -49,3 +51,14 @@ def grit_reference(e: torch.Tensor, q: torch.Tensor, tau: float, rotate: bool) -
     if (q_hat - (y_hat @ q_hat) * y_hat).norm() == 0:  # y ∥ q exactly (τ = ∞ in float64): R = I
         return (q.norm() / y.norm()) * radial
     return (q.norm() / y.norm()) * plane_rotation(y, q) @ radial
+
+
+def with_version_byte(data: bytes, version: int) -> bytes:
+    """A version 2 ``.rvq`` stream with its version byte (offset 4) rewritten and both checksums fixed, as a genuine
+    writer of that version would: the 32 bytes of header fields, their CRC, the payload, the trailing CRC (the
+    documented layout, docs/bitstream.md), so its fields keep version 2's length."""
+    fields = bytearray(data[:32])
+    fields[4] = version
+    head = bytes(fields) + struct.pack("<I", zlib.crc32(bytes(fields)))
+    payload = data[36:-4]
+    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import with_version_byte
 
 from rvqcodec import bitstream as bs
 from rvqcodec.bitstream import (
@@ -202,22 +203,12 @@ def test_text_file_is_not_rvq():
         bs.decode_bitstream(b"hello, this is not audio\n")
 
 
-def _with_version(data: bytes, version: int) -> bytes:
-    """Rewrite the version byte and fix both checksums, as a genuine writer of that version would (the header's
-    fields unchanged, so its length stays version 2's)."""
-    fields = bytearray(data[:32])
-    fields[4] = version
-    head = bytes(fields) + struct.pack("<I", zlib.crc32(bytes(fields)))
-    payload = data[bs.HEADER_SIZE:-4]
-    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
-
-
 def test_newer_version_gives_version_error(good_stream):
-    assert bs.decode_bitstream(_with_version(good_stream, 2))[0].n_q == 6  # the helper itself is sound
+    assert bs.decode_bitstream(with_version_byte(good_stream, 2))[0].n_q == 6  # the helper itself is sound
     with pytest.raises(UnsupportedVersionError, match="version 3 .*newer"):
-        bs.decode_bitstream(_with_version(good_stream, 3))
+        bs.decode_bitstream(with_version_byte(good_stream, 3))
     with pytest.raises(UnsupportedVersionError, match="version 0"):
-        bs.decode_bitstream(_with_version(good_stream, 0))
+        bs.decode_bitstream(with_version_byte(good_stream, 0))
 
 
 @pytest.mark.parametrize("gain_db", [0.0, 0.5, -0.5, 22.5, -20.0, 63.5, -64.0])
@@ -264,7 +255,7 @@ def test_other_model_gives_model_mismatch_error(good_stream):
 
 
 def test_every_error_is_a_value_error_subclass_with_one_line_message(good_stream):
-    cases = [good_stream[:10], b"xxxx" + good_stream[4:], _with_version(good_stream, 9),
+    cases = [good_stream[:10], b"xxxx" + good_stream[4:], with_version_byte(good_stream, 9),
              good_stream[:-1] + bytes([good_stream[-1] ^ 1])]
     kinds = set()
     for data in cases:

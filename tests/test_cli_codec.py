@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile
 import torch
+from helpers import with_version_byte
 
 from rvqcodec import api, bitstream, chunking, codec_files, streams
 from rvqcodec.cli import main
@@ -243,14 +242,6 @@ def test_single_bad_input_is_a_user_error(capsys, tmp_path, model):
     assert code == 2 and "cannot resample" in err and not (tmp_path / "z.wav").exists()
 
 
-def _rewrite_version(data: bytes, version: int) -> bytes:
-    fields = bytearray(data[:bitstream.HEADER_SIZE - 4])
-    fields[4] = version
-    head = bytes(fields) + struct.pack("<I", zlib.crc32(bytes(fields)))
-    payload = data[bitstream.HEADER_SIZE:-4]
-    return head + payload + struct.pack("<I", zlib.crc32(payload, zlib.crc32(head)))
-
-
 def test_every_damaged_stream_has_its_own_error(capsys, tmp_path, model, clips):
     codec, model_path = model
     good = api.compress(codec, read_audio(clips[2]).samples, 16000, n_q=4)
@@ -265,7 +256,7 @@ def test_every_damaged_stream_has_its_own_error(capsys, tmp_path, model, clips):
         "truncated": (good[:-10], "truncated .rvq file"),
         "flipped": (bytes(flipped), "payload checksum (CRC32) mismatch"),
         "magic": (b"OggS" + good[4:], "not an .rvq file"),
-        "newer": (_rewrite_version(good, 3), "unsupported .rvq format version 3 (written by a newer rvqcodec"),
+        "newer": (with_version_byte(good, 3), "unsupported .rvq format version 3 (written by a newer rvqcodec"),
     }
     for name, (data, message) in cases.items():
         (tmp_path / f"{name}.rvq").write_bytes(data)
